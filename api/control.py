@@ -1,0 +1,46 @@
+"""The control process: one leader runs the scheduler and reconciler ticks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from types import FrameType
+
+from api.db import get_sessionmaker
+from api.deps import get_storage
+from api.services.scheduler import hold_lease, tick
+from trainyard.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Tick while holding the `control` lease; another process takes over if we vanish."""
+    stop = stop or threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    ttl = max(5.0, settings.control_interval_seconds * 10)
+    storage = get_storage()
+    leader = False
+    factory = get_sessionmaker()
+    while not stop.is_set():
+        try:
+            with factory() as session:
+                now_leader = hold_lease(session, "control", holder, ttl)
+                if now_leader != leader:
+                    log.info("control loop %s leadership", "took" if now_leader else "lost")
+                    leader = now_leader
+                if leader:
+                    tick(session, storage, settings)
+        except Exception:
+            log.exception("control tick failed")
+        stop.wait(settings.control_interval_seconds)

@@ -1,0 +1,58 @@
+"""`/v1/datasets`: upload, list, show, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import select
+
+from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
+from api.models import Dataset
+from api.schemas import DatasetOut, Page
+from api.services import datasets
+from api.services.paging import page
+from api.uploads import receive
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.post("", status_code=201, response_model=DatasetOut)
+async def upload_dataset(
+    request: Request, project_id: ProjectDep, session: SessionDep, storage: StorageDep,
+    settings: SettingsDep,
+) -> Dataset:
+    """Upload a dataset (multipart `file`, optional `name`), streamed to storage."""
+    upload = await receive(request, storage.uploads_tmp(), settings.max_upload_bytes)
+    return datasets.create(session=session, storage=storage, project_id=project_id,
+                           upload=upload, queue=settings.queue("prep"))
+
+
+@router.get("", response_model=Page[DatasetOut])
+def list_datasets(
+    project_id: ProjectDep, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
+) -> dict[str, object]:
+    """List the project's datasets, newest first."""
+    query = select(Dataset).where(Dataset.project_id == project_id, Dataset.status != "deleted")
+    rows, more = page(session, query, Dataset.id, limit=limit, after=after)
+    return {"data": rows, "has_more": more}
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, project_id: ProjectDep, session: SessionDep) -> Dataset:
+    """Show a dataset with its validation results."""
+    dataset = datasets.get(session=session, project_id=project_id, dataset_id=dataset_id)
+    if dataset.status == "deleted":
+        raise datasets.not_found("dataset", dataset_id)
+    return dataset
+
+
+@router.delete("/{dataset_id}", status_code=204)
+def delete_dataset(
+    dataset_id: str, project_id: ProjectDep, session: SessionDep, storage: StorageDep
+) -> Response:
+    """Delete a dataset that no active job uses."""
+    datasets.delete(session=session, storage=storage, project_id=project_id,
+                    dataset_id=dataset_id)
+    return Response(status_code=204)

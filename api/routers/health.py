@@ -1,0 +1,51 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from sqlalchemy import func, select, text
+
+from api.deps import SessionDep, SettingsDep, StorageDep
+from api.models import Job
+
+router = APIRouter(tags=["health"])
+JOBS = Gauge("trainyard_jobs", "Jobs by status", ["status"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> JSONResponse:
+    """The database, the broker and the storage are reachable."""
+    from workers.celery_app import get_app
+
+    checks: dict[str, str] = {}
+    try:
+        session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        with get_app().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"error: {type(exc).__name__}"
+    root = storage.root
+    checks["storage"] = "ok" if root.is_dir() else f"error: {root} is not a folder"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+def metrics(session: SessionDep) -> Response:
+    """Prometheus exposition: jobs by status."""
+    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+        JOBS.labels(status=status).set(count)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

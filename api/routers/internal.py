@@ -1,0 +1,67 @@
+"""`/internal`: spoken by node workers only, with the node secret or an attempt token."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header
+
+from api.deps import SessionDep, SettingsDep, StorageDep, bearer
+from api.errors import ApiError
+from api.models import Attempt
+from api.schemas import AttemptState, EventsIn, FinishIn, NodeOut, NodeRegisterIn
+from api.services import attempts, nodes
+
+router = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
+
+
+def node_auth(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Require the cluster's node secret."""
+    if not hmac.compare_digest(bearer(authorization), settings.resolved_node_secret):
+        raise ApiError(401, "unauthorized", "invalid node secret")
+
+
+def attempt_auth(
+    attempt_id: str, session: SessionDep, authorization: Annotated[str | None, Header()] = None
+) -> Attempt:
+    """The attempt whose token signed the request."""
+    return attempts.authorize(session=session, attempt_id=attempt_id, token=bearer(authorization))
+
+
+NodeAuth = Depends(node_auth)
+AttemptDep = Annotated[Attempt, Depends(attempt_auth)]
+
+
+@router.post("/nodes", response_model=NodeOut, dependencies=[NodeAuth])
+def register_node(node_in: NodeRegisterIn, session: SessionDep) -> object:
+    """Register (or re-register) a node worker."""
+    return nodes.register(session=session, node_in=node_in)
+
+
+@router.post("/nodes/{node_id}/heartbeat", response_model=NodeOut, dependencies=[NodeAuth])
+def node_heartbeat(node_id: str, session: SessionDep) -> object:
+    """Renew a node's lease."""
+    return nodes.heartbeat(session=session, node_id=node_id)
+
+
+@router.post("/attempts/{attempt_id}/start", response_model=AttemptState)
+def start_attempt(attempt: AttemptDep, session: SessionDep) -> AttemptState:
+    """Claim an attempt before launching it; a second claim is a 409."""
+    return attempts.start(session=session, attempt=attempt)
+
+
+@router.post("/attempts/{attempt_id}/events", response_model=AttemptState)
+def attempt_events(attempt: AttemptDep, body: EventsIn, session: SessionDep) -> AttemptState:
+    """Store trainer events and renew the attempt's lease; answers whether to cancel."""
+    return attempts.ingest(session=session, attempt=attempt, events=body.events)
+
+
+@router.post("/attempts/{attempt_id}/finish", response_model=AttemptState)
+def finish_attempt(
+    attempt: AttemptDep, body: FinishIn, session: SessionDep, storage: StorageDep,
+    settings: SettingsDep,
+) -> AttemptState:
+    """Report the trainer's exit; settles the job."""
+    return attempts.finish(session=session, storage=storage, attempt=attempt, report=body,
+                           max_attempts=settings.max_attempts)

@@ -1,0 +1,60 @@
+"""`/v1/models`: list, show, download files, generate."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from api.deps import ProjectDep, SessionDep, StorageDep
+from api.models import Model
+from api.schemas import GenerateIn, GenerateOut, ModelOut, Page
+from api.services import models
+from api.services.paging import page
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("", response_model=Page[ModelOut])
+def list_models(
+    project_id: ProjectDep, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
+) -> dict[str, object]:
+    """List the project's models, newest first."""
+    query = select(Model).where(Model.project_id == project_id)
+    rows, more = page(session, query, Model.id, limit=limit, after=after)
+    return {"data": [models.to_out(m) for m in rows], "has_more": more}
+
+
+@router.get("/{model_id}", response_model=ModelOut)
+def get_model(model_id: str, project_id: ProjectDep, session: SessionDep) -> ModelOut:
+    """Show a model and its files."""
+    return models.to_out(models.get(session=session, project_id=project_id, model_id=model_id))
+
+
+@router.get("/{model_id}/files/{name}")
+def download_file(
+    model_id: str, name: str, project_id: ProjectDep, session: SessionDep, storage: StorageDep
+) -> FileResponse:
+    """Download one of the model's files."""
+    model = models.get(session=session, project_id=project_id, model_id=model_id)
+    path = models.file_path(storage=storage, model=model, name=name)
+    return FileResponse(path, filename=name, media_type="application/octet-stream")
+
+
+@router.post("/{model_id}/generate", response_model=GenerateOut)
+async def generate(
+    model_id: str, body: GenerateIn, project_id: ProjectDep, session: SessionDep,
+    storage: StorageDep,
+) -> GenerateOut:
+    """Sample a continuation of a prompt from the model."""
+    model = models.get(session=session, project_id=project_id, model_id=model_id)
+    text = await run_in_threadpool(
+        models.generate, storage=storage, model=model, prompt=body.prompt,
+        max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_k=body.top_k,
+        seed=body.seed,
+    )
+    return GenerateOut(model_id=model.id, prompt=body.prompt, text=text)

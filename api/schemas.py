@@ -1,0 +1,176 @@
+"""Public response schemas and the internal (node worker) request schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    has_more: bool
+
+
+class ValidationIssue(BaseModel):
+    line: int | None
+    message: str
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    object: Literal["dataset"] = "dataset"
+    name: str
+    filename: str | None
+    format: str
+    kind: str
+    status: str
+    bytes: int
+    sha256: str
+    records: int | None
+    errors: list[ValidationIssue]
+    created_at: datetime
+
+
+class Progress(BaseModel):
+    step: int
+    max_steps: int
+    tokens: int
+    tokens_per_s: float | None
+    eta_seconds: float | None
+    loss: float | None
+    val_loss: float | None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str | None
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    name: str | None
+    type: str
+    status: str
+    dataset_id: str
+    spec: dict[str, Any]
+    progress: Progress
+    attempt: int
+    error: JobError | None
+    model_id: str | None
+    params: int | None
+    flops_per_token: float | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    type: str
+    attempt: int | None
+    message: str | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class MetricPoint(BaseModel):
+    step: int
+    value: float
+
+
+class MetricsOut(BaseModel):
+    job_id: str
+    series: dict[str, list[MetricPoint]]
+
+
+class CheckpointOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    step: int
+    attempt: int
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+class ModelFile(BaseModel):
+    name: str
+    bytes: int
+    url: str
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    name: str | None
+    job_id: str | None
+    arch: str
+    config: dict[str, Any]
+    files: list[ModelFile]
+    created_at: datetime
+
+
+class GenerateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1, max_length=100_000)
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    temperature: float = Field(1.0, ge=0.0, le=10.0)
+    top_k: int | None = Field(None, ge=1)
+    seed: int | None = None
+
+
+class GenerateOut(BaseModel):
+    model_id: str
+    prompt: str
+    text: str
+
+
+# Internal endpoints, spoken by node workers only.
+
+
+class NodeRegisterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=200)
+    host: str = Field(max_length=255)
+    queue: str = Field(max_length=255)
+    pool: str = "default"
+    accelerator: Literal["cpu", "gpu"]
+    slots: int = Field(ge=1, le=1024)
+    devices: list[str] = []
+
+
+class NodeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    status: str
+
+
+class TrainerEvent(BaseModel):
+    seq: int = Field(ge=1)
+    event: dict[str, Any]
+
+
+class EventsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[TrainerEvent] = Field(default=[], max_length=10_000)
+
+
+class AttemptState(BaseModel):
+    status: str
+    cancel: bool
+    last_seq: int
+
+
+class FinishIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    exit_code: int | None
+    log_tail: str | None = Field(None, max_length=100_000)
+    reason: str | None = Field(None, max_length=1000)
+    preempted: bool = False

@@ -1,0 +1,193 @@
+"""What node workers report about an attempt: start, trainer events, and the end.
+
+Every call is idempotent: events carry sequence numbers and a replayed batch is skipped,
+a second `start` or `finish` changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.db import utcnow
+from api.errors import ApiError, not_found
+from api.models import Attempt, Checkpoint, Event, Job, Metric, Model
+from api.schemas import AttemptState, FinishIn, TrainerEvent
+from api.services.jobs import TERMINAL, fail, record, transition
+from trainer.config import EXIT_OK, EXIT_PREEMPTED
+from trainyard.ids import hash_secret, new_id
+from trainyard.storage import Storage
+
+log = logging.getLogger(__name__)
+STEP_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time")
+
+
+def authorize(*, session: Session, attempt_id: str, token: str) -> Attempt:
+    """The attempt the token was minted for, or a 404 that reveals nothing."""
+    attempt = session.get(Attempt, attempt_id)
+    if attempt is None or attempt.token_hash != hash_secret(token):
+        raise not_found("attempt", attempt_id)
+    return attempt
+
+
+def _state(session: Session, attempt: Attempt) -> AttemptState:
+    job = session.get(Job, attempt.job_id)
+    cancel = bool(job and job.cancel_requested) or attempt.status not in ("starting", "running")
+    return AttemptState(status=attempt.status, cancel=cancel, last_seq=attempt.last_seq)
+
+
+def start(*, session: Session, attempt: Attempt) -> AttemptState:
+    """The node is about to launch torchrun; a duplicate delivery gets a 409."""
+    job = session.get(Job, attempt.job_id)
+    assert job is not None
+    if attempt.status != "starting":
+        raise ApiError(409, "attempt_not_startable", f"attempt is {attempt.status}")
+    if job.cancel_requested or job.status in TERMINAL:
+        attempt.status, attempt.finished_at = "cancelled", utcnow()
+        transition(session, job, "cancelled", "cancelled before training started")
+        session.commit()
+        raise ApiError(409, "attempt_not_startable", "the job was cancelled")
+    attempt.status, attempt.started_at, attempt.heartbeat_at = "running", utcnow(), utcnow()
+    transition(session, job, "running", f"attempt {attempt.number} started",
+               attempt=attempt.number)
+    session.commit()
+    return _state(session, attempt)
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> None:
+    kind = str(ev.get("type", "log"))
+    step = int(ev.get("step") or 0)
+    if kind == "step":
+        for name in STEP_METRICS:
+            value = _finite(ev.get(name))
+            if value is not None:
+                session.add(Metric(job_id=job.id, step=step, name=name, value=value))
+        job.step, job.tokens = step, int(ev.get("tokens") or job.tokens)
+        job.loss = _finite(ev.get("loss"))
+        job.tokens_per_s = _finite(ev.get("tokens_per_s"))
+        return  # steps live in metrics; the event log keeps the milestones
+    if kind == "eval":
+        value = _finite(ev.get("val_loss"))
+        if value is not None:
+            session.add(Metric(job_id=job.id, step=step, name="val_loss", value=value))
+            job.val_loss = value
+    elif kind == "start":
+        job.params = ev.get("params") or job.params
+        job.flops_per_token = _finite(ev.get("flops_per_token")) or job.flops_per_token
+    elif kind == "checkpoint":
+        exists = session.execute(
+            select(Checkpoint.id).where(Checkpoint.job_id == job.id, Checkpoint.step == step)
+        ).first()
+        if not exists:
+            metrics = {k: ev[k] for k in ("loss", "val_loss") if _finite(ev.get(k)) is not None}
+            session.add(Checkpoint(id=new_id("ckpt"), job_id=job.id, attempt=attempt.number,
+                                   step=step, path=str(ev.get("path", "")), metrics=metrics))
+    data = {k: v for k, v in ev.items() if k not in ("type", "message")}
+    message = ev.get("message") or kind
+    session.add(Event(job_id=job.id, attempt=attempt.number, type=kind, message=str(message),
+                      data=data))
+
+
+def ingest(*, session: Session, attempt: Attempt, events: list[TrainerEvent]) -> AttemptState:
+    """Store a batch of trainer events (skipping any already seen) and renew the lease."""
+    job = session.get(Job, attempt.job_id)
+    assert job is not None
+    if attempt.status == "running":
+        for item in sorted(events, key=lambda e: e.seq):
+            if item.seq <= attempt.last_seq:
+                continue
+            _apply(session, job, attempt, item.event)
+            attempt.last_seq = item.seq
+        attempt.heartbeat_at = utcnow()
+    session.commit()
+    return _state(session, attempt)
+
+
+def _last_error(session: Session, attempt: Attempt) -> Event | None:
+    return session.execute(
+        select(Event)
+        .where(Event.job_id == attempt.job_id, Event.attempt == attempt.number,
+               Event.type == "error")
+        .order_by(Event.id.desc())
+        .limit(1)
+    ).scalar()
+
+
+def finish(
+    *, session: Session, storage: Storage, attempt: Attempt, report: FinishIn, max_attempts: int
+) -> AttemptState:
+    """Settle an attempt and its job from the trainer's exit."""
+    job = session.get(Job, attempt.job_id)
+    assert job is not None
+    if attempt.status not in ("starting", "running"):
+        return _state(session, attempt)
+    attempt.exit_code, attempt.log_tail = report.exit_code, report.log_tail
+    attempt.finished_at = utcnow()
+    if job.cancel_requested:
+        attempt.status = "cancelled"
+        transition(session, job, "cancelled", "cancelled by the user")
+    elif report.exit_code == EXIT_OK:
+        attempt.status = "succeeded"
+        model = _register_model(session, storage, job, attempt)
+        job.model_id = model.id
+        transition(session, job, "succeeded", f"training finished; model {model.id}",
+                   model_id=model.id)
+    elif report.exit_code == EXIT_PREEMPTED or report.preempted:
+        attempt.status = "preempted"
+        requeue(session, job, "preempted; resuming from the latest checkpoint", max_attempts)
+    else:
+        attempt.status = "failed"
+        error = _last_error(session, attempt)
+        if error is not None:
+            fail(session, job, str(error.data.get("code", "trainer_error")), error.message or "")
+        else:
+            reason = report.reason or f"trainer exited with code {report.exit_code}"
+            tail = (report.log_tail or "").strip().splitlines()[-20:]
+            fail(session, job, "trainer_exit", reason + ("\n" + "\n".join(tail) if tail else ""))
+    session.commit()
+    return _state(session, attempt)
+
+
+def requeue(session: Session, job: Job, reason: str, max_attempts: int) -> None:
+    """Put a job back in the queue for a new attempt, or fail it after too many."""
+    if job.cancel_requested:
+        transition(session, job, "cancelled", "cancelled by the user")
+    elif job.attempt >= max_attempts:
+        fail(session, job, "node_lost", f"{reason}; gave up after {job.attempt} attempts")
+    else:
+        transition(session, job, "queued", reason)
+
+
+def _register_model(session: Session, storage: Storage, job: Job, attempt: Attempt) -> Model:
+    export = storage.attempt_dir(job.id, attempt.number) / "export"
+    if not (export / "config.json").exists():
+        raise ApiError(409, "no_model", "the trainer exited 0 without exporting a model")
+    model_id = new_id("mdl")
+    target = storage.model_dir(model_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    export.replace(target)
+    config = json.loads((target / "config.json").read_text())
+    files = [{"name": p.name, "bytes": p.stat().st_size} for p in sorted(target.iterdir())]
+    model = Model(id=model_id, project_id=job.project_id, job_id=job.id, name=job.name,
+                  arch=job.spec["model"]["arch"], config=config, files=files)
+    session.add(model)
+    record(session, job, "model", f"model {model_id} exported", model_id=model_id)
+    return model
+
+
+def attempt_for_job(session: Session, job_id: str, number: int) -> Attempt | None:
+    """One attempt of a job by its number."""
+    return session.execute(
+        select(Attempt).where(Attempt.job_id == job_id, Attempt.number == number)
+    ).scalar()

@@ -1,0 +1,193 @@
+"""Jobs: create from a JobSpec, show with progress, list, cancel, and the lifecycle rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.db import utcnow
+from api.errors import ApiError, not_found
+from api.models import Attempt, Dataset, Event, Job, Tokenizer
+from api.schemas import JobError, JobOut, Progress
+from api.services import datasets
+from trainyard.ids import new_id
+from trainyard.specs import JobSpec
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+ACTIVE_ATTEMPT = ("starting", "running")
+
+
+def record(session: Session, job: Job, type_: str, message: str, **data: Any) -> None:
+    """Append an event to the job's log (the caller commits)."""
+    session.add(Event(job_id=job.id, attempt=job.attempt or None, type=type_, message=message,
+                      data=data))
+
+
+def transition(session: Session, job: Job, status: str, reason: str, **data: Any) -> None:
+    """Move a job to a new status with an event; terminal states never change."""
+    if job.status in TERMINAL or job.status == status:
+        return
+    previous, job.status = job.status, status
+    if status in TERMINAL:
+        job.finished_at = utcnow()
+    if status == "running" and job.started_at is None:
+        job.started_at = utcnow()
+    record(session, job, "status", reason, status=status, previous=previous, **data)
+
+
+def fail(session: Session, job: Job, code: str, message: str) -> None:
+    """End a job as `failed` with a machine-readable code and a message a person can act on."""
+    if job.status in TERMINAL:
+        return
+    job.error_code, job.error_message = code, message
+    transition(session, job, "failed", message, code=code)
+
+
+def _usable_dataset(session: Session, project_id: str, dataset_id: str, field: str) -> Dataset:
+    dataset = datasets.get(session=session, project_id=project_id, dataset_id=dataset_id)
+    if dataset.status == "invalid":
+        first = dataset.errors[0] if dataset.errors else {}
+        where = f"line {first.get('line')}: " if first.get("line") else ""
+        raise ApiError(
+            409, "dataset_invalid",
+            f"{field}: dataset {dataset.id} is invalid ({where}{first.get('message', '')})",
+            {"field": field, "errors": dataset.errors},
+        )
+    if dataset.status == "deleted":
+        raise not_found("dataset", dataset_id)
+    if dataset.kind != "pretrain":
+        raise ApiError(
+            409, "dataset_kind",
+            f"{field}: dataset {dataset.id} is a {dataset.kind} dataset, a pretrain job needs "
+            "plain text or JSONL with a 'text' field",
+            {"field": field},
+        )
+    return dataset
+
+
+def _tokenizer_key(session: Session, project_id: str, spec: JobSpec) -> str:
+    if spec.tokenizer.type == "byte":
+        return "byte"
+    vocab = spec.tokenizer.vocab_size
+    query = select(Tokenizer).where(
+        Tokenizer.source_dataset_id == spec.dataset_id,
+        Tokenizer.kind == "bpe",
+        Tokenizer.vocab_size == vocab,
+    )
+    existing = session.execute(query).scalar()
+    if existing:
+        return existing.id
+    tok = Tokenizer(id=new_id("tok"), project_id=project_id, kind="bpe", vocab_size=vocab,
+                    source_dataset_id=spec.dataset_id)
+    try:
+        with session.begin_nested():
+            session.add(tok)
+    except IntegrityError:
+        # Another request created the same tokenizer a moment ago: use that one.
+        return session.execute(query).scalar_one().id
+    return tok.id
+
+
+def create(
+    *, session: Session, project_id: str, spec: JobSpec, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Validate a spec against the project's data and queue a job; (job, created)."""
+    resolved = spec.resolved()
+    if idempotency_key:
+        first = session.execute(
+            select(Job).where(Job.project_id == project_id, Job.idempotency_key == idempotency_key)
+        ).scalar()
+        if first is not None:
+            if first.spec != resolved:
+                raise ApiError(409, "idempotency_key_reused",
+                               "this Idempotency-Key was used with a different job spec")
+            return first, False
+    _usable_dataset(session, project_id, spec.dataset_id, "dataset_id")
+    if hasattr(spec.validation, "dataset_id"):
+        _usable_dataset(session, project_id, spec.validation.dataset_id, "validation.dataset_id")
+    job = Job(
+        id=new_id("job"),
+        project_id=project_id,
+        name=spec.name,
+        type=spec.type,
+        status="queued",
+        spec=resolved,
+        dataset_id=spec.dataset_id,
+        tokenizer_key=_tokenizer_key(session, project_id, spec),
+        idempotency_key=idempotency_key,
+    )
+    session.add(job)
+    record(session, job, "status", "job created", status="queued")
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key:  # a concurrent retry won the race: answer with its job
+            return create(session=session, project_id=project_id, spec=spec,
+                          idempotency_key=idempotency_key)
+        raise
+    return job, True
+
+
+def get(*, session: Session, project_id: str, job_id: str) -> Job:
+    """A job of the caller's project, or a 404."""
+    job = session.get(Job, job_id)
+    if job is None or job.project_id != project_id:
+        raise not_found("job", job_id)
+    return job
+
+
+def cancel(*, session: Session, project_id: str, job_id: str) -> Job:
+    """Ask a job to stop; idempotent. A job with no running attempt stops at once."""
+    job = get(session=session, project_id=project_id, job_id=job_id)
+    if job.status in TERMINAL:
+        return job
+    job.cancel_requested = True
+    live = session.execute(
+        select(Attempt).where(Attempt.job_id == job.id, Attempt.status.in_(ACTIVE_ATTEMPT))
+    ).scalar()
+    if live is None:
+        transition(session, job, "cancelled", "cancelled by the user")
+    else:
+        transition(session, job, "cancelling", "cancel requested by the user")
+    session.commit()
+    return job
+
+
+def to_out(job: Job) -> JobOut:
+    """The public view of a job, with its progress."""
+    training = job.spec["training"]
+    tokens_per_step = training["batch_size"] * training["seq_len"]
+    remaining = max(0, training["max_steps"] - job.step)
+    eta = None
+    if job.tokens_per_s and job.status == "running":
+        eta = round(remaining * tokens_per_step / job.tokens_per_s, 1)
+    error = JobError(code=job.error_code, message=job.error_message) if job.error_code else None
+    return JobOut(
+        id=job.id,
+        name=job.name,
+        type=job.type,
+        status=job.status,
+        dataset_id=job.dataset_id,
+        spec=job.spec,
+        progress=Progress(
+            step=job.step,
+            max_steps=training["max_steps"],
+            tokens=job.tokens,
+            tokens_per_s=job.tokens_per_s,
+            eta_seconds=eta,
+            loss=job.loss,
+            val_loss=job.val_loss,
+        ),
+        attempt=job.attempt,
+        error=error,
+        model_id=job.model_id,
+        params=job.params,
+        flops_per_token=job.flops_per_token,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )

@@ -1,0 +1,72 @@
+"""Models: show, serve files, and sample text without blocking the event loop."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.errors import not_found
+from api.models import Model
+from api.schemas import ModelFile, ModelOut
+from trainyard.storage import Storage
+
+DOWNLOADABLE = ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json",
+                "tokenizer_config.json")
+_CACHE_SIZE = 4
+_cache: OrderedDict[str, Any] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def get(*, session: Session, project_id: str, model_id: str) -> Model:
+    """A model of the caller's project, or a 404."""
+    model = session.get(Model, model_id)
+    if model is None or model.project_id != project_id:
+        raise not_found("model", model_id)
+    return model
+
+
+def to_out(model: Model) -> ModelOut:
+    """The public view of a model, with download links."""
+    files = [
+        ModelFile(name=f["name"], bytes=f["bytes"], url=f"/v1/models/{model.id}/files/{f['name']}")
+        for f in model.files
+        if f["name"] in DOWNLOADABLE
+    ]
+    return ModelOut(id=model.id, name=model.name, job_id=model.job_id, arch=model.arch,
+                    config=model.config, files=files, created_at=model.created_at)
+
+
+def file_path(*, storage: Storage, model: Model, name: str) -> Path:
+    """The path of one downloadable file; names outside the fixed list are a 404."""
+    if name not in DOWNLOADABLE or name not in {f["name"] for f in model.files}:
+        raise not_found("file", name)
+    return storage.model_dir(model.id) / name
+
+
+def _loaded(storage: Storage, model_id: str) -> Any:
+    from trainer.sample import load_model  # torch loads on first use, not at API start-up
+
+    with _cache_lock:
+        if model_id in _cache:
+            _cache.move_to_end(model_id)
+            return _cache[model_id]
+    loaded = load_model(str(storage.model_dir(model_id)))
+    with _cache_lock:
+        _cache[model_id] = loaded
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return loaded
+
+
+def generate(*, storage: Storage, model: Model, prompt: str, max_new_tokens: int,
+             temperature: float, top_k: int | None, seed: int | None) -> str:
+    """Sample a continuation (blocking: call it from a worker thread)."""
+    from trainer.sample import generate as sample
+
+    loaded = _loaded(storage, model.id)
+    return str(sample(loaded, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                      top_k=top_k, seed=seed))

@@ -1,0 +1,200 @@
+"""Checkpoints committed atomically, holding everything for an exact resume.
+
+Layout of checkpoint_dir:
+    step-00000100/          model.pt, optimizer.pt, train_state.json (rank 0),
+                            rank-00000.pt, rank-00001.pt, ... (sampler + RNG per rank)
+    latest                  text file naming the newest complete step directory
+
+A checkpoint is written to step-K.tmp/, renamed to step-K/, and only then is `latest`
+replaced; a crash at any moment leaves the previous checkpoint intact. torch.load is only
+ever used on these files, which the trainer wrote itself, and with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.distributed import Dist
+
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_dir_name(step: int) -> str:
+    """Directory name of the checkpoint taken after `step` optimizer steps."""
+    return f"step-{step:08d}"
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch CPU and CUDA generator states of this process."""
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
+    return {
+        "python": random.getstate(),
+        # numpy arrays are not allowed by weights_only loading; store plain ints instead.
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore states captured by rng_state."""
+    random.setstate(_tuples(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x: Any) -> Any:
+    # random.setstate insists on tuples, which some serialisations turn into lists.
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(
+    checkpoint_dir: str,
+    step: int,
+    *,
+    dist: Dist,
+    model_state: dict[str, Any],
+    optimizer_state: dict[str, Any],
+    train_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    keep: int,
+) -> str:
+    """Write a checkpoint from every rank (a collective call); return its final path."""
+    name = step_dir_name(step)
+    final = os.path.join(checkpoint_dir, name)
+    tmp = final + ".tmp"
+    if dist.is_main:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left over from a crash mid-save
+        os.makedirs(tmp)
+    dist.barrier()
+    # Model and optimizer are identical on every rank under DDP, so rank 0 writes them;
+    # sampler and RNG differ per rank, so each rank writes its own.
+    torch.save(rank_state, os.path.join(tmp, f"rank-{dist.rank:05d}.pt"))
+    if dist.is_main:
+        torch.save(model_state, os.path.join(tmp, "model.pt"))
+        torch.save(optimizer_state, os.path.join(tmp, "optimizer.pt"))
+        with open(os.path.join(tmp, "train_state.json"), "w", encoding="utf-8") as f:
+            json.dump({**train_state, "step": step, "world_size": dist.world_size}, f)
+    dist.barrier()
+    if dist.is_main:
+        _fsync_dir(tmp)
+        if os.path.exists(final):
+            # Same step saved again (preempted before any new step): swap it out.
+            old = final + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(checkpoint_dir)
+        _write_text_atomic(os.path.join(checkpoint_dir, LATEST), name + "\n")
+        prune(checkpoint_dir, keep)
+    dist.barrier()
+    return final
+
+
+def list_checkpoints(checkpoint_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints as (step, path), oldest first."""
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    found = []
+    for entry in os.listdir(checkpoint_dir):
+        m = _STEP_DIR.match(entry)
+        if m and os.path.isdir(os.path.join(checkpoint_dir, entry)):
+            found.append((int(m.group(1)), os.path.join(checkpoint_dir, entry)))
+    return sorted(found)
+
+
+def prune(checkpoint_dir: str, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints, never the one `latest` names."""
+    latest = latest_path(checkpoint_dir)
+    for _, path in list_checkpoints(checkpoint_dir)[:-keep]:
+        if path != latest:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def latest_path(checkpoint_dir: str) -> str | None:
+    """Path of the newest committed checkpoint, or None."""
+    pointer = os.path.join(checkpoint_dir, LATEST)
+    if os.path.exists(pointer):
+        with open(pointer, encoding="utf-8") as f:
+            name = f.read().strip()
+        path = os.path.join(checkpoint_dir, name)
+        if _STEP_DIR.match(name) and os.path.isdir(path):
+            return path
+    # The pointer is missing or stale (crash between renames): step dirs only ever appear
+    # complete, so the newest one is safe.
+    found = list_checkpoints(checkpoint_dir)
+    return found[-1][1] if found else None
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back for one rank."""
+
+    path: str
+    step: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    train_state: dict[str, Any]
+    rank_state: dict[str, Any] | None  # None when this rank did not exist at save time
+
+
+def load(path: str, rank: int = 0) -> Checkpoint:
+    """Read a checkpoint directory for the given rank onto the CPU."""
+    with open(os.path.join(path, "train_state.json"), encoding="utf-8") as f:
+        train_state = json.load(f)
+    rank_file = os.path.join(path, f"rank-{rank:05d}.pt")
+    rank_state = (
+        torch.load(rank_file, map_location="cpu", weights_only=True)
+        if os.path.exists(rank_file)
+        else None
+    )
+    return Checkpoint(
+        path=path,
+        step=int(train_state["step"]),
+        model=torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True),
+        optimizer=torch.load(
+            os.path.join(path, "optimizer.pt"), map_location="cpu", weights_only=True
+        ),
+        train_state=train_state,
+        rank_state=rank_state,
+    )
+
+
+def load_latest(checkpoint_dir: str, rank: int = 0) -> Checkpoint | None:
+    """The newest committed checkpoint for this rank, or None when there is none."""
+    path = latest_path(checkpoint_dir)
+    return load(path, rank) if path is not None else None

@@ -1,0 +1,321 @@
+"""Run configuration for the trainer: typed dataclasses, presets and size arithmetic.
+
+This module must stay torch-free: the API imports it to validate job specs and to show
+parameter counts without loading torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Exit codes of `python -m trainer.train`; the node worker maps them to job transitions.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_PREEMPTED = 75  # SIGTERM received and a checkpoint was saved; resume later
+
+Arch = Literal["gpt2", "llama"]
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used as given."""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a decoder-only language model."""
+
+    arch: Arch
+    n_layer: int
+    n_head: int
+    d_model: int
+    vocab_size: int
+    seq_len: int
+    dropout: float = 0.0
+    n_kv_head: int | None = None  # llama only; None means n_head (no grouped-query attention)
+    d_ff: int | None = None  # None means 4*d_model (gpt2) or ~8/3*d_model (llama)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("gpt2", "llama"):
+            raise ConfigError(f"model.arch must be 'gpt2' or 'llama', got {self.arch!r}")
+        for name in ("n_layer", "n_head", "d_model", "vocab_size", "seq_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1")
+        if self.d_model % self.n_head:
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
+            )
+        if self.arch == "llama" and (self.d_model // self.n_head) % 2:
+            raise ConfigError("llama head size (d_model / n_head) must be even for RoPE")
+        if self.n_head % self.kv_heads:
+            raise ConfigError(
+                f"model.n_head ({self.n_head}) must be divisible by n_kv_head ({self.kv_heads})"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        """Size of one attention head."""
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (equal to n_head unless grouped-query attention)."""
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+    @property
+    def ff_dim(self) -> int:
+        """Hidden width of the MLP."""
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.arch == "gpt2":
+            return 4 * self.d_model
+        # SwiGLU has three matrices, so LLaMA shrinks the width to 2/3 of 4d to keep the
+        # parameter count of a 4d GELU MLP; round up to a multiple of 64 for fast matmuls.
+        return _round_up(8 * self.d_model // 3, 64)
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation hyper-parameters, exactly the run.json "training" object."""
+
+    max_steps: int = 2000
+    seq_len: int = 64
+    batch_size: int = 12  # sequences per optimizer step, summed over all ranks
+    micro_batch_size: int = 12  # sequences per forward pass on one rank
+    lr: float = 1e-3
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 100
+    min_lr: float = 1e-4
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 disables clipping
+    dropout: float = 0.0
+    eval_interval: int = 250
+    eval_batches: int = 20
+    checkpoint_interval: int = 500
+    seed: int = 1337
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "seq_len", "batch_size", "micro_batch_size", "eval_interval",
+                     "eval_batches", "checkpoint_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"training.{name} must be >= 1")
+        if self.warmup_steps < 0 or self.lr < 0 or self.min_lr < 0 or self.grad_clip < 0:
+            raise ConfigError("training.warmup_steps, lr, min_lr and grad_clip must be >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("training.dropout must be in [0, 1)")
+
+
+@dataclass
+class TokenRange:
+    """Tokens [start, end) of one shard file."""
+
+    path: str
+    start: int
+    end: int
+
+
+@dataclass
+class DataConfig:
+    """Where the token shards are and how to read them."""
+
+    dtype: Literal["uint16", "uint32"]
+    eot_id: int
+    train: list[TokenRange]
+    val: list[TokenRange]
+
+
+@dataclass
+class ResourcesConfig:
+    """What the trainer runs on."""
+
+    accelerator: Literal["cpu", "gpu", "auto"] = "auto"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    nodes: int = 1
+    processes_per_node: int = 1
+
+
+@dataclass
+class RunConfig:
+    """Everything one training attempt needs: the run.json contract."""
+
+    model: ModelConfig
+    tokenizer_path: str
+    data: DataConfig
+    output_dir: str
+    checkpoint_dir: str
+    export_dir: str
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    job_id: str = ""
+    attempt: int = 1
+    keep_checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        if self.training.seq_len > self.model.seq_len:
+            raise ConfigError(
+                f"training.seq_len ({self.training.seq_len}) exceeds model.seq_len "
+                f"({self.model.seq_len})"
+            )
+        if self.keep_checkpoints < 1:
+            raise ConfigError("keep_checkpoints must be >= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build a RunConfig from parsed JSON, rejecting unknown or mistyped keys."""
+        return _build(cls, data, "run")
+
+    @classmethod
+    def load(cls, path: str) -> RunConfig:
+        """Read and validate a run.json file."""
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}: not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, the inverse of from_dict."""
+        return dataclasses.asdict(self)
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return (x + multiple - 1) // multiple * multiple
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Check one JSON value against a type hint, building nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [t for t in options if t is not type(None)]
+        return _convert(inner, value, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            allowed = ", ".join(repr(a) for a in typing.get_args(tp))
+            raise ConfigError(f"{where}: must be one of {allowed}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(typing.cast(type, tp), value, where)
+    # bool is a subclass of int in Python, but `"n_layer": true` is a mistake, not a 1.
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
+            f"allowed: {', '.join(sorted(fields))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing required key {name!r}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+# Presets return only architecture fields; vocab_size and seq_len come from the job.
+def _tiny() -> dict[str, Any]:
+    return {"arch": "gpt2", "n_layer": 2, "n_head": 2, "d_model": 64}
+
+
+def _tiny_llama() -> dict[str, Any]:
+    return {"arch": "llama", "n_layer": 2, "n_head": 2, "d_model": 64}
+
+
+def _shakespeare() -> dict[str, Any]:
+    return {"arch": "gpt2", "n_layer": 4, "n_head": 4, "d_model": 128}
+
+
+def _gpt2_small() -> dict[str, Any]:
+    return {"arch": "gpt2", "n_layer": 12, "n_head": 12, "d_model": 768}
+
+
+def _gpt2_medium() -> dict[str, Any]:
+    return {"arch": "gpt2", "n_layer": 24, "n_head": 16, "d_model": 1024}
+
+
+def _llama_1b() -> dict[str, Any]:
+    # The Llama 3.2 1B shape: 16 layers, 2048 wide, 32 query heads sharing 8 kv heads.
+    return {
+        "arch": "llama", "n_layer": 16, "n_head": 32, "d_model": 2048,
+        "n_kv_head": 8, "d_ff": 8192, "rope_theta": 500000.0,
+    }
+
+
+PRESETS: dict[str, Callable[[], dict[str, Any]]] = {
+    "tiny": _tiny,
+    "tiny-llama": _tiny_llama,
+    "shakespeare": _shakespeare,
+    "gpt2-small": _gpt2_small,
+    "gpt2-medium": _gpt2_medium,
+    "llama-1b": _llama_1b,
+}
+
+
+def param_count(cfg: ModelConfig) -> int:
+    """Exact number of parameters of the model built from cfg (tied embeddings once)."""
+    d, ff, v, n_layer = cfg.d_model, cfg.ff_dim, cfg.vocab_size, cfg.n_layer
+    head = 0 if cfg.tie_embeddings else v * d
+    if cfg.arch == "gpt2":
+        attn = d * 3 * d + 3 * d + d * d + d  # fused qkv and output projection, with biases
+        mlp = d * ff + ff + ff * d + d
+        norms = 2 * 2 * d  # two LayerNorms with weight and bias
+        return v * d + cfg.seq_len * d + n_layer * (attn + mlp + norms) + 2 * d + head
+    kv = cfg.kv_heads * cfg.head_dim
+    attn = d * d + 2 * d * kv + d * d
+    mlp = 3 * d * ff
+    norms = 2 * d  # two RMSNorms, weight only
+    return v * d + n_layer * (attn + mlp + norms) + d + head
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per token: 6N + 12*L*d*T (PaLM appendix B, as in nanoGPT's MFU).
+
+    6N counts forward (2N) and backward (4N) matmuls over the parameters; learned position
+    embeddings are excluded because they are a lookup, not a matmul. 12*L*d*T adds the
+    attention score and value products, which have no parameters. T defaults to the
+    model's context length.
+    """
+    n = param_count(cfg)
+    if cfg.arch == "gpt2":
+        n -= cfg.seq_len * cfg.d_model
+    t = seq_len if seq_len is not None else cfg.seq_len
+    return float(6 * n + 12 * cfg.n_layer * cfg.d_model * t)

@@ -1,0 +1,315 @@
+"""The training loop: one Trainer that builds the run, trains, evaluates and checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import resource
+import signal
+import time
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from trainer import checkpoint as ckpt
+from trainer import tokenizer as tokmod
+from trainer.config import (
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    RunConfig,
+    TrainingConfig,
+    flops_per_token,
+    param_count,
+)
+from trainer.data import TokenData
+from trainer.distributed import Dist
+from trainer.events import EventWriter
+from trainer.export import export_model
+from trainer.model import CausalLM, build_model, configure_optimizer
+
+# Dense bf16 tensor-core peak FLOP/s per GPU, from NVIDIA datasheets (no sparsity).
+# MFU is reported against these; unknown GPUs and CPUs report null.
+PEAK_BF16_FLOPS: dict[str, float] = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "L4": 121e12,
+}
+
+
+class NanLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(
+            f"loss is {loss} at step {step}; lower lr, raise warmup_steps or check the data"
+        )
+        self.step = step
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak bf16 FLOP/s of this GPU from PEAK_BF16_FLOPS, or None if unknown."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_BF16_FLOPS.items():  # ordered so "H100 PCIe" wins over "H100"
+        if key in name:
+            return flops
+    return None
+
+
+def lr_at(step: int, cfg: TrainingConfig) -> float:
+    """Learning rate for optimizer step `step` (1-based): linear warmup, then decay."""
+    if cfg.warmup_steps and step <= cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    if cfg.lr_schedule == "linear":
+        return cfg.lr + progress * (cfg.min_lr - cfg.lr)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: CUDA allocator peak on GPU, max RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+class Trainer:
+    """Runs one training attempt described by a RunConfig."""
+
+    def __init__(
+        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, stop_at_step: int | None = None
+    ) -> None:
+        self.cfg, self.dist, self.events = cfg, dist, events
+        # Tests use stop_at_step to preempt at an exact step, as if SIGTERM came then.
+        self.stop_at_step = stop_at_step
+        self.step = 0
+        self.tokens = 0
+        self.val_loss: float | None = None
+        self.last_loss: float | None = None
+        self._stop_requested = False
+        self._saved_step = -1
+        t = cfg.training
+        if cfg.resources.strategy == "fsdp":
+            raise NotImplementedError("strategy 'fsdp' is not implemented yet; use 'ddp'")
+        per_step = t.micro_batch_size * dist.world_size
+        if t.batch_size % per_step:
+            raise ValueError(
+                f"batch_size ({t.batch_size}) must be a multiple of micro_batch_size x world_size"
+                f" ({t.micro_batch_size} x {dist.world_size} = {per_step})"
+            )
+        self.grad_accum = t.batch_size // per_step
+        self.tokens_per_step = t.batch_size * t.seq_len
+
+        dev = dist.device
+        use_bf16 = t.precision == "bf16" or (
+            t.precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        )
+        self.autocast: Any = (
+            torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        )
+
+        self.tokenizer_eot = tokmod.eot_id(tokmod.load(cfg.tokenizer_path))
+        # The job's training.dropout is the one hyper-parameter source; it overrides the
+        # architecture's default.
+        self.model_cfg = dataclasses.replace(cfg.model, dropout=t.dropout)
+        torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts it)
+        self.raw_model: CausalLM = build_model(self.model_cfg).to(dev)
+        self.optimizer = configure_optimizer(
+            self.raw_model, lr=t.lr, weight_decay=t.weight_decay, device_type=dev.type
+        )
+        self.data = TokenData(cfg.data, t.seq_len, seed=t.seed, rank=dist.rank, device=dev)
+        # Ranks differ in dropout masks; their streams are checkpointed, so resume is exact.
+        torch.manual_seed(t.seed + dist.rank)
+
+        self.resumed_from: str | None = None
+        self._maybe_resume()
+
+        model: nn.Module = self.raw_model
+        if t.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        if dist.is_distributed:
+            model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.model = model
+        self.flops_per_token = flops_per_token(self.model_cfg, t.seq_len)
+        self.peak_flops = peak_flops(dev)
+
+    def _maybe_resume(self) -> None:
+        found = ckpt.load_latest(self.cfg.checkpoint_dir, self.dist.rank)
+        if found is None:
+            return
+        self.raw_model.load_state_dict(found.model)
+        self.optimizer.load_state_dict(found.optimizer)
+        state = found.train_state
+        self.step = self._saved_step = found.step
+        self.tokens = int(state["tokens"])
+        self.val_loss = state.get("val_loss")
+        self.last_loss = state.get("loss")
+        if found.rank_state is not None:
+            self.data.load_state_dict(found.rank_state["data"])
+            ckpt.set_rng_state(found.rank_state["rng"])
+        else:
+            # World size grew since the save: this rank gets a fresh, distinct stream.
+            self.data.generator.manual_seed(self.cfg.training.seed * 7919 + self.dist.rank
+                                            + found.step)
+            self.events.emit("log", message=f"rank {self.dist.rank} has no sampler state in "
+                                            f"{found.path}; reseeded")
+        self.resumed_from = found.path
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        # Only set a flag: the checkpoint must be taken at a step boundary, by all ranks.
+        self._stop_requested = True
+
+    def run(self) -> int:
+        """Train to max_steps (or until preempted); return the process exit code."""
+        t, dist = self.cfg.training, self.dist
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            self.events.emit(
+                "start", step=self.step, max_steps=t.max_steps, world_size=dist.world_size,
+                device=str(dist.device), params=param_count(self.model_cfg),
+                flops_per_token=self.flops_per_token, resumed_from=self.resumed_from,
+            )
+            while self.step < t.max_steps:
+                stop = self._train_step()
+                if stop:
+                    path = self._save()
+                    self.events.emit("preempted", step=self.step, checkpoint=path)
+                    return EXIT_PREEMPTED
+                if self.step % t.eval_interval == 0 and self.step < t.max_steps:
+                    self._evaluate()
+                if self.step % t.checkpoint_interval == 0 and self.step < t.max_steps:
+                    self._save()
+            self._evaluate()
+            self._save()
+            export_dir = self._export()
+            self.events.emit("done", step=self.step, export_dir=export_dir,
+                             loss=self.last_loss, val_loss=self.val_loss)
+            return EXIT_OK
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _micro_steps(self) -> Iterator[contextlib.AbstractContextManager[Any]]:
+        """One context per micro-step; DDP syncs gradients only on the last one."""
+        for i in range(self.grad_accum):
+            last = i == self.grad_accum - 1
+            if isinstance(self.model, DDP) and not last:
+                yield self.model.no_sync()
+            else:
+                yield contextlib.nullcontext()
+
+    def _train_step(self) -> bool:
+        """One optimizer step; return True when the run must stop (preemption)."""
+        t, dist = self.cfg.training, self.dist
+        step = self.step + 1
+        t0 = time.perf_counter()
+        lr = lr_at(step, t)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        loss_sum = torch.zeros((), device=dist.device)
+        for sync_ctx in self._micro_steps():
+            x, y = self.data.next_train_batch(t.micro_batch_size)  # (B, T) each
+            with sync_ctx:
+                with self.autocast:
+                    _, loss = self.model(x, y)
+                assert loss is not None
+                # Average over micro-steps so the gradient matches one big batch.
+                (loss / self.grad_accum).backward()
+            loss_sum += loss.detach()
+        if t.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), t.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.raw_model.parameters() if p.grad is not None]
+            )
+        # One collective gives the global mean loss and whether any rank wants to stop,
+        # so every rank takes the same decision at the same step.
+        stop = self._stop_requested or (self.stop_at_step is not None
+                                        and step >= self.stop_at_step)
+        stats = torch.stack([loss_sum / self.grad_accum,
+                             torch.tensor(float(stop), device=dist.device)])
+        dist.all_reduce_sum(stats)
+        loss_val = stats[0].item() / dist.world_size
+        if not math.isfinite(loss_val):
+            raise NanLossError(step, loss_val)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if dist.device.type == "cuda":
+            torch.cuda.synchronize(dist.device)
+        dt = time.perf_counter() - t0
+
+        self.step = step
+        self.tokens += self.tokens_per_step
+        self.last_loss = loss_val
+        tokens_per_s = self.tokens_per_step / dt
+        mfu = None
+        if self.peak_flops is not None:
+            mfu = self.flops_per_token * tokens_per_s / (self.peak_flops * dist.world_size)
+        self.events.emit(
+            "step", step=step, loss=loss_val, lr=lr, grad_norm=float(grad_norm),
+            tokens=self.tokens, tokens_per_s=tokens_per_s, mfu=mfu, step_time=dt,
+            peak_memory_bytes=peak_memory_bytes(dist.device),
+        )
+        return bool(stats[1].item() > 0)
+
+    @torch.no_grad()
+    def _evaluate(self) -> float:
+        """Mean loss over the fixed validation batches; ranks split them and add up."""
+        t, dist = self.cfg.training, self.dist
+        self.model.eval()
+        totals = torch.zeros(2, device=dist.device)  # (sum of losses, number of batches)
+        batches = self.data.val_batches(t.micro_batch_size, t.eval_batches)
+        for i, (x, y) in enumerate(batches):
+            if i % dist.world_size != dist.rank:
+                continue
+            with self.autocast:
+                # The raw model: DDP's forward would expect a matching backward.
+                _, loss = self.raw_model(x, y)
+            assert loss is not None
+            totals[0] += loss
+            totals[1] += 1
+        dist.all_reduce_sum(totals)
+        self.val_loss = float(totals[0] / totals[1])
+        self.events.emit("eval", step=self.step, val_loss=self.val_loss)
+        return self.val_loss
+
+    def _save(self) -> str:
+        """Checkpoint the current step on all ranks (skipped if already saved)."""
+        path = f"{self.cfg.checkpoint_dir}/{ckpt.step_dir_name(self.step)}"
+        if self._saved_step == self.step:
+            return path
+        path = ckpt.save(
+            self.cfg.checkpoint_dir, self.step, dist=self.dist,
+            model_state=self.raw_model.state_dict(),
+            optimizer_state=self.optimizer.state_dict(),
+            train_state={"tokens": self.tokens, "val_loss": self.val_loss,
+                         "loss": self.last_loss,
+                         "lr_scheduler": {"schedule": self.cfg.training.lr_schedule,
+                                          "last_step": self.step}},
+            rank_state={"data": self.data.state_dict(), "rng": ckpt.rng_state()},
+            keep=self.cfg.keep_checkpoints,
+        )
+        self._saved_step = self.step
+        self.events.emit("checkpoint", step=self.step, path=path, val_loss=self.val_loss)
+        return path
+
+    def _export(self) -> str:
+        """Rank 0 writes the final model folder; the others wait for it."""
+        if self.dist.is_main:
+            export_model(self.raw_model.state_dict(), self.model_cfg,
+                         tokenizer_path=self.cfg.tokenizer_path, eot_id=self.tokenizer_eot,
+                         export_dir=self.cfg.export_dir)
+        self.dist.barrier()
+        return self.cfg.export_dir

@@ -1,0 +1,58 @@
+"""Entry point: `torchrun --nproc_per_node N -m trainer.train --config run.json`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+import torch
+
+from trainer.config import EXIT_FAILED, ConfigError, RunConfig
+from trainer.distributed import Dist
+from trainer.events import EventWriter
+from trainer.loop import NanLossError, Trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, build, train; map the outcome to an exit code."""
+    parser = argparse.ArgumentParser(prog="trainer.train", description=__doc__)
+    parser.add_argument("--config", required=True, help="path to run.json")
+    args = parser.parse_args(argv)
+    try:
+        cfg = RunConfig.load(args.config)
+    except (OSError, ConfigError) as e:
+        # No output_dir to report to yet; stderr reaches the node worker's log.
+        print(f"trainer: invalid config: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+    dist = Dist.init(cfg.resources.accelerator)
+    events = EventWriter(cfg.output_dir, enabled=dist.is_main)
+    trainer: Trainer | None = None
+    try:
+        trainer = Trainer(cfg, dist, events)
+        return trainer.run()
+    except NanLossError as e:
+        events.emit("error", code="nan_loss", message=str(e), step=e.step)
+    except torch.OutOfMemoryError as e:
+        step = trainer.step if trainer else 0
+        mbs = cfg.training.micro_batch_size
+        events.emit(
+            "error", code="out_of_memory", step=step, micro_batch_size=mbs,
+            message=f"out of memory at micro_batch_size {mbs}: lower micro_batch_size "
+                    "(gradient accumulation keeps batch_size), seq_len or the model size",
+            hint="lower micro_batch_size",
+        )
+        print(f"trainer: {e}", file=sys.stderr)
+    except Exception as e:
+        traceback.print_exc()
+        events.emit("error", code="trainer_error", message=f"{type(e).__name__}: {e}",
+                    step=trainer.step if trainer else 0)
+    finally:
+        events.close()
+        dist.close()
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

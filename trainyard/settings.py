@@ -1,0 +1,90 @@
+"""One Settings object for every trainyard process, read from `TRAINYARD_*` variables."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the API, the control loop, the workers and the CLI.
+
+    Left alone, everything lives under `data_dir`: a SQLite file, a file-system Celery
+    broker and a storage folder, so the platform runs with no service installed.
+    Production points `database_url` at PostgreSQL, `broker_url` at Redis and
+    `storage_root` at a folder every node shares.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
+
+    data_dir: Path = Path(".trainyard")
+    database_url: str | None = None
+    broker_url: str | None = None
+    storage_root: Path | None = None
+
+    api_url: str = "http://127.0.0.1:8000"
+    node_secret: str | None = None
+    node_name: str = Field(default_factory=socket.gethostname)
+    node_slots: int | None = None
+    queue_prefix: str = ""
+
+    max_upload_bytes: int = 2 * 1024**3
+    upload_chunk_bytes: int = 1024 * 1024
+    cancel_grace_seconds: float = 10.0
+    heartbeat_seconds: float = 2.0
+    node_timeout_seconds: float = 30.0
+    attempt_timeout_seconds: float = 60.0
+    max_attempts: int = 3
+    control_interval_seconds: float = 0.5
+    keep_checkpoints: int = 3
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'trainyard.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        """The Celery broker URL, defaulting to the file-system transport."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the embedded file-system broker keeps its messages."""
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_storage_root(self) -> Path:
+        """The storage root, defaulting to a folder in the data directory."""
+        return (self.storage_root or self.data_dir / "storage").resolve()
+
+    @property
+    def resolved_node_secret(self) -> str:
+        """The shared secret node workers present; embedded runs keep one in the data dir."""
+        if self.node_secret:
+            return self.node_secret
+        path = self.data_dir / "node-secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_urlsafe(32))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip()
+
+    def queue(self, name: str) -> str:
+        """A Celery queue name, prefixed so several deployments can share one broker."""
+        return f"{self.queue_prefix}{name}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,155 @@
+"""The JobSpec: what a user asks for, strictly validated and resolved to concrete values.
+
+A stored job keeps the resolved spec (every default filled in), so it always says exactly
+what it ran.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from trainer.config import PRESETS
+
+
+class Strict(BaseModel):
+    """A request model that rejects fields it does not know."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ValidationFraction(Strict):
+    fraction: float = Field(0.05, gt=0.0, lt=0.5)
+
+
+class ValidationDataset(Strict):
+    dataset_id: str
+
+
+class ByteTokenizer(Strict):
+    type: Literal["byte"] = "byte"
+
+
+class BpeTokenizer(Strict):
+    type: Literal["bpe"]
+    vocab_size: int = Field(4096, ge=300, le=262144)
+
+
+TokenizerSpec = ByteTokenizer | BpeTokenizer
+
+
+class ModelSpec(Strict):
+    """A preset, explicit architecture fields, or a preset with some fields overridden."""
+
+    preset: str | None = None
+    arch: Literal["gpt2", "llama"] | None = None
+    n_layer: int | None = Field(None, ge=1, le=256)
+    n_head: int | None = Field(None, ge=1, le=256)
+    d_model: int | None = Field(None, ge=8, le=65536)
+    n_kv_head: int | None = Field(None, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> ModelSpec:
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                known = ", ".join(sorted(PRESETS))
+                raise ValueError(f"unknown preset {self.preset!r}; known presets: {known}")
+            base: dict[str, Any] = PRESETS[self.preset]()
+        else:
+            base = {"arch": "gpt2"}
+        for name in ("arch", "n_layer", "n_head", "d_model", "n_kv_head"):
+            value = getattr(self, name)
+            if value is None and name in base:
+                setattr(self, name, base[name])
+        missing = [n for n in ("n_layer", "n_head", "d_model") if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"give a preset or all of n_layer, n_head, d_model (missing {missing})")
+        assert self.d_model is not None and self.n_head is not None
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if (self.d_model // self.n_head) % 2 and self.arch == "llama":
+            raise ValueError("llama needs an even head size (d_model / n_head) for RoPE")
+        if self.n_kv_head is not None:
+            if self.arch != "llama":
+                raise ValueError("n_kv_head applies to the llama architecture only")
+            if self.n_head % self.n_kv_head:
+                raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head")
+        return self
+
+
+class TrainingSpec(Strict):
+    max_steps: int = Field(2000, ge=1, le=10_000_000)
+    seq_len: int = Field(64, ge=8, le=131072)
+    batch_size: int = Field(12, ge=1, le=1_000_000)
+    micro_batch_size: int | None = Field(None, ge=1)
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(100, ge=0)
+    min_lr: float | None = Field(None, ge=0.0)
+    weight_decay: float = Field(0.1, ge=0.0, le=10.0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    eval_interval: int = Field(250, ge=1)
+    eval_batches: int = Field(20, ge=1, le=10_000)
+    checkpoint_interval: int = Field(500, ge=1)
+    seed: int = Field(1337, ge=0, le=2**31 - 1)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingSpec:
+        if self.min_lr is None:
+            self.min_lr = self.lr / 10
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must not exceed max_steps ({self.max_steps})"
+            )
+        return self
+
+
+class ResourcesSpec(Strict):
+    nodes: int = Field(1, ge=1, le=1)
+    processes_per_node: int = Field(1, ge=1, le=64)
+    accelerator: Literal["auto", "gpu", "cpu"] = "auto"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    pool: str = Field("default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class JobSpec(Strict):
+    """A pretraining job as submitted to `POST /v1/jobs`."""
+
+    name: str | None = Field(None, max_length=200)
+    type: Literal["pretrain"] = "pretrain"
+    dataset_id: str
+    validation: ValidationFraction | ValidationDataset = Field(default_factory=ValidationFraction)
+    tokenizer: Annotated[TokenizerSpec, Field(discriminator="type")] = Field(
+        default_factory=ByteTokenizer
+    )
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(preset="tiny"))
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        world = self.resources.nodes * self.resources.processes_per_node
+        t = self.training
+        if t.micro_batch_size is None:
+            if t.batch_size % world:
+                raise ValueError(
+                    f"training.batch_size ({t.batch_size}) must be divisible by the number of "
+                    f"processes ({world})"
+                )
+            t.micro_batch_size = t.batch_size // world
+        if t.batch_size % (t.micro_batch_size * world):
+            raise ValueError(
+                f"training.batch_size ({t.batch_size}) must be a multiple of "
+                f"training.micro_batch_size ({t.micro_batch_size}) x processes ({world})"
+            )
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec with every default filled in, as stored and returned."""
+        return self.model_dump(mode="json")

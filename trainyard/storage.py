@@ -1,0 +1,64 @@
+"""The storage layout shared by every process: one root, fixed relative paths.
+
+Only ids that trainyard minted ever become path components; user filenames never do.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+_SAFE = re.compile(r"^[a-z]+_[0-9a-z]+$|^byte$")
+
+
+def _part(value: str) -> str:
+    # Refuse anything that is not one of our ids, so no request can steer a path.
+    if not _SAFE.match(value):
+        raise ValueError(f"not a storage id: {value!r}")
+    return value
+
+
+class Storage:
+    """Paths under the storage root, per design.md's storage layout."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        """The folder of one dataset."""
+        return self.root / "datasets" / _part(dataset_id)
+
+    def dataset_source(self, dataset_id: str) -> Path:
+        """The upload exactly as received."""
+        return self.dataset_dir(dataset_id) / "source"
+
+    def tokens_dir(self, dataset_id: str, tokenizer_key: str) -> Path:
+        """Token shards of one dataset under one tokenizer."""
+        return self.dataset_dir(dataset_id) / "tokens" / _part(tokenizer_key)
+
+    def tokenizer_file(self, tokenizer_key: str) -> Path:
+        """A tokenizer's `tokenizer.json`."""
+        return self.root / "tokenizers" / _part(tokenizer_key) / "tokenizer.json"
+
+    def attempt_dir(self, job_id: str, attempt: int) -> Path:
+        """run.json, events.jsonl and logs of one attempt."""
+        return self.root / "jobs" / _part(job_id) / f"attempt-{int(attempt)}"
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        """Checkpoints of a job, shared by its attempts so a retry resumes."""
+        return self.root / "jobs" / _part(job_id) / "checkpoints"
+
+    def model_dir(self, model_id: str) -> Path:
+        """A finished model's files."""
+        return self.root / "models" / _part(model_id)
+
+    def uploads_tmp(self) -> Path:
+        """Where uploads land while they stream, before they are committed."""
+        path = self.root / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def remove_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset's files."""
+        shutil.rmtree(self.dataset_dir(dataset_id), ignore_errors=True)

@@ -1,0 +1,58 @@
+"""The Celery app, built from Settings: Redis in production, the file system when embedded."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from trainyard.settings import Settings, get_settings
+
+VALIDATE_DATASET = "trainyard.prep.validate_dataset"
+PREPARE_JOB = "trainyard.prep.prepare_job"
+RUN_ATTEMPT = "trainyard.node.run_attempt"
+
+
+def build_app(settings: Settings) -> Celery:
+    """A Celery app configured for trainyard's tasks."""
+    app = Celery("trainyard", broker=settings.resolved_broker_url)
+    transport_options: dict[str, Any] = {}
+    if settings.resolved_broker_url.startswith("filesystem"):
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # A prep task is re-delivered if its worker dies mid-way; each task checks the
+        # database first, so a second delivery does nothing.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        task_default_queue=settings.queue("prep"),
+        worker_enable_remote_control=not settings.resolved_broker_url.startswith("filesystem"),
+        worker_send_task_events=False,
+    )
+    return app
+
+
+@lru_cache
+def get_app() -> Celery:
+    """The process-wide Celery app."""
+    return build_app(get_settings())
+
+
+def send(name: str, payload: dict[str, Any], queue: str) -> None:
+    """Send one task message carrying one JSON payload."""
+    get_app().send_task(name, args=[payload], queue=queue)

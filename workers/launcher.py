@@ -1,0 +1,102 @@
+"""Start torchrun in its own process group, follow events.jsonl, stop it on cancel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+class EventFollower:
+    """Reads complete new lines of a growing events.jsonl."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        """Events appended since the last call (a half-written last line waits)."""
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        events = []
+        for line in lines:
+            if line.strip():
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    events.append({"type": "log", "message": "unreadable event line"})
+        return events
+
+
+class Launch:
+    """One torchrun process group for one attempt on this node."""
+
+    def __init__(self, run_config: Path, nproc: int, env: dict[str, str] | None = None) -> None:
+        self.run_config = run_config
+        self.folder = run_config.parent
+        self.log_path = self.folder / "train.log"
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run",
+            "--nnodes", "1", "--nproc_per_node", str(nproc), "--standalone",
+            "--log-dir", str(self.folder / "logs"), "--tee", "3",
+            "-m", "trainer.train", "--config", str(run_config),
+        ]
+        child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self.log: BinaryIO = self.log_path.open("ab")
+        # A new session makes torchrun and its workers one process group we can signal.
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=child_env, cwd=str(self.folder),
+        )
+        self.events = EventFollower(self.folder / "events.jsonl")
+
+    def poll(self) -> int | None:
+        """The exit code, or None while running."""
+        return self.proc.poll()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, grace_s: float) -> int:
+        """SIGTERM to the group (the trainer checkpoints), SIGKILL after the grace period."""
+        self._signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.proc.poll() is None:
+            self._signal(signal.SIGKILL)
+        code = self.proc.wait()
+        self._signal(signal.SIGKILL)  # anything that outlived torchrun in the group
+        return code
+
+    def close(self) -> None:
+        """Make sure nothing of the group is left, and close the log."""
+        self._signal(signal.SIGKILL)
+        self.log.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the combined torchrun log."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, self.log_path.stat().st_size - 64 * 1024))
+                tail = deque(f.read().decode("utf-8", "replace").splitlines(), maxlen=lines)
+        except OSError:
+            return ""
+        return "\n".join(tail)

@@ -1,0 +1,156 @@
+"""The node worker: registers its host, heartbeats, and runs attempts under torchrun.
+
+It holds no database credentials; everything goes through the API's internal endpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from celery.signals import worker_shutting_down
+from pydantic import BaseModel
+
+from trainyard.settings import Settings, get_settings
+from workers.celery_app import RUN_ATTEMPT, get_app
+from workers.launcher import Launch
+from workers.reporter import Conflict, Reporter
+
+log = logging.getLogger(__name__)
+app = get_app()
+
+
+class AttemptPayload(BaseModel):
+    attempt_id: str
+    job_id: str
+    attempt: int
+    token: str
+    run_config: str
+    nproc: int
+
+
+def detect_devices(settings: Settings) -> tuple[str, int, list[str]]:
+    """(accelerator, slots, device names): GPUs through nvidia-smi, else CPU slots."""
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20, check=True,
+            ).stdout
+            names = [line.strip() for line in out.splitlines() if line.strip()]
+            if names:
+                return "gpu", settings.node_slots or len(names), names
+        except (OSError, subprocess.SubprocessError):
+            log.warning("nvidia-smi failed; running as a CPU node")
+    return "cpu", settings.node_slots or (os.cpu_count() or 1), []
+
+
+def node_queue(settings: Settings) -> str:
+    """This node's own Celery queue."""
+    return settings.queue(f"node.{settings.node_name}")
+
+
+class Agent:
+    """Keeps this node registered and alive in the API's eyes."""
+
+    def __init__(self, settings: Settings, pool: str = "default") -> None:
+        self.settings = settings
+        self.pool = pool
+        self.node_id: str | None = None
+        self.stop = threading.Event()
+        self.client = httpx.Client(
+            base_url=settings.api_url,
+            headers={"Authorization": f"Bearer {settings.resolved_node_secret}"},
+            timeout=10.0,
+        )
+
+    def _register(self) -> None:
+        accelerator, slots, devices = detect_devices(self.settings)
+        body = {"name": self.settings.node_name, "host": socket.gethostname(),
+                "queue": node_queue(self.settings), "pool": self.pool,
+                "accelerator": accelerator, "slots": slots, "devices": devices}
+        response = self.client.post("/internal/nodes", json=body)
+        response.raise_for_status()
+        self.node_id = response.json()["id"]
+        log.info("registered node %s (%s, %d slots)", self.settings.node_name, accelerator, slots)
+
+    def run(self) -> None:
+        """Register, then heartbeat until stopped; re-register if the API forgot us."""
+        while not self.stop.is_set():
+            try:
+                if self.node_id is None:
+                    self._register()
+                else:
+                    response = self.client.post(f"/internal/nodes/{self.node_id}/heartbeat")
+                    if response.status_code == 404:
+                        self.node_id = None
+                        continue
+                    response.raise_for_status()
+            except httpx.HTTPError as exc:
+                log.warning("API unreachable from node agent: %s", exc)
+            self.stop.wait(self.settings.heartbeat_seconds)
+
+
+_shutting_down = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    # Celery waits for running tasks on a warm shutdown; make ours stop their trainers so
+    # they checkpoint and the job resumes elsewhere instead of blocking the shutdown.
+    _shutting_down.set()
+
+
+def supervise(payload: AttemptPayload, settings: Settings) -> None:
+    """Run one attempt to its end, forwarding events and enforcing cancel."""
+    reporter = Reporter(settings.api_url, payload.attempt_id, payload.token)
+    try:
+        reporter.start()
+    except Conflict as exc:
+        log.info("attempt %s not started: %s", payload.attempt_id, exc)
+        reporter.close()
+        return
+    launch = Launch(Path(payload.run_config), payload.nproc)
+    code: int | None = None
+    reason = None
+    last_report = 0.0
+    try:
+        while True:
+            code = launch.poll()
+            reporter.add(launch.events.read())
+            now = time.monotonic()
+            if now - last_report >= 1.0 or code is not None:
+                reporter.flush()
+                last_report = now
+            if code is not None:
+                break
+            if reporter.cancel or _shutting_down.is_set():
+                reason = "cancelled" if reporter.cancel else "node worker shutting down"
+                log.info("stopping attempt %s: %s", payload.attempt_id, reason)
+                code = launch.stop(settings.cancel_grace_seconds)
+                break
+            time.sleep(0.2)
+        reporter.add(launch.events.read())
+    except BaseException as exc:  # worker shutdown: stop training, report, re-raise
+        code = launch.stop(settings.cancel_grace_seconds)
+        reason = f"node worker stopped: {type(exc).__name__}"
+        raise
+    finally:
+        launch.close()
+        reporter.finish(code, launch.log_tail(), reason,
+                        preempted=reason is not None and reason != "cancelled")
+        reporter.close()
+
+
+@app.task(name=RUN_ATTEMPT, acks_late=False)
+def run_attempt(payload: dict[str, Any]) -> None:
+    """Run node 0 of one job attempt; the database (through the API) decides if it may."""
+    supervise(AttemptPayload.model_validate(payload), get_settings())

@@ -1,0 +1,100 @@
+"""The node worker's line to the API: buffered, retried, and never raising into training."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class ApiUnavailable(Exception):
+    """The API did not answer (or answered 5xx); the caller keeps its buffer and retries."""
+
+
+class Conflict(Exception):
+    """The API refused the request for good (4xx): for example a duplicate start."""
+
+
+class Reporter:
+    """Reports for one attempt, authenticated by that attempt's token."""
+
+    def __init__(self, api_url: str, attempt_id: str, token: str) -> None:
+        self.base = f"{api_url.rstrip('/')}/internal/attempts/{attempt_id}"
+        self.client = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=10.0)
+        self.pending: list[dict[str, Any]] = []
+        self.next_seq = 1
+        self.cancel = False
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self.client.post(self.base + path, json=body)
+        except httpx.HTTPError as exc:
+            raise ApiUnavailable(str(exc)) from exc
+        if response.status_code >= 500:
+            raise ApiUnavailable(f"{response.status_code} {response.text[:200]}")
+        if response.status_code >= 400:
+            raise Conflict(f"{response.status_code} {response.text[:500]}")
+        return dict(response.json())
+
+    def start(self) -> None:
+        """Claim the attempt; raises Conflict when it is not ours to run (duplicate, cancelled)."""
+        while True:
+            try:
+                self._post("/start", {})
+                return
+            except ApiUnavailable as exc:
+                log.warning("API unavailable, retrying start: %s", exc)
+                time.sleep(2)
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        """Queue trainer events; each gets the next sequence number."""
+        for event in events:
+            self.pending.append({"seq": self.next_seq, "event": event})
+            self.next_seq += 1
+
+    def flush(self) -> bool:
+        """Send what is queued (also a heartbeat); False while the API is away."""
+        try:
+            while True:
+                batch = self.pending[:1000]
+                state = self._post("/events", {"events": batch})
+                self.cancel = bool(state.get("cancel"))
+                acked = int(state.get("last_seq", 0))
+                self.pending = [p for p in self.pending if p["seq"] > acked]
+                if not self.pending or len(batch) < 1000:
+                    return True
+        except ApiUnavailable as exc:
+            log.warning("API unavailable; %d events buffered: %s", len(self.pending), exc)
+            return False
+        except Conflict as exc:
+            log.error("API refused events, dropping them: %s", exc)
+            self.pending, self.cancel = [], True
+            return False
+
+    def finish(self, exit_code: int | None, log_tail: str, reason: str | None, *,
+               preempted: bool = False, deadline_s: float = 3600.0) -> None:
+        """Deliver the remaining events and the outcome, retrying while the API is away."""
+        give_up = time.monotonic() + deadline_s
+        while time.monotonic() < give_up:
+            if self.pending:
+                self.flush()
+            if not self.pending:
+                try:
+                    self._post("/finish", {"exit_code": exit_code, "log_tail": log_tail,
+                                           "reason": reason, "preempted": preempted})
+                    return
+                except ApiUnavailable as exc:
+                    log.warning("API unavailable, retrying finish: %s", exc)
+                except Conflict as exc:
+                    log.error("API refused finish: %s", exc)
+                    return
+            time.sleep(2)
+        log.error("gave up reporting the end of the attempt; the reconciler will settle it")
+
+    def close(self) -> None:
+        """Release the HTTP connection pool."""
+        self.client.close()
