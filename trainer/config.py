@@ -105,8 +105,15 @@ class TrainingConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "seq_len", "batch_size", "micro_batch_size", "eval_interval",
-                     "eval_batches", "checkpoint_interval"):
+        for name in (
+            "max_steps",
+            "seq_len",
+            "batch_size",
+            "micro_batch_size",
+            "eval_interval",
+            "eval_batches",
+            "checkpoint_interval",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"training.{name} must be >= 1")
         if self.warmup_steps < 0 or self.lr < 0 or self.min_lr < 0 or self.grad_clip < 0:
@@ -275,8 +282,13 @@ def _gpt2_medium() -> dict[str, Any]:
 def _llama_1b() -> dict[str, Any]:
     # The Llama 3.2 1B shape: 16 layers, 2048 wide, 32 query heads sharing 8 kv heads.
     return {
-        "arch": "llama", "n_layer": 16, "n_head": 32, "d_model": 2048,
-        "n_kv_head": 8, "d_ff": 8192, "rope_theta": 500000.0,
+        "arch": "llama",
+        "n_layer": 16,
+        "n_head": 32,
+        "d_model": 2048,
+        "n_kv_head": 8,
+        "d_ff": 8192,
+        "rope_theta": 500000.0,
     }
 
 

@@ -14,7 +14,7 @@ import torch
 
 from trainer.config import DataConfig, TokenRange
 
-_VAL_SEED_OFFSET = 987_654_321 # keeps the validation windows apart from any rank stream
+_VAL_SEED_OFFSET = 987_654_321  # keeps the validation windows apart from any rank stream
 
 
 class TokenRanges:
@@ -99,9 +99,7 @@ class TokenData:
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The fixed validation batches: identical on every call, rank and world size."""
         g = torch.Generator().manual_seed(self.val_seed)
-        return [
-            self.get_batch("val", micro_batch_size, self.seq_len, g) for _ in range(n_batches)
-        ]
+        return [self.get_batch("val", micro_batch_size, self.seq_len, g) for _ in range(n_batches)]
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":

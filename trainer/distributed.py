@@ -69,14 +69,6 @@ class Dist:
         self.all_reduce_sum(t)
         return t.div_(self.world_size)
 
-    def all_gather_object(self, obj: object) -> list[object]:
-        """Collect one picklable object from every rank, in rank order."""
-        if not self.is_distributed:
-            return [obj]
-        out: list[object] = [None] * self.world_size
-        td.all_gather_object(out, obj)
-        return out
-
     def close(self) -> None:
         """Leave the process group."""
         if td.is_initialized():

@@ -19,8 +19,12 @@ from trainer.config import ModelConfig
 from trainer.tokenizer import EOT
 
 # GPT-2's Conv1D layers store weights as (in, out), the transpose of nn.Linear.
-_CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
-                    "mlp.c_proj.weight")
+_CONV1D_SUFFIXES = (
+    "attn.c_attn.weight",
+    "attn.c_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)
 
 
 def is_conv1d_key(key: str) -> bool:
@@ -108,22 +112,31 @@ def export_model(
     tmp = os.path.join(parent, f".{os.path.basename(export_dir)}.tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
-        save_file(to_hf_state_dict(model_state, cfg), os.path.join(tmp, "model.safetensors"),
-                  metadata={"format": "pt"})  # transformers refuses files without it
+        save_file(
+            to_hf_state_dict(model_state, cfg),
+            os.path.join(tmp, "model.safetensors"),
+            metadata={"format": "pt"},
+        )  # transformers refuses files without it
         _write_json(os.path.join(tmp, "config.json"), hf_config(cfg, eot_id))
-        _write_json(os.path.join(tmp, "generation_config.json"), {
-            "bos_token_id": eot_id,
-            "eos_token_id": eot_id,
-            "max_length": cfg.seq_len,
-        })
+        _write_json(
+            os.path.join(tmp, "generation_config.json"),
+            {
+                "bos_token_id": eot_id,
+                "eos_token_id": eot_id,
+                "max_length": cfg.seq_len,
+            },
+        )
         shutil.copyfile(tokenizer_path, os.path.join(tmp, "tokenizer.json"))
-        _write_json(os.path.join(tmp, "tokenizer_config.json"), {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": EOT,
-            "eos_token": EOT,
-            "model_max_length": cfg.seq_len,
-            "clean_up_tokenization_spaces": False,
-        })
+        _write_json(
+            os.path.join(tmp, "tokenizer_config.json"),
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": EOT,
+                "eos_token": EOT,
+                "model_max_length": cfg.seq_len,
+                "clean_up_tokenization_spaces": False,
+            },
+        )
         if os.path.exists(export_dir):
             old = f"{export_dir}.old-{uuid.uuid4().hex[:8]}"
             os.rename(export_dir, old)

@@ -99,6 +99,8 @@ class Trainer:
         self.val_loss: float | None = None
         self.last_loss: float | None = None
         self._stop_requested = False
+        # Installed first so a SIGTERM during setup is honoured at the first step boundary.
+        self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._saved_step = -1
         t = cfg.training
         if cfg.resources.strategy == "fsdp":
@@ -161,10 +163,13 @@ class Trainer:
             ckpt.set_rng_state(found.rank_state["rng"])
         else:
             # World size grew since the save: this rank gets a fresh, distinct stream.
-            self.data.generator.manual_seed(self.cfg.training.seed * 7919 + self.dist.rank
-                                            + found.step)
-            self.events.emit("log", message=f"rank {self.dist.rank} has no sampler state in "
-                                            f"{found.path}; reseeded")
+            self.data.generator.manual_seed(
+                self.cfg.training.seed * 7919 + self.dist.rank + found.step
+            )
+            self.events.emit(
+                "log",
+                message=f"rank {self.dist.rank} has no sampler state in {found.path}; reseeded",
+            )
         self.resumed_from = found.path
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
@@ -174,12 +179,16 @@ class Trainer:
     def run(self) -> int:
         """Train to max_steps (or until preempted); return the process exit code."""
         t, dist = self.cfg.training, self.dist
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             self.events.emit(
-                "start", step=self.step, max_steps=t.max_steps, world_size=dist.world_size,
-                device=str(dist.device), params=param_count(self.model_cfg),
-                flops_per_token=self.flops_per_token, resumed_from=self.resumed_from,
+                "start",
+                step=self.step,
+                max_steps=t.max_steps,
+                world_size=dist.world_size,
+                device=str(dist.device),
+                params=param_count(self.model_cfg),
+                flops_per_token=self.flops_per_token,
+                resumed_from=self.resumed_from,
             )
             while self.step < t.max_steps:
                 stop = self._train_step()
@@ -194,11 +203,16 @@ class Trainer:
             self._evaluate()
             self._save()
             export_dir = self._export()
-            self.events.emit("done", step=self.step, export_dir=export_dir,
-                             loss=self.last_loss, val_loss=self.val_loss)
+            self.events.emit(
+                "done",
+                step=self.step,
+                export_dir=export_dir,
+                loss=self.last_loss,
+                val_loss=self.val_loss,
+            )
             return EXIT_OK
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
 
     def _micro_steps(self) -> Iterator[contextlib.AbstractContextManager[Any]]:
         """One context per micro-step; DDP syncs gradients only on the last one."""
@@ -236,10 +250,10 @@ class Trainer:
             )
         # One collective gives the global mean loss and whether any rank wants to stop,
         # so every rank takes the same decision at the same step.
-        stop = self._stop_requested or (self.stop_at_step is not None
-                                        and step >= self.stop_at_step)
-        stats = torch.stack([loss_sum / self.grad_accum,
-                             torch.tensor(float(stop), device=dist.device)])
+        stop = self._stop_requested or (self.stop_at_step is not None and step >= self.stop_at_step)
+        stats = torch.stack(
+            [loss_sum / self.grad_accum, torch.tensor(float(stop), device=dist.device)]
+        )
         dist.all_reduce_sum(stats)
         loss_val = stats[0].item() / dist.world_size
         if not math.isfinite(loss_val):
@@ -258,8 +272,15 @@ class Trainer:
         if self.peak_flops is not None:
             mfu = self.flops_per_token * tokens_per_s / (self.peak_flops * dist.world_size)
         self.events.emit(
-            "step", step=step, loss=loss_val, lr=lr, grad_norm=float(grad_norm),
-            tokens=self.tokens, tokens_per_s=tokens_per_s, mfu=mfu, step_time=dt,
+            "step",
+            step=step,
+            loss=loss_val,
+            lr=lr,
+            grad_norm=float(grad_norm),
+            tokens=self.tokens,
+            tokens_per_s=tokens_per_s,
+            mfu=mfu,
+            step_time=dt,
             peak_memory_bytes=peak_memory_bytes(dist.device),
         )
         return bool(stats[1].item() > 0)
@@ -291,13 +312,17 @@ class Trainer:
         if self._saved_step == self.step:
             return path
         path = ckpt.save(
-            self.cfg.checkpoint_dir, self.step, dist=self.dist,
+            self.cfg.checkpoint_dir,
+            self.step,
+            dist=self.dist,
             model_state=self.raw_model.state_dict(),
             optimizer_state=self.optimizer.state_dict(),
-            train_state={"tokens": self.tokens, "val_loss": self.val_loss,
-                         "loss": self.last_loss,
-                         "lr_scheduler": {"schedule": self.cfg.training.lr_schedule,
-                                          "last_step": self.step}},
+            train_state={
+                "tokens": self.tokens,
+                "val_loss": self.val_loss,
+                "loss": self.last_loss,
+                "lr_scheduler": {"schedule": self.cfg.training.lr_schedule, "last_step": self.step},
+            },
             rank_state={"data": self.data.state_dict(), "rng": ckpt.rng_state()},
             keep=self.cfg.keep_checkpoints,
         )
@@ -308,8 +333,12 @@ class Trainer:
     def _export(self) -> str:
         """Rank 0 writes the final model folder; the others wait for it."""
         if self.dist.is_main:
-            export_model(self.raw_model.state_dict(), self.model_cfg,
-                         tokenizer_path=self.cfg.tokenizer_path, eot_id=self.tokenizer_eot,
-                         export_dir=self.cfg.export_dir)
+            export_model(
+                self.raw_model.state_dict(),
+                self.model_cfg,
+                tokenizer_path=self.cfg.tokenizer_path,
+                eot_id=self.tokenizer_eot,
+                export_dir=self.cfg.export_dir,
+            )
         self.dist.barrier()
         return self.cfg.export_dir

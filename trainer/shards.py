@@ -121,10 +121,11 @@ def write_shards(
                 # encode_batch runs the batch on the tokenizers thread pool (Rust, no GIL).
                 encs = tok.encode_batch(batch, add_special_tokens=False)
                 arrays = [np.asarray(e.ids, dtype=dtype) for e in encs]
-            for arr in arrays:
-                writer.write(arr)
-                if append_eot:
-                    writer.write(eot_arr)
+            if append_eot:
+                arrays = [part for arr in arrays for part in (arr, eot_arr)]
+            if arrays:
+                # One concatenate and write per batch keeps per-document Python work small.
+                writer.write(np.concatenate([a.astype(dtype, copy=False) for a in arrays]))
             n_docs += len(batch)
         writer.close()
         index = {

@@ -38,16 +38,23 @@ def main(argv: list[str] | None = None) -> int:
         step = trainer.step if trainer else 0
         mbs = cfg.training.micro_batch_size
         events.emit(
-            "error", code="out_of_memory", step=step, micro_batch_size=mbs,
+            "error",
+            code="out_of_memory",
+            step=step,
+            micro_batch_size=mbs,
             message=f"out of memory at micro_batch_size {mbs}: lower micro_batch_size "
-                    "(gradient accumulation keeps batch_size), seq_len or the model size",
+            "(gradient accumulation keeps batch_size), seq_len or the model size",
             hint="lower micro_batch_size",
         )
         print(f"trainer: {e}", file=sys.stderr)
     except Exception as e:
         traceback.print_exc()
-        events.emit("error", code="trainer_error", message=f"{type(e).__name__}: {e}",
-                    step=trainer.step if trainer else 0)
+        events.emit(
+            "error",
+            code="trainer_error",
+            message=f"{type(e).__name__}: {e}",
+            step=trainer.step if trainer else 0,
+        )
     finally:
         events.close()
         dist.close()

@@ -6,11 +6,13 @@ what it ran.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainer.config import PRESETS
+
+BYTE_VOCAB = 257  # 256 byte values and <|endoftext|>
 
 
 class Strict(BaseModel):
@@ -19,24 +21,36 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ValidationFraction(Strict):
-    fraction: float = Field(0.05, gt=0.0, lt=0.5)
+class ValidationSpec(Strict):
+    """Hold out a fraction of the training data, or validate on another dataset."""
+
+    fraction: float | None = Field(None, gt=0.0, lt=0.5)
+    dataset_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ValidationSpec:
+        if self.fraction is not None and self.dataset_id is not None:
+            raise ValueError("give either fraction or dataset_id, not both")
+        if self.dataset_id is None and self.fraction is None:
+            self.fraction = 0.05
+        return self
 
 
-class ValidationDataset(Strict):
-    dataset_id: str
+class TokenizerSpec(Strict):
+    """`byte` (256 bytes and an end-of-text token) or a BPE trained on the job's dataset."""
 
+    type: Literal["byte", "bpe"] = "byte"
+    vocab_size: int | None = Field(None, ge=300, le=262144)
 
-class ByteTokenizer(Strict):
-    type: Literal["byte"] = "byte"
-
-
-class BpeTokenizer(Strict):
-    type: Literal["bpe"]
-    vocab_size: int = Field(4096, ge=300, le=262144)
-
-
-TokenizerSpec = ByteTokenizer | BpeTokenizer
+    @model_validator(mode="after")
+    def _size(self) -> TokenizerSpec:
+        if self.type == "byte":
+            if self.vocab_size not in (None, BYTE_VOCAB):
+                raise ValueError(f"the byte tokenizer has a fixed vocab_size of {BYTE_VOCAB}")
+            self.vocab_size = BYTE_VOCAB
+        elif self.vocab_size is None:
+            self.vocab_size = 4096
+        return self
 
 
 class ModelSpec(Strict):
@@ -124,10 +138,8 @@ class JobSpec(Strict):
     name: str | None = Field(None, max_length=200)
     type: Literal["pretrain"] = "pretrain"
     dataset_id: str
-    validation: ValidationFraction | ValidationDataset = Field(default_factory=ValidationFraction)
-    tokenizer: Annotated[TokenizerSpec, Field(discriminator="type")] = Field(
-        default_factory=ByteTokenizer
-    )
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(preset="tiny"))
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

@@ -71,7 +71,7 @@ def _usable_dataset(session: Session, project_id: str, dataset_id: str, field: s
 def _tokenizer_key(session: Session, project_id: str, spec: JobSpec) -> str:
     if spec.tokenizer.type == "byte":
         return "byte"
-    vocab = spec.tokenizer.vocab_size
+    vocab = int(spec.tokenizer.vocab_size or 0)
     query = select(Tokenizer).where(
         Tokenizer.source_dataset_id == spec.dataset_id,
         Tokenizer.kind == "bpe",
@@ -106,7 +106,7 @@ def create(
                                "this Idempotency-Key was used with a different job spec")
             return first, False
     _usable_dataset(session, project_id, spec.dataset_id, "dataset_id")
-    if hasattr(spec.validation, "dataset_id"):
+    if spec.validation.dataset_id:
         _usable_dataset(session, project_id, spec.validation.dataset_id, "validation.dataset_id")
     job = Job(
         id=new_id("job"),
@@ -120,6 +120,7 @@ def create(
         idempotency_key=idempotency_key,
     )
     session.add(job)
+    session.flush()  # the job row must exist before its first event
     record(session, job, "status", "job created", status="queued")
     try:
         session.commit()

@@ -16,12 +16,13 @@ from trainer.config import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 
-WORDS = (
+_WORD_LIST = (
     "the a an of to and in is was for on that with as by at from his her they we you it "
     "river stone light garden winter morning city road house window song bread letter "
     "walks sings reads opens keeps finds carries hears makes remembers "
     "quiet bright old small green slow warm distant"
-).split()
+)
+WORDS = _WORD_LIST.split()
 
 
 def corpus(n_docs: int = 200, seed: int = 0) -> list[str]:
@@ -43,24 +44,46 @@ def make_dataset(tmp: Path, n_docs: int = 200) -> tuple[str, dict[str, Any]]:
     tok_path.parent.mkdir(parents=True)
     tokmod.byte_tokenizer().save(str(tok_path))
     out = tmp / "tokens"
-    index = shards.write_shards(corpus(n_docs), str(tok_path), str(out), append_eot=True,
-                                shard_tokens=20_000)
+    index = shards.write_shards(
+        corpus(n_docs), str(tok_path), str(out), append_eot=True, shard_tokens=20_000
+    )
     train, val = shards.split_ranges(index, str(out), 0.1)
-    return str(tok_path), {"dtype": index["dtype"], "eot_id": index["eot_id"],
-                           "train": train, "val": val}
+    return str(tok_path), {
+        "dtype": index["dtype"],
+        "eot_id": index["eot_id"],
+        "train": train,
+        "val": val,
+    }
 
 
-def run_config(tmp: Path, name: str, tok_path: str, data: dict[str, Any],
-               preset: str = "tiny", **training: Any) -> dict[str, Any]:
+def run_config(
+    tmp: Path, name: str, tok_path: str, data: dict[str, Any], preset: str = "tiny", **training: Any
+) -> dict[str, Any]:
     """A run.json dict for the tiny model writing under tmp/name."""
     base = tmp / name
-    t = {"max_steps": 30, "seq_len": 32, "batch_size": 8, "micro_batch_size": 4, "lr": 3e-3,
-         "lr_schedule": "cosine", "warmup_steps": 5, "min_lr": 3e-4, "weight_decay": 0.1,
-         "grad_clip": 1.0, "dropout": 0.0, "eval_interval": 10, "eval_batches": 4,
-         "checkpoint_interval": 10, "seed": 1337, "precision": "auto", "compile": False}
+    t = {
+        "max_steps": 30,
+        "seq_len": 32,
+        "batch_size": 8,
+        "micro_batch_size": 4,
+        "lr": 3e-3,
+        "lr_schedule": "cosine",
+        "warmup_steps": 5,
+        "min_lr": 3e-4,
+        "weight_decay": 0.1,
+        "grad_clip": 1.0,
+        "dropout": 0.0,
+        "eval_interval": 10,
+        "eval_batches": 4,
+        "checkpoint_interval": 10,
+        "seed": 1337,
+        "precision": "auto",
+        "compile": False,
+    }
     t.update(training)
     return {
-        "job_id": f"job_{name}", "attempt": 1,
+        "job_id": f"job_{name}",
+        "attempt": 1,
         "model": {**PRESETS[preset](), "vocab_size": 257, "seq_len": 32, "dropout": 0.0},
         "tokenizer_path": tok_path,
         "data": data,
@@ -84,8 +107,17 @@ def trainer_cmd(config_path: str, nproc: int = 1) -> list[str]:
     """The command line that runs the trainer, under torchrun when nproc > 1."""
     if nproc == 1:
         return [sys.executable, "-m", "trainer.train", "--config", config_path]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "trainer.train", "--config", config_path]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "trainer.train",
+        "--config",
+        config_path,
+    ]
 
 
 def env() -> dict[str, str]:
@@ -98,8 +130,14 @@ def env() -> dict[str, str]:
 
 def run_trainer(config_path: str, nproc: int = 1, timeout: float = 120) -> int:
     """Run the trainer to completion and return its exit code."""
-    proc = subprocess.run(trainer_cmd(config_path, nproc), cwd=REPO, env=env(),
-                          timeout=timeout, capture_output=True, text=True)
+    proc = subprocess.run(
+        trainer_cmd(config_path, nproc),
+        cwd=REPO,
+        env=env(),
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode not in (0, 1, 75):
         print(proc.stdout, proc.stderr)
     return proc.returncode

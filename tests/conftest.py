@@ -1,0 +1,50 @@
+"""Shared fixtures: a real deployment on PostgreSQL and Redis, and sample corpora."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.stack import Database, Stack
+
+UPLOAD_CAP = 4 * 1024 * 1024
+WORDS = (
+    "the a king queen ship river north wind sails over under bright dark old young castle "
+    "walls sing songs of winter and summer light falls on quiet fields"
+).split()
+
+
+def corpus(lines: int = 2000, seed: int = 0) -> str:
+    """A small English-like corpus with enough structure for a model to learn."""
+    rng = random.Random(seed)
+    return "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14)))
+                     for _ in range(lines)) + "\n"
+
+
+@pytest.fixture(scope="session")
+def postgres_db() -> Iterator[Database]:
+    """A fresh database on the test PostgreSQL server."""
+    db = Database()
+    yield db
+    db.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, postgres_db: Database) -> Iterator[Stack]:
+    """The whole platform: uvicorn, control loop, Celery prep and node workers, Redis."""
+    workdir = tmp_path_factory.mktemp("stack")
+    with Stack(workdir, postgres_db.url,
+               extra_env={"TRAINYARD_MAX_UPLOAD_BYTES": str(UPLOAD_CAP)}) as s:
+        s.up()
+        yield s
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A text corpus on disk."""
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text(corpus())
+    return path

@@ -1,0 +1,65 @@
+"""Checkpoint commit protocol: atomic directories, latest pointer, pruning, RNG."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer.distributed import Dist
+
+
+def _save(root: Path, step: int, keep: int = 2) -> str:
+    return ckpt.save(
+        str(root),
+        step,
+        dist=Dist(),
+        model_state={"w": torch.full((2,), float(step))},
+        optimizer_state={"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+        train_state={"tokens": step * 10},
+        rank_state={"data": {"generator": torch.Generator().get_state()}, "rng": ckpt.rng_state()},
+        keep=keep,
+    )
+
+
+def test_save_prune_and_load_latest(tmp_path: Path) -> None:
+    assert ckpt.load_latest(str(tmp_path / "none")) is None
+    for step in (10, 20, 30):
+        path = _save(tmp_path, step)
+        assert path == str(tmp_path / f"step-{step:08d}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest",
+        "step-00000020",
+        "step-00000030",
+    ]
+    loaded = ckpt.load_latest(str(tmp_path))
+    assert loaded is not None and loaded.step == 30
+    assert loaded.train_state["tokens"] == 300 and loaded.rank_state is not None
+    assert torch.equal(loaded.model["w"], torch.full((2,), 30.0))
+    assert ckpt.load(loaded.path, rank=1).rank_state is None  # rank absent at save time
+
+    # Saving the same step again replaces it in place.
+    _save(tmp_path, 30)
+    assert ckpt.latest_path(str(tmp_path)) == str(tmp_path / "step-00000030")
+
+
+def test_latest_falls_back_to_newest_complete_dir(tmp_path: Path) -> None:
+    _save(tmp_path, 5)
+    _save(tmp_path, 6)
+    (tmp_path / "step-00000007.tmp").mkdir()  # a crash mid-save: never picked up
+    (tmp_path / "latest").write_text("step-00000099\n")  # stale pointer
+    assert ckpt.latest_path(str(tmp_path)) == str(tmp_path / "step-00000006")
+    (tmp_path / "latest").unlink()
+    assert ckpt.latest_path(str(tmp_path)) == str(tmp_path / "step-00000006")
+
+
+def test_rng_state_round_trip(tmp_path: Path) -> None:
+    _save(tmp_path, 1)
+    loaded = ckpt.load_latest(str(tmp_path))
+    assert loaded is not None and loaded.rank_state is not None
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.set_rng_state(loaded.rank_state["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected

@@ -1,0 +1,169 @@
+"""End-to-end trainer runs: torchrun with two processes, exact resume, SIGTERM, NaN."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from trainer_testkit import (
+    REPO,
+    env,
+    make_dataset,
+    read_events,
+    run_config,
+    run_trainer,
+    trainer_cmd,
+    write_config,
+)
+
+from trainer import train
+from trainer.config import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, RunConfig
+from trainer.distributed import Dist
+from trainer.events import EventWriter
+from trainer.loop import Trainer
+from trainer.sample import generate, load_model
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("data")
+    tok, data = make_dataset(tmp)
+    return tmp, tok, data
+
+
+def _train_in_process(raw: dict[str, Any], stop_at_step: int | None = None) -> int:
+    cfg = RunConfig.from_dict(raw)
+    events = EventWriter(cfg.output_dir)
+    try:
+        return Trainer(cfg, Dist(), events, stop_at_step=stop_at_step).run()
+    finally:
+        events.close()
+
+
+def _steps(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {e["step"]: e for e in events if e["type"] == "step"}
+
+
+def test_torchrun_two_processes(tmp_path: Path, dataset: tuple[Path, str, dict]) -> None:
+    _, tok, data = dataset
+    # 8 sequences per step = micro-batch 2 x 2 ranks x 2 accumulation steps.
+    raw = run_config(tmp_path, "ddp", tok, data, max_steps=30, micro_batch_size=2)
+    rc = run_trainer(write_config(raw, tmp_path / "run.json"), nproc=2)
+    assert rc == EXIT_OK
+
+    events = read_events(raw["output_dir"])
+    start = events[0]
+    assert start["type"] == "start" and start["world_size"] == 2 and start["step"] == 0
+    assert start["resumed_from"] is None and start["params"] > 0
+    steps = _steps(events)
+    assert sorted(steps) == list(range(1, 31))
+    assert steps[30]["tokens"] == 30 * 8 * 32
+    first = sum(steps[i]["loss"] for i in range(1, 6)) / 5
+    last = sum(steps[i]["loss"] for i in range(26, 31)) / 5
+    assert last < first - 1.0, (first, last)
+    assert [e["step"] for e in events if e["type"] == "eval"] == [10, 20, 30]
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [10, 20, 30]
+    done = events[-1]
+    assert done["type"] == "done" and done["step"] == 30 and done["val_loss"] < first
+    assert all(e["time"].endswith("Z") for e in events)
+
+    ckpt_dir = Path(raw["checkpoint_dir"])
+    assert (ckpt_dir / "latest").read_text().strip() == "step-00000030"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [
+        "latest",
+        "step-00000020",
+        "step-00000030",
+    ]  # keep_checkpoints=2
+    assert {p.name for p in (ckpt_dir / "step-00000030").iterdir()} == {
+        "model.pt",
+        "optimizer.pt",
+        "train_state.json",
+        "rank-00000.pt",
+        "rank-00001.pt",
+    }
+
+    loaded = load_model(done["export_dir"])
+    text = generate(loaded, "The ", max_new_tokens=32, temperature=0.8, top_k=20, seed=0)
+    assert isinstance(text, str) and len(text) > 0
+
+
+def test_resume_is_bit_exact(tmp_path: Path, dataset: tuple[Path, str, dict]) -> None:
+    _, tok, data = dataset
+    straight = run_config(tmp_path, "straight", tok, data, max_steps=20, dropout=0.1)
+    assert _train_in_process(straight) == EXIT_OK
+
+    resumed = run_config(tmp_path, "resumed", tok, data, max_steps=20, dropout=0.1)
+    assert _train_in_process(resumed, stop_at_step=7) == EXIT_PREEMPTED
+    assert _train_in_process(resumed) == EXIT_OK
+
+    a = _steps(read_events(straight["output_dir"]))
+    events_b = read_events(resumed["output_dir"])
+    b = _steps(events_b)
+    starts = [e for e in events_b if e["type"] == "start"]
+    assert starts[1]["step"] == 7 and starts[1]["resumed_from"].endswith("step-00000007")
+    assert sorted(b) == list(range(1, 21))
+    for step in range(1, 21):
+        assert b[step]["loss"] == a[step]["loss"], step
+        assert b[step]["grad_norm"] == a[step]["grad_norm"], step
+        assert b[step]["tokens"] == a[step]["tokens"]
+
+
+def test_sigterm_saves_checkpoint_and_exits_75(
+    tmp_path: Path, dataset: tuple[Path, str, dict]
+) -> None:
+    _, tok, data = dataset
+    raw = run_config(
+        tmp_path, "term", tok, data, max_steps=5000, eval_interval=1000, checkpoint_interval=1000
+    )
+    path = write_config(raw, tmp_path / "run.json")
+    events_path = Path(raw["output_dir"]) / "events.jsonl"
+    proc = subprocess.Popen(trainer_cmd(path), cwd=REPO, env=env())
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if events_path.exists() and '"step": 3,' in events_path.read_text():
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == EXIT_PREEMPTED
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    events = read_events(raw["output_dir"])
+    preempted = events[-1]
+    assert preempted["type"] == "preempted"
+    step = preempted["step"]
+    assert 3 <= step < 5000
+    assert preempted["checkpoint"] == os.path.join(raw["checkpoint_dir"], f"step-{step:08d}")
+    latest = Path(raw["checkpoint_dir"]) / "latest"
+    assert latest.read_text().strip() == f"step-{step:08d}"
+
+    # The next attempt picks the checkpoint up by itself.
+    assert _train_in_process(raw, stop_at_step=step + 2) == EXIT_PREEMPTED
+    start = [e for e in read_events(raw["output_dir"]) if e["type"] == "start"][-1]
+    assert start["step"] == step and start["resumed_from"] == preempted["checkpoint"]
+
+
+def test_nan_loss_fails_with_event(tmp_path: Path, dataset: tuple[Path, str, dict]) -> None:
+    _, tok, data = dataset
+    raw = run_config(
+        tmp_path, "nan", tok, data, lr=1e30, min_lr=1e30, warmup_steps=0, grad_clip=0.0
+    )
+    assert train.main(["--config", write_config(raw, tmp_path / "run.json")]) == EXIT_FAILED
+    error = read_events(raw["output_dir"])[-1]
+    assert error["type"] == "error" and error["code"] == "nan_loss"
+    assert error["step"] >= 2 and "loss" in error["message"]
+
+
+def test_bad_batch_size_is_a_trainer_error(tmp_path: Path, dataset: tuple[Path, str, dict]) -> None:
+    _, tok, data = dataset
+    raw = run_config(tmp_path, "bad", tok, data, batch_size=10, micro_batch_size=4)
+    assert train.main(["--config", write_config(raw, tmp_path / "run.json")]) == EXIT_FAILED
+    error = read_events(raw["output_dir"])[-1]
+    assert error["code"] == "trainer_error" and "multiple of micro_batch_size" in error["message"]
