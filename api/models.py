@@ -66,7 +66,9 @@ class ApiKey(Base):
 class Dataset(Base):
     __tablename__ = "datasets"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(200))
     filename: Mapped[str | None] = mapped_column(String(255))
     format: Mapped[str] = mapped_column(String(16))
@@ -85,7 +87,9 @@ class Tokenizer(Base):
 
     __tablename__ = "tokenizers"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
     kind: Mapped[str] = mapped_column(String(16))
     vocab_size: Mapped[int] = mapped_column(Integer)
     source_dataset_id: Mapped[str | None] = mapped_column(String(40), default=None)
@@ -221,7 +225,9 @@ class Checkpoint(Base):
 class Model(Base):
     __tablename__ = "models"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
     job_id: Mapped[str | None] = mapped_column(String(40), default=None)
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     arch: Mapped[str] = mapped_column(String(16))

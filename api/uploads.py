@@ -26,7 +26,7 @@ class Upload:
 
     path: Path
     filename: str | None = None
-    bytes: int = 0
+    size: int = 0
     sha256: str = ""
     head: bytes = b""
     fields: dict[str, str] = field(default_factory=dict)
@@ -112,17 +112,15 @@ async def receive(request: Request, tmp_dir: Path, cap: int) -> Upload:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > cap + 64 * 1024:
         raise ApiError(
-            413, "upload_too_large", f"file exceeds the upload limit of {cap} bytes",
+            413,
+            "upload_too_large",
+            f"file exceeds the upload limit of {cap} bytes",
             {"limit_bytes": cap},
         )
     fd, name = tempfile.mkstemp(prefix="upload-", dir=tmp_dir)
     path = Path(name)
     receiver = _Receiver(fd, cap)
-    callbacks = {
-        name: getattr(receiver, name)
-        for name in dir(receiver)
-        if name.startswith("on_")
-    }
+    callbacks = {name: getattr(receiver, name) for name in dir(receiver) if name.startswith("on_")}
     parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
     try:
         async for chunk in request.stream():
@@ -139,7 +137,7 @@ async def receive(request: Request, tmp_dir: Path, cap: int) -> Upload:
     return Upload(
         path=path,
         filename=receiver.filename,
-        bytes=receiver.size,
+        size=receiver.size,
         sha256=receiver.hash.hexdigest(),
         head=bytes(receiver.head),
         fields=receiver.fields,

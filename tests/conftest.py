@@ -11,17 +11,47 @@ import pytest
 from tests.stack import Database, Stack
 
 UPLOAD_CAP = 4 * 1024 * 1024
-WORDS = (
-    "the a king queen ship river north wind sails over under bright dark old young castle "
-    "walls sing songs of winter and summer light falls on quiet fields"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "king",
+    "queen",
+    "ship",
+    "river",
+    "north",
+    "wind",
+    "sails",
+    "over",
+    "under",
+    "bright",
+    "dark",
+    "old",
+    "young",
+    "castle",
+    "walls",
+    "sing",
+    "songs",
+    "of",
+    "winter",
+    "and",
+    "summer",
+    "light",
+    "falls",
+    "on",
+    "quiet",
+    "fields",
+]
 
 
 def corpus(lines: int = 2000, seed: int = 0) -> str:
     """A small English-like corpus with enough structure for a model to learn."""
     rng = random.Random(seed)
-    return "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14)))
-                     for _ in range(lines)) + "\n"
+    return (
+        "\n".join(
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) for _ in range(lines)
+        )
+        + "\n"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +66,9 @@ def postgres_db() -> Iterator[Database]:
 def stack(tmp_path_factory: pytest.TempPathFactory, postgres_db: Database) -> Iterator[Stack]:
     """The whole platform: uvicorn, control loop, Celery prep and node workers, Redis."""
     workdir = tmp_path_factory.mktemp("stack")
-    with Stack(workdir, postgres_db.url,
-               extra_env={"TRAINYARD_MAX_UPLOAD_BYTES": str(UPLOAD_CAP)}) as s:
+    with Stack(
+        workdir, postgres_db.url, extra_env={"TRAINYARD_MAX_UPLOAD_BYTES": str(UPLOAD_CAP)}
+    ) as s:
         s.up()
         yield s
 

@@ -3,6 +3,7 @@ uvicorn, the control loop, and real Celery prep and node worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -39,9 +40,7 @@ class Database:
         self.name = f"trainyard_test_{secrets.token_hex(4)}"
         with self.admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{self.name}"'))
-        self.url = make_url(admin_url).set(database=self.name).render_as_string(
-            hide_password=False
-        )
+        self.url = make_url(admin_url).set(database=self.name).render_as_string(hide_password=False)
 
     def close(self) -> None:
         """Drop the database (ending any connection still open)."""
@@ -53,8 +52,14 @@ class Database:
 class Stack:
     """The platform's processes, started from the CLI as an operator would."""
 
-    def __init__(self, workdir: Path, database_url: str, broker_url: str = REDIS_URL,
-                 node_slots: int = 2, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        broker_url: str = REDIS_URL,
+        node_slots: int = 2,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -81,8 +86,14 @@ class Stack:
 
     def cli(self, *args: str) -> str:
         """Run a `trainyard` command against this deployment; its standard output."""
-        out = subprocess.run([sys.executable, "-m", "trainyard.cli", *args], env=self.env,
-                             cwd=self.workdir, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "trainyard.cli", *args],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if out.returncode:
             raise RuntimeError(f"trainyard {' '.join(args)} failed:\n{out.stderr}")
         return out.stdout
@@ -91,8 +102,12 @@ class Stack:
         """Start one platform process in its own process group."""
         log = (self.logs / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "trainyard.cli", *args], env=self.env, cwd=self.workdir,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "trainyard.cli", *args],
+            env=self.env,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def up(self, *, node: bool = True) -> Stack:
@@ -146,10 +161,8 @@ class Stack:
             proc.wait(timeout)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
 
     def down(self) -> None:

@@ -1,0 +1,1 @@
+"""The torch training program that torchrun starts; see trainer.train."""

@@ -171,6 +171,7 @@ class Trainer:
                 message=f"rank {self.dist.rank} has no sampler state in {found.path}; reseeded",
             )
         self.resumed_from = found.path
+        self.events.emit("log", message=f"resuming from {found.path} at step {found.step}")
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         # Only set a flag: the checkpoint must be taken at a step boundary, by all ranks.

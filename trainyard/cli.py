@@ -32,8 +32,15 @@ def _keys(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="warning", access_log=False)
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+    )
     return 0
 
 
@@ -52,8 +59,17 @@ def _worker(args: argparse.Namespace) -> int:
     if args.kind == "prep":
         from workers import prep
 
-        argv = ["worker", "-Q", settings.queue("prep"), "-c", str(args.concurrency),
-                "-n", f"prep-{os.getpid()}@%h", "--loglevel", args.loglevel]
+        argv = [
+            "worker",
+            "-Q",
+            settings.queue("prep"),
+            "-c",
+            str(args.concurrency),
+            "-n",
+            f"prep-{os.getpid()}@%h",
+            "--loglevel",
+            args.loglevel,
+        ]
         prep.app.worker_main(argv)
         return 0
     import threading
@@ -67,8 +83,19 @@ def _worker(args: argparse.Namespace) -> int:
     agent = node.Agent(settings, args.pool)
     threading.Thread(target=agent.run, name="node-agent", daemon=True).start()
     _, slots, _ = node.detect_devices(settings)
-    argv = ["worker", "-Q", node.node_queue(settings), "--pool", "threads", "-c", str(slots),
-            "-n", f"node-{settings.node_name}@%h", "--loglevel", args.loglevel]
+    argv = [
+        "worker",
+        "-Q",
+        node.node_queue(settings),
+        "--pool",
+        "threads",
+        "-c",
+        str(slots),
+        "-n",
+        f"node-{settings.node_name}@%h",
+        "--loglevel",
+        args.loglevel,
+    ]
     node.app.worker_main(argv)
     agent.stop.set()
     return 0
@@ -133,8 +160,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `trainyard` console script."""
-    logging.basicConfig(level=os.environ.get("TRAINYARD_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("TRAINYARD_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parser().parse_args(argv)
     return int(args.func(args) or 0)
 

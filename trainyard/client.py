@@ -46,8 +46,12 @@ class Client:
                 err = response.json()["error"]
             except (ValueError, KeyError, TypeError):
                 err = {"code": "http_error", "message": response.text[:500]}
-            raise TrainyardError(response.status_code, err.get("code", "error"),
-                                 err.get("message", ""), err.get("details"))
+            raise TrainyardError(
+                response.status_code,
+                err.get("code", "error"),
+                err.get("message", ""),
+                err.get("details"),
+            )
         return response.json() if response.content else None
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -56,16 +60,23 @@ class Client:
 
     # datasets
 
-    def upload_dataset(self, file: str | Path | BinaryIO, name: str | None = None) -> dict[str, Any]:
+    def upload_dataset(
+        self, file: str | Path | BinaryIO, name: str | None = None
+    ) -> dict[str, Any]:
         """Upload a dataset file (streamed from disk)."""
         data = {"name": name} if name else None
         if isinstance(file, str | Path):
             with open(file, "rb") as f:
                 files = {"file": (Path(file).name, f, "application/octet-stream")}
                 return dict(self.request("POST", "/v1/datasets", files=files, data=data))
-        return dict(self.request("POST", "/v1/datasets",
-                                 files={"file": ("upload", file, "application/octet-stream")},
-                                 data=data))
+        return dict(
+            self.request(
+                "POST",
+                "/v1/datasets",
+                files={"file": ("upload", file, "application/octet-stream")},
+                data=data,
+            )
+        )
 
     def dataset(self, dataset_id: str) -> dict[str, Any]:
         """One dataset."""
@@ -82,8 +93,9 @@ class Client:
 
     # jobs
 
-    def create_job(self, spec: dict[str, Any], idempotency_key: str | None = None
-                   ) -> dict[str, Any]:
+    def create_job(
+        self, spec: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """Submit a JobSpec."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return dict(self.request("POST", "/v1/jobs", json=spec, headers=headers))

@@ -57,8 +57,7 @@ def detect(head: bytes, filename: str | None) -> Detected:
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            yield number, raw
+        yield from enumerate(f, start=1)
 
 
 def _utf8_error(raw: bytes, exc: UnicodeDecodeError) -> str:

@@ -78,10 +78,14 @@ class ModelSpec(Strict):
                 setattr(self, name, base[name])
         missing = [n for n in ("n_layer", "n_head", "d_model") if getattr(self, n) is None]
         if missing:
-            raise ValueError(f"give a preset or all of n_layer, n_head, d_model (missing {missing})")
+            raise ValueError(
+                f"give a preset or all of n_layer, n_head, d_model (missing {missing})"
+            )
         assert self.d_model is not None and self.n_head is not None
         if self.d_model % self.n_head:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
+            )
         if (self.d_model // self.n_head) % 2 and self.arch == "llama":
             raise ValueError("llama needs an even head size (d_model / n_head) for RoPE")
         if self.n_kv_head is not None:
@@ -97,7 +101,7 @@ class TrainingSpec(Strict):
     seq_len: int = Field(64, ge=8, le=131072)
     batch_size: int = Field(12, ge=1, le=1_000_000)
     micro_batch_size: int | None = Field(None, ge=1)
-    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    lr: float = Field(1e-3, gt=0.0, allow_inf_nan=False)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = Field(100, ge=0)
     min_lr: float | None = Field(None, ge=0.0)

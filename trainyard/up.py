@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,14 +39,10 @@ class Supervisor:
                 os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
         for _, proc in reversed(self.children):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def up(host: str, port: int) -> int:
@@ -73,8 +70,9 @@ def up(host: str, port: int) -> int:
     supervisor.start("control", "control")
     supervisor.start("prep", "worker", "prep")
     supervisor.start("node", "worker", "node")
-    print(f"trainyard is up: http://{host}:{port} (data in {settings.data_dir.resolve()})",
-          flush=True)
+    print(
+        f"trainyard is up: http://{host}:{port} (data in {settings.data_dir.resolve()})", flush=True
+    )
     print("Create a key: trainyard keys create --project NAME   Stop: Ctrl-C", flush=True)
     code = 0
     while not stop.wait(0.5):

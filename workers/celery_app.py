@@ -16,9 +16,11 @@ RUN_ATTEMPT = "trainyard.node.run_attempt"
 
 def build_app(settings: Settings) -> Celery:
     """A Celery app configured for trainyard's tasks."""
+    embedded = settings.resolved_broker_url.startswith("filesystem")
     app = Celery("trainyard", broker=settings.resolved_broker_url)
     transport_options: dict[str, Any] = {}
-    if settings.resolved_broker_url.startswith("filesystem"):
+    if embedded:
+        app.conf.broker_transport = "workers.fs_transport:Transport"
         folder = settings.broker_folder
         for sub in ("queue", "processed"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -41,7 +43,7 @@ def build_app(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         task_default_queue=settings.queue("prep"),
-        worker_enable_remote_control=not settings.resolved_broker_url.startswith("filesystem"),
+        worker_enable_remote_control=not embedded,
         worker_send_task_events=False,
     )
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -50,17 +51,33 @@ class Launch:
         self.folder = run_config.parent
         self.log_path = self.folder / "train.log"
         cmd = [
-            sys.executable, "-m", "torch.distributed.run",
-            "--nnodes", "1", "--nproc_per_node", str(nproc), "--standalone",
-            "--log-dir", str(self.folder / "logs"), "--tee", "3",
-            "-m", "trainer.train", "--config", str(run_config),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            str(nproc),
+            "--standalone",
+            "--log-dir",
+            str(self.folder / "logs"),
+            "--tee",
+            "3",
+            "-m",
+            "trainer.train",
+            "--config",
+            str(run_config),
         ]
         child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.log: BinaryIO = self.log_path.open("ab")
         # A new session makes torchrun and its workers one process group we can signal.
         self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=child_env, cwd=str(self.folder),
+            cmd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=child_env,
+            cwd=str(self.folder),
         )
         self.events = EventFollower(self.folder / "events.jsonl")
 
@@ -69,10 +86,8 @@ class Launch:
         return self.proc.poll()
 
     def _signal(self, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, grace_s: float) -> int:
         """SIGTERM to the group (the trainer checkpoints), SIGKILL after the grace period."""

@@ -43,7 +43,10 @@ def detect_devices(settings: Settings) -> tuple[str, int, list[str]]:
         try:
             out = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20, check=True,
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
             ).stdout
             names = [line.strip() for line in out.splitlines() if line.strip()]
             if names:
@@ -74,9 +77,15 @@ class Agent:
 
     def _register(self) -> None:
         accelerator, slots, devices = detect_devices(self.settings)
-        body = {"name": self.settings.node_name, "host": socket.gethostname(),
-                "queue": node_queue(self.settings), "pool": self.pool,
-                "accelerator": accelerator, "slots": slots, "devices": devices}
+        body = {
+            "name": self.settings.node_name,
+            "host": socket.gethostname(),
+            "queue": node_queue(self.settings),
+            "pool": self.pool,
+            "accelerator": accelerator,
+            "slots": slots,
+            "devices": devices,
+        }
         response = self.client.post("/internal/nodes", json=body)
         response.raise_for_status()
         self.node_id = response.json()["id"]
@@ -145,8 +154,9 @@ def supervise(payload: AttemptPayload, settings: Settings) -> None:
         raise
     finally:
         launch.close()
-        reporter.finish(code, launch.log_tail(), reason,
-                        preempted=reason is not None and reason != "cancelled")
+        reporter.finish(
+            code, launch.log_tail(), reason, preempted=reason is not None and reason != "cancelled"
+        )
         reporter.close()
 
 

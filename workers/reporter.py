@@ -75,8 +75,15 @@ class Reporter:
             self.pending, self.cancel = [], True
             return False
 
-    def finish(self, exit_code: int | None, log_tail: str, reason: str | None, *,
-               preempted: bool = False, deadline_s: float = 3600.0) -> None:
+    def finish(
+        self,
+        exit_code: int | None,
+        log_tail: str,
+        reason: str | None,
+        *,
+        preempted: bool = False,
+        deadline_s: float = 3600.0,
+    ) -> None:
         """Deliver the remaining events and the outcome, retrying while the API is away."""
         give_up = time.monotonic() + deadline_s
         while time.monotonic() < give_up:
@@ -84,8 +91,15 @@ class Reporter:
                 self.flush()
             if not self.pending:
                 try:
-                    self._post("/finish", {"exit_code": exit_code, "log_tail": log_tail,
-                                           "reason": reason, "preempted": preempted})
+                    self._post(
+                        "/finish",
+                        {
+                            "exit_code": exit_code,
+                            "log_tail": log_tail,
+                            "reason": reason,
+                            "preempted": preempted,
+                        },
+                    )
                     return
                 except ApiUnavailable as exc:
                     log.warning("API unavailable, retrying finish: %s", exc)

@@ -19,19 +19,29 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 @router.post("", status_code=201, response_model=DatasetOut)
 async def upload_dataset(
-    request: Request, project_id: ProjectDep, session: SessionDep, storage: StorageDep,
+    request: Request,
+    project_id: ProjectDep,
+    session: SessionDep,
+    storage: StorageDep,
     settings: SettingsDep,
 ) -> Dataset:
     """Upload a dataset (multipart `file`, optional `name`), streamed to storage."""
     upload = await receive(request, storage.uploads_tmp(), settings.max_upload_bytes)
-    return datasets.create(session=session, storage=storage, project_id=project_id,
-                           upload=upload, queue=settings.queue("prep"))
+    return datasets.create(
+        session=session,
+        storage=storage,
+        project_id=project_id,
+        upload=upload,
+        queue=settings.queue("prep"),
+    )
 
 
 @router.get("", response_model=Page[DatasetOut])
 def list_datasets(
-    project_id: ProjectDep, session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
+    project_id: ProjectDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
 ) -> dict[str, object]:
     """List the project's datasets, newest first."""
     query = select(Dataset).where(Dataset.project_id == project_id, Dataset.status != "deleted")
@@ -53,6 +63,5 @@ def delete_dataset(
     dataset_id: str, project_id: ProjectDep, session: SessionDep, storage: StorageDep
 ) -> Response:
     """Delete a dataset that no active job uses."""
-    datasets.delete(session=session, storage=storage, project_id=project_id,
-                    dataset_id=dataset_id)
+    datasets.delete(session=session, storage=storage, project_id=project_id, dataset_id=dataset_id)
     return Response(status_code=204)

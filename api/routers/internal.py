@@ -59,9 +59,17 @@ def attempt_events(attempt: AttemptDep, body: EventsIn, session: SessionDep) -> 
 
 @router.post("/attempts/{attempt_id}/finish", response_model=AttemptState)
 def finish_attempt(
-    attempt: AttemptDep, body: FinishIn, session: SessionDep, storage: StorageDep,
+    attempt: AttemptDep,
+    body: FinishIn,
+    session: SessionDep,
+    storage: StorageDep,
     settings: SettingsDep,
 ) -> AttemptState:
     """Report the trainer's exit; settles the job."""
-    return attempts.finish(session=session, storage=storage, attempt=attempt, report=body,
-                           max_attempts=settings.max_attempts)
+    return attempts.finish(
+        session=session,
+        storage=storage,
+        attempt=attempt,
+        report=body,
+        max_attempts=settings.max_attempts,
+    )

@@ -20,19 +20,24 @@ from api.services.paging import page
 from trainyard.specs import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-JobStatus = Literal["queued", "preparing", "running", "cancelling", "succeeded", "failed",
-                    "cancelled"]
+JobStatus = Literal[
+    "queued", "preparing", "running", "cancelling", "succeeded", "failed", "cancelled"
+]
 
 
 @router.post("", status_code=201, response_model=JobOut)
 def create_job(
-    spec: JobSpec, response: Response, project_id: ProjectDep, session: SessionDep,
+    spec: JobSpec,
+    response: Response,
+    project_id: ProjectDep,
+    session: SessionDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     """Create a job from a JobSpec; a retried request with the same Idempotency-Key
     returns the first job."""
-    job, created = jobs.create(session=session, project_id=project_id, spec=spec,
-                               idempotency_key=idempotency_key)
+    job, created = jobs.create(
+        session=session, project_id=project_id, spec=spec, idempotency_key=idempotency_key
+    )
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -41,9 +46,11 @@ def create_job(
 
 @router.get("", response_model=Page[JobOut])
 def list_jobs(
-    project_id: ProjectDep, session: SessionDep,
+    project_id: ProjectDep,
+    session: SessionDep,
     status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
 ) -> dict[str, object]:
     """List the project's jobs, newest first, optionally by status."""
     query = select(Job).where(Job.project_id == project_id)
@@ -92,16 +99,23 @@ async def _follow(request: Request, job_id: str, after: int) -> AsyncIterator[st
 
 @router.get("/{job_id}/events", response_model=Page[EventOut])
 def job_events(
-    job_id: str, request: Request, project_id: ProjectDep, session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: int | None = None,
+    job_id: str,
+    request: Request,
+    project_id: ProjectDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: int | None = None,
     last_event_id: Annotated[int | None, Header()] = None,
 ) -> object:
     """The job's event log, oldest first; `Accept: text/event-stream` follows it live."""
     job = jobs.get(session=session, project_id=project_id, job_id=job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
         start = after if after is not None else (last_event_id or 0)
-        return StreamingResponse(_follow(request, job.id, start), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            _follow(request, job.id, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
     query = select(Event).where(Event.job_id == job.id)
     rows, more = page(session, query, Event.id, limit=limit, after=after, newest_first=False)
     return {"data": rows, "has_more": more}
@@ -109,7 +123,9 @@ def job_events(
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut)
 def job_metrics(
-    job_id: str, project_id: ProjectDep, session: SessionDep,
+    job_id: str,
+    project_id: ProjectDep,
+    session: SessionDep,
     names: Annotated[list[str] | None, Query(alias="name")] = None,
     after_step: int = 0,
 ) -> MetricsOut:
@@ -130,7 +146,11 @@ def job_metrics(
 def job_checkpoints(job_id: str, project_id: ProjectDep, session: SessionDep) -> dict[str, object]:
     """The job's checkpoints with their step and metrics."""
     job = jobs.get(session=session, project_id=project_id, job_id=job_id)
-    rows = session.execute(
-        select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step)
-    ).scalars().all()
+    rows = (
+        session.execute(
+            select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step)
+        )
+        .scalars()
+        .all()
+    )
     return {"data": rows, "has_more": False}

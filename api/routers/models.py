@@ -20,8 +20,10 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 @router.get("", response_model=Page[ModelOut])
 def list_models(
-    project_id: ProjectDep, session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
+    project_id: ProjectDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
 ) -> dict[str, object]:
     """List the project's models, newest first."""
     query = select(Model).where(Model.project_id == project_id)
@@ -47,14 +49,22 @@ def download_file(
 
 @router.post("/{model_id}/generate", response_model=GenerateOut)
 async def generate(
-    model_id: str, body: GenerateIn, project_id: ProjectDep, session: SessionDep,
+    model_id: str,
+    body: GenerateIn,
+    project_id: ProjectDep,
+    session: SessionDep,
     storage: StorageDep,
 ) -> GenerateOut:
     """Sample a continuation of a prompt from the model."""
     model = models.get(session=session, project_id=project_id, model_id=model_id)
     text = await run_in_threadpool(
-        models.generate, storage=storage, model=model, prompt=body.prompt,
-        max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_k=body.top_k,
+        models.generate,
+        storage=storage,
+        model=model,
+        prompt=body.prompt,
+        max_new_tokens=body.max_new_tokens,
+        temperature=body.temperature,
+        top_k=body.top_k,
         seed=body.seed,
     )
     return GenerateOut(model_id=model.id, prompt=body.prompt, text=text)

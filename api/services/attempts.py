@@ -53,8 +53,7 @@ def start(*, session: Session, attempt: Attempt) -> AttemptState:
         session.commit()
         raise ApiError(409, "attempt_not_startable", "the job was cancelled")
     attempt.status, attempt.started_at, attempt.heartbeat_at = "running", utcnow(), utcnow()
-    transition(session, job, "running", f"attempt {attempt.number} started",
-               attempt=attempt.number)
+    transition(session, job, "running", f"attempt {attempt.number} started", attempt=attempt.number)
     session.commit()
     return _state(session, attempt)
 
@@ -91,12 +90,21 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
         ).first()
         if not exists:
             metrics = {k: ev[k] for k in ("loss", "val_loss") if _finite(ev.get(k)) is not None}
-            session.add(Checkpoint(id=new_id("ckpt"), job_id=job.id, attempt=attempt.number,
-                                   step=step, path=str(ev.get("path", "")), metrics=metrics))
+            session.add(
+                Checkpoint(
+                    id=new_id("ckpt"),
+                    job_id=job.id,
+                    attempt=attempt.number,
+                    step=step,
+                    path=str(ev.get("path", "")),
+                    metrics=metrics,
+                )
+            )
     data = {k: v for k, v in ev.items() if k not in ("type", "message")}
     message = ev.get("message") or kind
-    session.add(Event(job_id=job.id, attempt=attempt.number, type=kind, message=str(message),
-                      data=data))
+    session.add(
+        Event(job_id=job.id, attempt=attempt.number, type=kind, message=str(message), data=data)
+    )
 
 
 def ingest(*, session: Session, attempt: Attempt, events: list[TrainerEvent]) -> AttemptState:
@@ -114,11 +122,10 @@ def ingest(*, session: Session, attempt: Attempt, events: list[TrainerEvent]) ->
     return _state(session, attempt)
 
 
-def _last_error(session: Session, attempt: Attempt) -> Event | None:
+def _last_event(session: Session, attempt: Attempt, kind: str) -> Event | None:
     return session.execute(
         select(Event)
-        .where(Event.job_id == attempt.job_id, Event.attempt == attempt.number,
-               Event.type == "error")
+        .where(Event.job_id == attempt.job_id, Event.attempt == attempt.number, Event.type == kind)
         .order_by(Event.id.desc())
         .limit(1)
     ).scalar()
@@ -141,14 +148,20 @@ def finish(
         attempt.status = "succeeded"
         model = _register_model(session, storage, job, attempt)
         job.model_id = model.id
-        transition(session, job, "succeeded", f"training finished; model {model.id}",
-                   model_id=model.id)
-    elif report.exit_code == EXIT_PREEMPTED or report.preempted:
+        transition(
+            session, job, "succeeded", f"training finished; model {model.id}", model_id=model.id
+        )
+    elif (
+        report.exit_code == EXIT_PREEMPTED
+        or report.preempted
+        # torchrun exits 1 when its ranks exit 75; the trainer's own event is what counts
+        or _last_event(session, attempt, "preempted") is not None
+    ):
         attempt.status = "preempted"
         requeue(session, job, "preempted; resuming from the latest checkpoint", max_attempts)
     else:
         attempt.status = "failed"
-        error = _last_error(session, attempt)
+        error = _last_event(session, attempt, "error")
         if error is not None:
             fail(session, job, str(error.data.get("code", "trainer_error")), error.message or "")
         else:
@@ -179,8 +192,15 @@ def _register_model(session: Session, storage: Storage, job: Job, attempt: Attem
     export.replace(target)
     config = json.loads((target / "config.json").read_text())
     files = [{"name": p.name, "bytes": p.stat().st_size} for p in sorted(target.iterdir())]
-    model = Model(id=model_id, project_id=job.project_id, job_id=job.id, name=job.name,
-                  arch=job.spec["model"]["arch"], config=config, files=files)
+    model = Model(
+        id=model_id,
+        project_id=job.project_id,
+        job_id=job.id,
+        name=job.name,
+        arch=job.spec["model"]["arch"],
+        config=config,
+        files=files,
+    )
     session.add(model)
     record(session, job, "model", f"model {model_id} exported", model_id=model_id)
     return model

@@ -24,7 +24,7 @@ def create(
     *, session: Session, storage: Storage, project_id: str, upload: Upload, queue: str
 ) -> Dataset:
     """Move a received upload into place, record it, and queue its validation."""
-    if upload.bytes == 0:
+    if upload.size == 0:
         upload.path.unlink(missing_ok=True)
         raise ApiError(400, "empty_file", "the uploaded file is empty")
     detected = formats.detect(upload.head, upload.filename)
@@ -37,7 +37,7 @@ def create(
         format=detected.format,
         kind=detected.kind,
         status="validating",
-        bytes=upload.bytes,
+        bytes=upload.size,
         sha256=upload.sha256,
     )
     target = storage.dataset_source(dataset.id)

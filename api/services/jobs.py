@@ -22,8 +22,9 @@ ACTIVE_ATTEMPT = ("starting", "running")
 
 def record(session: Session, job: Job, type_: str, message: str, **data: Any) -> None:
     """Append an event to the job's log (the caller commits)."""
-    session.add(Event(job_id=job.id, attempt=job.attempt or None, type=type_, message=message,
-                      data=data))
+    session.add(
+        Event(job_id=job.id, attempt=job.attempt or None, type=type_, message=message, data=data)
+    )
 
 
 def transition(session: Session, job: Job, status: str, reason: str, **data: Any) -> None:
@@ -52,7 +53,8 @@ def _usable_dataset(session: Session, project_id: str, dataset_id: str, field: s
         first = dataset.errors[0] if dataset.errors else {}
         where = f"line {first.get('line')}: " if first.get("line") else ""
         raise ApiError(
-            409, "dataset_invalid",
+            409,
+            "dataset_invalid",
             f"{field}: dataset {dataset.id} is invalid ({where}{first.get('message', '')})",
             {"field": field, "errors": dataset.errors},
         )
@@ -60,7 +62,8 @@ def _usable_dataset(session: Session, project_id: str, dataset_id: str, field: s
         raise not_found("dataset", dataset_id)
     if dataset.kind != "pretrain":
         raise ApiError(
-            409, "dataset_kind",
+            409,
+            "dataset_kind",
             f"{field}: dataset {dataset.id} is a {dataset.kind} dataset, a pretrain job needs "
             "plain text or JSONL with a 'text' field",
             {"field": field},
@@ -80,8 +83,13 @@ def _tokenizer_key(session: Session, project_id: str, spec: JobSpec) -> str:
     existing = session.execute(query).scalar()
     if existing:
         return existing.id
-    tok = Tokenizer(id=new_id("tok"), project_id=project_id, kind="bpe", vocab_size=vocab,
-                    source_dataset_id=spec.dataset_id)
+    tok = Tokenizer(
+        id=new_id("tok"),
+        project_id=project_id,
+        kind="bpe",
+        vocab_size=vocab,
+        source_dataset_id=spec.dataset_id,
+    )
     try:
         with session.begin_nested():
             session.add(tok)
@@ -102,8 +110,11 @@ def create(
         ).scalar()
         if first is not None:
             if first.spec != resolved:
-                raise ApiError(409, "idempotency_key_reused",
-                               "this Idempotency-Key was used with a different job spec")
+                raise ApiError(
+                    409,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different job spec",
+                )
             return first, False
     _usable_dataset(session, project_id, spec.dataset_id, "dataset_id")
     if spec.validation.dataset_id:
@@ -127,8 +138,9 @@ def create(
     except IntegrityError:
         session.rollback()
         if idempotency_key:  # a concurrent retry won the race: answer with its job
-            return create(session=session, project_id=project_id, spec=spec,
-                          idempotency_key=idempotency_key)
+            return create(
+                session=session, project_id=project_id, spec=spec, idempotency_key=idempotency_key
+            )
         raise
     return job, True
 

@@ -14,8 +14,13 @@ from api.models import Model
 from api.schemas import ModelFile, ModelOut
 from trainyard.storage import Storage
 
-DOWNLOADABLE = ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json",
-                "tokenizer_config.json")
+DOWNLOADABLE = (
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+)
 _CACHE_SIZE = 4
 _cache: OrderedDict[str, Any] = OrderedDict()
 _cache_lock = threading.Lock()
@@ -36,8 +41,15 @@ def to_out(model: Model) -> ModelOut:
         for f in model.files
         if f["name"] in DOWNLOADABLE
     ]
-    return ModelOut(id=model.id, name=model.name, job_id=model.job_id, arch=model.arch,
-                    config=model.config, files=files, created_at=model.created_at)
+    return ModelOut(
+        id=model.id,
+        name=model.name,
+        job_id=model.job_id,
+        arch=model.arch,
+        config=model.config,
+        files=files,
+        created_at=model.created_at,
+    )
 
 
 def file_path(*, storage: Storage, model: Model, name: str) -> Path:
@@ -62,11 +74,27 @@ def _loaded(storage: Storage, model_id: str) -> Any:
     return loaded
 
 
-def generate(*, storage: Storage, model: Model, prompt: str, max_new_tokens: int,
-             temperature: float, top_k: int | None, seed: int | None) -> str:
+def generate(
+    *,
+    storage: Storage,
+    model: Model,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int | None,
+) -> str:
     """Sample a continuation (blocking: call it from a worker thread)."""
     from trainer.sample import generate as sample
 
     loaded = _loaded(storage, model.id)
-    return str(sample(loaded, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                      top_k=top_k, seed=seed))
+    return str(
+        sample(
+            loaded,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+        )
+    )

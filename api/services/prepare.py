@@ -7,9 +7,9 @@ the shards. Every step checks the database first, so a re-delivered task does no
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import select
@@ -73,13 +73,15 @@ def ensure_tokenizer(session: Session, storage: Storage, key: str) -> Path:
     return path
 
 
-def ensure_tokens(session: Session, storage: Storage, dataset: Dataset, key: str,
-                  tokenizer_path: Path) -> dict[str, object]:
+def ensure_tokens(
+    session: Session, storage: Storage, dataset: Dataset, key: str, tokenizer_path: Path
+) -> dict[str, object]:
     """The shard index of a dataset under a tokenizer, tokenizing it on first use."""
     out = storage.tokens_dir(dataset.id, key)
     row = session.execute(
-        select(DatasetTokens).where(DatasetTokens.dataset_id == dataset.id,
-                                    DatasetTokens.tokenizer_key == key)
+        select(DatasetTokens).where(
+            DatasetTokens.dataset_id == dataset.id, DatasetTokens.tokenizer_key == key
+        )
     ).scalar()
     if row is not None and row.status == "ready" and (out / "index.json").exists():
         return dict(json.loads((out / "index.json").read_text()))
@@ -90,13 +92,15 @@ def ensure_tokens(session: Session, storage: Storage, dataset: Dataset, key: str
                 session.add(row)
         except IntegrityError:
             row = session.execute(
-                select(DatasetTokens).where(DatasetTokens.dataset_id == dataset.id,
-                                            DatasetTokens.tokenizer_key == key)
+                select(DatasetTokens).where(
+                    DatasetTokens.dataset_id == dataset.id, DatasetTokens.tokenizer_key == key
+                )
             ).scalar_one()
         session.commit()
     docs = formats.documents(storage.dataset_source(dataset.id), dataset.format)
-    index = shards.write_shards(docs, str(tokenizer_path), str(out),
-                                append_eot=dataset.format == "jsonl")
+    index = shards.write_shards(
+        docs, str(tokenizer_path), str(out), append_eot=dataset.format == "jsonl"
+    )
     row.status, row.tokens, row.dtype = "ready", int(index["tokens"]), str(index["dtype"])
     session.commit()
     return index
@@ -119,8 +123,7 @@ def prepare(*, session: Session, storage: Storage, job_id: str) -> None:
             dataset = session.get(Dataset, dataset_id)
             if dataset is None or dataset.status != "ready":
                 raise PrepareError("dataset_unusable", f"dataset {dataset_id} is not ready")
-            index = ensure_tokens(session, storage, dataset, str(job.tokenizer_key),
-                                  tokenizer_path)
+            index = ensure_tokens(session, storage, dataset, str(job.tokenizer_key), tokenizer_path)
             counts[dataset_id] = int(index["tokens"])  # type: ignore[call-overload]
             if counts[dataset_id] < 2 * (seq_len + 1):
                 raise PrepareError(

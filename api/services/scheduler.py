@@ -87,18 +87,27 @@ def _ranges(storage: Storage, job: Job) -> dict[str, Any]:
         _, val = shards.split_ranges(shards.load_index(str(val_dir)), str(val_dir), 1.0)
     else:
         train, val = shards.split_ranges(index, str(main_dir), job.spec["validation"]["fraction"])
-    return {"dtype": index["dtype"], "eot_id": index["eot_id"], "vocab_size": index["vocab_size"],
-            "train": train, "val": val}
+    return {
+        "dtype": index["dtype"],
+        "eot_id": index["eot_id"],
+        "vocab_size": index["vocab_size"],
+        "train": train,
+        "val": val,
+    }
 
 
-def run_config(storage: Storage, settings: Settings, job: Job, number: int,
-               node: Node) -> dict[str, Any]:
+def run_config(
+    storage: Storage, settings: Settings, job: Job, number: int, node: Node
+) -> dict[str, Any]:
     """The trainer's run.json for one attempt."""
     spec = job.spec
     data = _ranges(storage, job)
     model = {k: v for k, v in spec["model"].items() if k != "preset" and v is not None}
-    model.update(vocab_size=data.pop("vocab_size"), seq_len=spec["training"]["seq_len"],
-                 dropout=spec["training"]["dropout"])
+    model.update(
+        vocab_size=data.pop("vocab_size"),
+        seq_len=spec["training"]["seq_len"],
+        dropout=spec["training"]["dropout"],
+    )
     training = dict(spec["training"])
     out = storage.attempt_dir(job.id, number)
     return {
@@ -116,17 +125,20 @@ def run_config(storage: Storage, settings: Settings, job: Job, number: int,
     }
 
 
-def _dispatch(session: Session, storage: Storage, settings: Settings,
-              out: list[Message]) -> None:
+def _dispatch(session: Session, storage: Storage, settings: Settings, out: list[Message]) -> None:
     free = _free_slots(session)
-    waiting = session.execute(
-        select(Job).where(Job.status.in_(("queued", "preparing")), Job.prepared.is_(True))
-        .order_by(Job.created_at)
-    ).scalars().all()
+    waiting = (
+        session.execute(
+            select(Job)
+            .where(Job.status.in_(("queued", "preparing")), Job.prepared.is_(True))
+            .order_by(Job.created_at)
+        )
+        .scalars()
+        .all()
+    )
     for job in waiting:
         busy = session.execute(
-            select(Attempt.id).where(Attempt.job_id == job.id,
-                                     Attempt.status.in_(ACTIVE_ATTEMPT))
+            select(Attempt.id).where(Attempt.job_id == job.id, Attempt.status.in_(ACTIVE_ATTEMPT))
         ).first()
         if busy:
             continue
@@ -144,17 +156,39 @@ def _dispatch(session: Session, storage: Storage, settings: Settings,
         (folder / "run.json").write_text(json.dumps(config, indent=2))
         token = secrets.token_urlsafe(32)
         slots = job.spec["resources"]["processes_per_node"]
-        attempt = Attempt(id=new_id("att"), job_id=job.id, number=number, node_id=node.id,
-                          slots=slots, token_hash=hash_secret(token))
+        attempt = Attempt(
+            id=new_id("att"),
+            job_id=job.id,
+            number=number,
+            node_id=node.id,
+            slots=slots,
+            token_hash=hash_secret(token),
+        )
         session.add(attempt)
         job.attempt = number
         free[node.id] -= slots
-        record(session, job, "scheduled", f"attempt {number} assigned to node {node.name}",
-               node=node.name, attempt=number)
-        out.append((RUN_ATTEMPT, {
-            "attempt_id": attempt.id, "job_id": job.id, "attempt": number, "token": token,
-            "run_config": str(folder / "run.json"), "nproc": slots,
-        }, node.queue))
+        record(
+            session,
+            job,
+            "scheduled",
+            f"attempt {number} assigned to node {node.name}",
+            node=node.name,
+            attempt=number,
+        )
+        out.append(
+            (
+                RUN_ATTEMPT,
+                {
+                    "attempt_id": attempt.id,
+                    "job_id": job.id,
+                    "attempt": number,
+                    "token": token,
+                    "run_config": str(folder / "run.json"),
+                    "nproc": slots,
+                },
+                node.queue,
+            )
+        )
 
 
 def _start_preparing(session: Session, settings: Settings, out: list[Message]) -> None:
@@ -167,8 +201,12 @@ def _start_preparing(session: Session, settings: Settings, out: list[Message]) -
         if bad is not None:
             first = (bad.errors or [{}])[0] if bad else {}
             where = f" (line {first['line']}: {first['message']})" if first.get("line") else ""
-            fail(session, job, "invalid_dataset",
-                 f"dataset {bad.id if bad else ids[0]} is {bad.status if bad else 'gone'}{where}")
+            fail(
+                session,
+                job,
+                "invalid_dataset",
+                f"dataset {bad.id if bad else ids[0]} is {bad.status if bad else 'gone'}{where}",
+            )
             continue
         if any(d.status != "ready" for d in statuses if d is not None):
             continue  # validation still running
@@ -180,28 +218,31 @@ def _reconcile(session: Session, settings: Settings) -> None:
     now = utcnow()
     quiet = now - timedelta(seconds=settings.node_timeout_seconds)
     session.execute(
-        update(Node).where(Node.status == "online", Node.heartbeat_at < quiet)
+        update(Node)
+        .where(Node.status == "online", Node.heartbeat_at < quiet)
         .values(status="offline")
     )
     never_started = now - timedelta(seconds=settings.attempt_timeout_seconds)
-    lost = session.execute(
-        select(Attempt).where(
-            ((Attempt.status == "running") & (Attempt.heartbeat_at < quiet))
-            | ((Attempt.status == "starting") & (Attempt.created_at < never_started))
+    lost = (
+        session.execute(
+            select(Attempt).where(
+                ((Attempt.status == "running") & (Attempt.heartbeat_at < quiet))
+                | ((Attempt.status == "starting") & (Attempt.created_at < never_started))
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     for attempt in lost:
         job = session.get(Job, attempt.job_id)
         was = attempt.status
         attempt.status, attempt.finished_at = "lost", now
         if job is not None:
             reason = "node stopped reporting" if was == "running" else "node never started it"
-            requeue(session, job, f"attempt {attempt.number} lost: {reason}",
-                    settings.max_attempts)
+            requeue(session, job, f"attempt {attempt.number} lost: {reason}", settings.max_attempts)
     for job in session.execute(select(Job).where(Job.status == "cancelling")).scalars():
         live = session.execute(
-            select(Attempt.id).where(Attempt.job_id == job.id,
-                                     Attempt.status.in_(ACTIVE_ATTEMPT))
+            select(Attempt.id).where(Attempt.job_id == job.id, Attempt.status.in_(ACTIVE_ATTEMPT))
         ).first()
         if not live:
             transition(session, job, "cancelled", "cancelled by the user")

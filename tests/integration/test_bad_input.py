@@ -34,8 +34,9 @@ def test_missing_or_wrong_key_is_401(stack: Stack) -> None:
     assert r.json()["error"]["code"] == "unauthorized"
 
 
-def test_empty_file_is_rejected_and_nothing_stored(stack: Stack, client: Client,
-                                                   tmp_path: Path) -> None:
+def test_empty_file_is_rejected_and_nothing_stored(
+    stack: Stack, client: Client, tmp_path: Path
+) -> None:
     before = stored(stack)
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
@@ -45,8 +46,9 @@ def test_empty_file_is_rejected_and_nothing_stored(stack: Stack, client: Client,
     assert stored(stack) == before
 
 
-def test_upload_over_the_cap_is_413_and_leaves_nothing(stack: Stack, client: Client,
-                                                       tmp_path: Path) -> None:
+def test_upload_over_the_cap_is_413_and_leaves_nothing(
+    stack: Stack, client: Client, tmp_path: Path
+) -> None:
     before = stored(stack)
     listed = client.request("GET", "/v1/datasets", params={"limit": 100})["data"]
     big = tmp_path / "big.txt"
@@ -131,8 +133,9 @@ def test_job_on_invalid_dataset_is_409_naming_it(client: Client, tmp_path: Path)
         ({"resources": {"processes_per_node": 0}}, "resources.processes_per_node"),
     ],
 )
-def test_bad_job_spec_is_422_naming_the_field(client: Client, spec: dict[str, object],
-                                              field: str) -> None:
+def test_bad_job_spec_is_422_naming_the_field(
+    client: Client, spec: dict[str, object], field: str
+) -> None:
     with pytest.raises(TrainyardError) as err:
         client.create_job({"dataset_id": "ds_whatever", **spec})
     assert err.value.status == 422

@@ -18,9 +18,16 @@ pytestmark = pytest.mark.integration
 
 TINY = {
     "model": {"preset": "tiny"},
-    "training": {"max_steps": 60, "seq_len": 32, "batch_size": 8, "lr": 3e-3,
-                 "warmup_steps": 5, "eval_interval": 20, "eval_batches": 4,
-                 "checkpoint_interval": 30},
+    "training": {
+        "max_steps": 60,
+        "seq_len": 32,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "warmup_steps": 5,
+        "eval_interval": 20,
+        "eval_batches": 4,
+        "checkpoint_interval": 30,
+    },
     "resources": {"processes_per_node": 2, "accelerator": "cpu"},
 }
 
@@ -42,8 +49,9 @@ def dataset(client: Client, corpus_file: Path) -> dict[str, object]:
     return client.wait_dataset(str(ds["id"]))
 
 
-def test_upload_records_hash_format_and_records(dataset: dict[str, object],
-                                                corpus_file: Path) -> None:
+def test_upload_records_hash_format_and_records(
+    dataset: dict[str, object], corpus_file: Path
+) -> None:
     import hashlib
 
     assert dataset["status"] == "ready"
@@ -53,8 +61,9 @@ def test_upload_records_hash_format_and_records(dataset: dict[str, object],
     assert dataset["records"] == len(corpus_file.read_text().splitlines())
 
 
-def test_pretrain_job_end_to_end(stack: Stack, client: Client, dataset: dict[str, object],
-                                 tmp_path: Path) -> None:
+def test_pretrain_job_end_to_end(
+    stack: Stack, client: Client, dataset: dict[str, object], tmp_path: Path
+) -> None:
     job = client.create_job({"dataset_id": dataset["id"], "name": "e2e", **TINY})
     assert job["status"] == "queued"
     # The stored spec is resolved: defaults filled in, micro batch derived from the world size.
@@ -77,18 +86,23 @@ def test_pretrain_job_end_to_end(stack: Stack, client: Client, dataset: dict[str
     checkpoints = client.checkpoints(job["id"])
     assert [c["step"] for c in checkpoints] == [30, 60]
 
-    statuses = [e["data"]["status"] for e in client.events(job["id"], limit=1000)["data"]
-                if e["type"] == "status"]
+    statuses = [
+        e["data"]["status"]
+        for e in client.events(job["id"], limit=1000)["data"]
+        if e["type"] == "status"
+    ]
     assert statuses == ["queued", "preparing", "running", "succeeded"]
 
     model = client.model(done["model_id"])
     names = {f["name"] for f in model["files"]}
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= names
-    weights = load_file(client.download(model["id"], "model.safetensors",
-                                        tmp_path / "model.safetensors"))
+    weights = load_file(
+        client.download(model["id"], "model.safetensors", tmp_path / "model.safetensors")
+    )
     assert weights["transformer.wte.weight"].shape == (257, 64)
-    config = json.loads(client.download(model["id"], "config.json",
-                                        tmp_path / "config.json").read_text())
+    config = json.loads(
+        client.download(model["id"], "config.json", tmp_path / "config.json").read_text()
+    )
     assert config["n_layer"] == 2 and config["vocab_size"] == 257
 
     text = client.generate(model["id"], "the king", max_new_tokens=20, temperature=0.0)
@@ -96,23 +110,33 @@ def test_pretrain_job_end_to_end(stack: Stack, client: Client, dataset: dict[str
     assert not trainer_processes(job["id"])
 
 
-def test_second_job_reuses_token_shards(stack: Stack, client: Client,
-                                        dataset: dict[str, object]) -> None:
+def test_second_job_reuses_token_shards(
+    stack: Stack, client: Client, dataset: dict[str, object]
+) -> None:
     shards = Path(stack.env["TRAINYARD_STORAGE_ROOT"]) / "datasets" / str(dataset["id"]) / "tokens"
     before = {p: p.stat().st_mtime_ns for p in shards.rglob("*.bin")}
     assert before, "the first job should have written token shards"
-    job = client.create_job({"dataset_id": dataset["id"], **TINY,
-                             "training": {**TINY["training"], "max_steps": 5}})
+    job = client.create_job(
+        {"dataset_id": dataset["id"], **TINY, "training": {**TINY["training"], "max_steps": 5}}
+    )
     done = client.wait_job(job["id"], timeout=300)
     assert done["status"] == "succeeded"
     assert {p: p.stat().st_mtime_ns for p in shards.rglob("*.bin")} == before
 
 
-def test_cancel_running_job_leaves_no_process(stack: Stack, client: Client,
-                                              dataset: dict[str, object]) -> None:
-    spec = {"dataset_id": dataset["id"], **TINY,
-            "training": {**TINY["training"], "max_steps": 100000, "eval_interval": 1000,
-                         "checkpoint_interval": 100000}}
+def test_cancel_running_job_leaves_no_process(
+    stack: Stack, client: Client, dataset: dict[str, object]
+) -> None:
+    spec = {
+        "dataset_id": dataset["id"],
+        **TINY,
+        "training": {
+            **TINY["training"],
+            "max_steps": 100000,
+            "eval_interval": 1000,
+            "checkpoint_interval": 100000,
+        },
+    }
     job = client.create_job(spec)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -135,17 +159,25 @@ def test_cancel_running_job_leaves_no_process(stack: Stack, client: Client,
 
 
 def test_nan_loss_fails_with_code_and_step(client: Client, dataset: dict[str, object]) -> None:
-    spec = {"dataset_id": dataset["id"], **TINY,
-            "training": {**TINY["training"], "lr": 10.0, "grad_clip": 0.0, "warmup_steps": 0,
-                         "max_steps": 200}}
+    spec = {
+        "dataset_id": dataset["id"],
+        **TINY,
+        "training": {
+            **TINY["training"],
+            "lr": 1e30,
+            "min_lr": 1e30,
+            "grad_clip": 0.0,
+            "warmup_steps": 0,
+            "max_steps": 200,
+        },
+    }
     job = client.wait_job(client.create_job(spec)["id"], timeout=300)
     assert job["status"] == "failed"
     assert job["error"]["code"] == "nan_loss"
     assert "step" in job["error"]["message"]
 
 
-def test_idempotency_key_returns_the_first_job(client: Client,
-                                               dataset: dict[str, object]) -> None:
+def test_idempotency_key_returns_the_first_job(client: Client, dataset: dict[str, object]) -> None:
     spec = {"dataset_id": dataset["id"], **TINY}
     first = client.create_job(spec, idempotency_key="retry-1")
     again = client.create_job(spec, idempotency_key="retry-1")
@@ -153,14 +185,17 @@ def test_idempotency_key_returns_the_first_job(client: Client,
     client.cancel_job(first["id"])
 
 
-def test_events_stream_follows_until_the_end(stack: Stack, client: Client,
-                                             dataset: dict[str, object]) -> None:
-    job = client.create_job({"dataset_id": dataset["id"], **TINY,
-                             "training": {**TINY["training"], "max_steps": 5}})
+def test_events_stream_follows_until_the_end(
+    stack: Stack, client: Client, dataset: dict[str, object]
+) -> None:
+    job = client.create_job(
+        {"dataset_id": dataset["id"], **TINY, "training": {**TINY["training"], "max_steps": 5}}
+    )
     seen = []
     headers = {**client.http.headers, "Accept": "text/event-stream"}
-    with httpx.stream("GET", f"{stack.url}/v1/jobs/{job['id']}/events", headers=headers,
-                      timeout=300) as response:
+    with httpx.stream(
+        "GET", f"{stack.url}/v1/jobs/{job['id']}/events", headers=headers, timeout=300
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("event: "):

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainer_testkit import make_dataset, run_config
 
+from tests.trainer.trainer_testkit import make_dataset, run_config
 from trainer.config import (
     PRESETS,
     ConfigError,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trainer_testkit import corpus
 
+from tests.trainer.trainer_testkit import corpus
 from trainer import shards
 from trainer import tokenizer as tokmod
 

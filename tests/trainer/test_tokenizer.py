@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer_testkit import corpus
-
+from tests.trainer.trainer_testkit import corpus
 from trainer import tokenizer as tokmod
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainer_testkit import (
+
+from tests.trainer.trainer_testkit import (
     REPO,
     env,
     make_dataset,
@@ -20,7 +21,6 @@ from trainer_testkit import (
     trainer_cmd,
     write_config,
 )
-
 from trainer import train
 from trainer.config import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, RunConfig
 from trainer.distributed import Dist
@@ -92,12 +92,15 @@ def test_torchrun_two_processes(tmp_path: Path, dataset: tuple[Path, str, dict])
     assert isinstance(text, str) and len(text) > 0
 
 
-def test_resume_is_bit_exact(tmp_path: Path, dataset: tuple[Path, str, dict]) -> None:
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_resume_is_bit_exact(tmp_path: Path, dataset: tuple[Path, str, dict], preset: str) -> None:
     _, tok, data = dataset
-    straight = run_config(tmp_path, "straight", tok, data, max_steps=20, dropout=0.1)
+    # Dropout on, so the restored torch RNG matters as much as the weights and sampler.
+    kw: dict[str, Any] = {"preset": preset, "max_steps": 20, "dropout": 0.1}
+    straight = run_config(tmp_path, "straight", tok, data, **kw)
     assert _train_in_process(straight) == EXIT_OK
 
-    resumed = run_config(tmp_path, "resumed", tok, data, max_steps=20, dropout=0.1)
+    resumed = run_config(tmp_path, "resumed", tok, data, **kw)
     assert _train_in_process(resumed, stop_at_step=7) == EXIT_PREEMPTED
     assert _train_in_process(resumed) == EXIT_OK
 

@@ -1,0 +1,161 @@
+"""`trainyard demo`: start the platform, then train a model through its HTTP API.
+
+Everything a user would do, in order: create a key, upload a corpus, submit a pretraining
+job on two processes, watch it, and sample from the trained model.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from trainyard import corpus
+from trainyard.client import Client
+from trainyard.settings import get_settings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, up: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if up.poll() is not None:
+            raise RuntimeError("trainyard up exited early")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError("the platform did not become ready")
+
+
+def _bar(job: dict[str, Any], width: int = 28) -> str:
+    p = job["progress"]
+    done = p["step"] / max(1, p["max_steps"])
+    filled = int(done * width)
+    parts = [
+        f"[{'#' * filled}{'.' * (width - filled)}]",
+        f"step {p['step']}/{p['max_steps']}",
+        job["status"],
+    ]
+    if p["loss"] is not None:
+        parts.append(f"loss {p['loss']:.3f}")
+    if p["val_loss"] is not None:
+        parts.append(f"val {p['val_loss']:.3f}")
+    if p["tokens_per_s"]:
+        parts.append(f"{p['tokens_per_s'] / 1000:.1f}k tok/s")
+    if p["eta_seconds"] is not None:
+        parts.append(f"ETA {p['eta_seconds']:.0f}s")
+    return "  ".join(parts)
+
+
+def run(url: str, key: str, workdir: Path, steps: int, processes: int) -> int:
+    """Drive the whole flow through the API; 0 when the model trained and sampled."""
+    with Client(url, key) as client:
+        path = corpus.write(workdir / "corpus.txt")
+        print(f"1. Uploading a generated corpus ({path.stat().st_size / 1e6:.1f} MB) ...")
+        ds = client.wait_dataset(client.upload_dataset(path, name="demo-corpus")["id"])
+        print(
+            f"   dataset {ds['id']}: {ds['status']}, {ds['records']} lines, "
+            f"sha256 {ds['sha256'][:12]}..."
+        )
+        if ds["status"] != "ready":
+            print(f"   validation failed: {ds['errors']}")
+            return 1
+        spec = {
+            "name": "demo-pretrain",
+            "dataset_id": ds["id"],
+            "tokenizer": {"type": "byte"},
+            "model": {"preset": "shakespeare"},
+            "training": {
+                "max_steps": steps,
+                "seq_len": 64,
+                "batch_size": 16,
+                "lr": 2e-3,
+                "warmup_steps": 20,
+                "eval_interval": max(1, steps // 4),
+                "eval_batches": 8,
+                "checkpoint_interval": max(1, steps // 2),
+            },
+            "resources": {"processes_per_node": processes, "accelerator": "cpu"},
+        }
+        job = client.create_job(spec, idempotency_key=f"demo-{ds['id']}")
+        print(
+            f"2. Job {job['id']}: pretraining a {spec['model']['preset']} model on "
+            f"{processes} processes (torchrun, gloo)"
+        )
+        for state in client.watch(job["id"], interval=0.5):
+            print("\r   " + _bar(state), end="", flush=True)
+        job = state
+        print()
+        if job["status"] != "succeeded":
+            print(f"   job {job['status']}: {job['error']}")
+            return 1
+        model = client.model(job["model_id"])
+        print(
+            f"3. Model {model['id']}: {job['params']:,} parameters, "
+            f"val_loss {job['progress']['val_loss']:.3f}"
+        )
+        prompt = "The old sailor"
+        text = client.generate(
+            model["id"], prompt, max_new_tokens=120, temperature=0.8, top_k=20, seed=1
+        )
+        print(f"4. Sample: {prompt}{text}")
+        folder = get_settings().resolved_storage_root / "models" / model["id"]
+        print(f"   Files: {folder}  ({', '.join(f['name'] for f in model['files'])})")
+    return 0
+
+
+def main(steps: int = 300, processes: int = 2) -> int:
+    """Start `trainyard up`, run the demo against it, and stop it."""
+    settings = get_settings()
+    workdir = settings.data_dir / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    os.environ["TRAINYARD_DATA_DIR"] = str(settings.data_dir.resolve())
+    started = time.monotonic()
+    log_path = workdir / "platform.log"
+    log = log_path.open("wb")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "trainyard.cli", "up", "--port", str(port)],
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        print(
+            f"Starting trainyard (API, control loop, prep and node workers) on {url}; "
+            f"logs in {log_path}"
+        )
+        _wait_ready(url, up)
+        keys = subprocess.run(
+            [sys.executable, "-m", "trainyard.cli", "keys", "create", "--project", "demo"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        key = keys.stdout.strip().splitlines()[-1]
+        code = run(url, key, workdir, steps, processes)
+    finally:
+        os.killpg(up.pid, signal.SIGTERM)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+        log.close()
+    print(f"Done in {time.monotonic() - started:.0f}s; the platform has stopped.")
+    return code
