@@ -36,6 +36,17 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
+class TokenizerOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    object: Literal["tokenizer"] = "tokenizer"
+    kind: str
+    vocab_size: int
+    source_dataset_id: str | None
+    status: str
+    created_at: datetime
+
+
 class Progress(BaseModel):
     step: int
     max_steps: int

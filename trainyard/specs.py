@@ -37,19 +37,31 @@ class ValidationSpec(Strict):
 
 
 class TokenizerSpec(Strict):
-    """`byte` (256 bytes and an end-of-text token) or a BPE trained on the job's dataset."""
+    """`byte` (256 bytes and an end-of-text token), a BPE trained on the job's dataset, or
+    a tokenizer uploaded through `POST /v1/tokenizers` (give its `tokenizer_id`)."""
 
-    type: Literal["byte", "bpe"] = "byte"
-    vocab_size: int | None = Field(None, ge=300, le=262144)
+    type: Literal["byte", "bpe", "uploaded"] | None = None
+    vocab_size: int | None = Field(None, ge=257, le=1_048_576)
+    tokenizer_id: str | None = None
 
     @model_validator(mode="after")
     def _size(self) -> TokenizerSpec:
+        if self.tokenizer_id is not None:
+            if self.type not in (None, "uploaded"):
+                raise ValueError("tokenizer_id goes with type 'uploaded' (or no type)")
+            self.type = "uploaded"
+            return self  # the vocabulary size is the uploaded tokenizer's
+        self.type = self.type or "byte"
+        if self.type == "uploaded":
+            raise ValueError("an uploaded tokenizer needs its tokenizer_id")
         if self.type == "byte":
             if self.vocab_size not in (None, BYTE_VOCAB):
                 raise ValueError(f"the byte tokenizer has a fixed vocab_size of {BYTE_VOCAB}")
             self.vocab_size = BYTE_VOCAB
         elif self.vocab_size is None:
             self.vocab_size = 4096
+        elif self.vocab_size < 300:
+            raise ValueError("a BPE vocab_size must be at least 300")
         return self
 
 

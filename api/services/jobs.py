@@ -14,7 +14,7 @@ from api.models import Attempt, Dataset, Event, Job, Tokenizer
 from api.schemas import JobError, JobOut, Progress
 from api.services import datasets
 from trainyard.ids import new_id
-from trainyard.specs import JobSpec
+from trainyard.specs import BYTE_VOCAB, JobSpec
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE_ATTEMPT = ("starting", "running")
@@ -71,9 +71,15 @@ def _usable_dataset(session: Session, project_id: str, dataset_id: str, field: s
     return dataset
 
 
-def _tokenizer_key(session: Session, project_id: str, spec: JobSpec) -> str:
+def _tokenizer(session: Session, project_id: str, spec: JobSpec) -> tuple[str, int]:
+    """The storage key and vocabulary size of the job's tokenizer, creating a BPE row once."""
     if spec.tokenizer.type == "byte":
-        return "byte"
+        return "byte", BYTE_VOCAB
+    if spec.tokenizer.type == "uploaded":
+        row = session.get(Tokenizer, spec.tokenizer.tokenizer_id)
+        if row is None or row.project_id != project_id:
+            raise not_found("tokenizer", str(spec.tokenizer.tokenizer_id))
+        return row.id, row.vocab_size
     vocab = int(spec.tokenizer.vocab_size or 0)
     query = select(Tokenizer).where(
         Tokenizer.source_dataset_id == spec.dataset_id,
@@ -82,7 +88,7 @@ def _tokenizer_key(session: Session, project_id: str, spec: JobSpec) -> str:
     )
     existing = session.execute(query).scalar()
     if existing:
-        return existing.id
+        return existing.id, vocab
     tok = Tokenizer(
         id=new_id("tok"),
         project_id=project_id,
@@ -95,8 +101,15 @@ def _tokenizer_key(session: Session, project_id: str, spec: JobSpec) -> str:
             session.add(tok)
     except IntegrityError:
         # Another request created the same tokenizer a moment ago: use that one.
-        return session.execute(query).scalar_one().id
-    return tok.id
+        return session.execute(query).scalar_one().id, vocab
+    return tok.id, vocab
+
+
+def _same_request(stored: Any, asked: Any) -> bool:
+    """Whether a replayed spec asks for what the stored one holds (None: filled in later)."""
+    if isinstance(asked, dict) and isinstance(stored, dict):
+        return all(_same_request(stored.get(k), v) for k, v in asked.items())
+    return asked is None or asked == stored
 
 
 def create(
@@ -109,7 +122,7 @@ def create(
             select(Job).where(Job.project_id == project_id, Job.idempotency_key == idempotency_key)
         ).scalar()
         if first is not None:
-            if first.spec != resolved:
+            if not _same_request(first.spec, resolved):
                 raise ApiError(
                     409,
                     "idempotency_key_reused",
@@ -119,6 +132,8 @@ def create(
     _usable_dataset(session, project_id, spec.dataset_id, "dataset_id")
     if spec.validation.dataset_id:
         _usable_dataset(session, project_id, spec.validation.dataset_id, "validation.dataset_id")
+    tokenizer_key, vocab_size = _tokenizer(session, project_id, spec)
+    resolved["tokenizer"]["vocab_size"] = vocab_size
     job = Job(
         id=new_id("job"),
         project_id=project_id,
@@ -127,7 +142,7 @@ def create(
         status="queued",
         spec=resolved,
         dataset_id=spec.dataset_id,
-        tokenizer_key=_tokenizer_key(session, project_id, spec),
+        tokenizer_key=tokenizer_key,
         idempotency_key=idempotency_key,
     )
     session.add(job)

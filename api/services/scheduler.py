@@ -103,8 +103,11 @@ def run_config(
     spec = job.spec
     data = _ranges(storage, job)
     model = {k: v for k, v in spec["model"].items() if k != "preset" and v is not None}
+    # A BPE trained on a small corpus can stop short of the vocabulary asked for; the model
+    # keeps the size the spec names, so the job runs what it says.
+    vocab = max(int(data.pop("vocab_size")), int(spec["tokenizer"]["vocab_size"] or 0))
     model.update(
-        vocab_size=data.pop("vocab_size"),
+        vocab_size=vocab,
         seq_len=spec["training"]["seq_len"],
         dropout=spec["training"]["dropout"],
     )

@@ -1,0 +1,1 @@
+"""Benchmarks of a real trainyard deployment; results in bench/RESULTS.md."""
