@@ -51,12 +51,17 @@ def install(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = []
         for err in exc.errors():
-            msg = str(err.get("msg", "invalid"))
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
             if err.get("type") == "extra_forbidden":
                 msg = "unknown field"
             details.append({"field": _field(tuple(err.get("loc", ()))), "message": msg})
         first = details[0] if details else {"field": "body", "message": "invalid"}
-        message = f"{first['field']}: {first['message']}"
+        # A rule across fields names its fields in its own words; others get the field.
+        message = (
+            first["message"]
+            if first["field"] == "body"
+            else (f"{first['field']}: {first['message']}")
+        )
         return JSONResponse(_body("invalid_request", message, details), status_code=422)
 
     @app.exception_handler(Exception)

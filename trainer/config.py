@@ -103,6 +103,9 @@ class TrainingConfig:
     seed: int = 1337
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
+    # Recompute each block's activations in the backward pass instead of storing them:
+    # about a third more compute for activation memory that no longer grows with depth.
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -331,3 +334,107 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
         n -= cfg.seq_len * cfg.d_model
     t = seq_len if seq_len is not None else cfg.seq_len
     return float(6 * n + 12 * cfg.n_layer * cfg.d_model * t)
+
+
+# ---------------------------------------------------------------------------- memory
+
+# DEVICE_MEMORY: estimate_memory knows the job, not the hardware. The caller supplies the
+# device's memory (the API takes it from the node's reported GPU memory) and compares it with
+# the estimate's "total"; `fits` does that comparison.
+GPU_RESERVED_BYTES = 1 << 30  # CUDA context, NCCL buffers and allocator fragmentation
+
+_FP32 = 4
+
+
+def _activation_elements(cfg: ModelConfig) -> tuple[int, int]:
+    """Saved-for-backward elements per token in one block: (fp32 residual, compute dtype).
+
+    Counted op by op from what autograd keeps for our model.py:
+      gpt2:  residual stream into ln_1 and ln_2 (2d, always fp32); c_attn input (d), the
+             fused q|k|v output SDPA keeps (3d), SDPA output (d), its contiguous copy for
+             c_proj (d), c_fc input (d), GELU input and output (2 ff)      -> 7d + 2ff
+      llama: per RMSNorm its input and the normalised tensor (2 x 2d, fp32); the two norm
+             outputs (2d), rotated q and k plus v after any GQA repeat (3d), SDPA output
+             (d), o_proj input (d), gate, SiLU, up and their product (4 ff) -> 7d + 4ff
+    """
+    d, ff = cfg.d_model, cfg.ff_dim
+    if cfg.arch == "gpt2":
+        return 2 * d, 7 * d + 2 * ff
+    return 4 * d, 7 * d + 4 * ff
+
+
+def estimate_memory(
+    model_cfg: ModelConfig,
+    training: TrainingConfig,
+    world_size: int,
+    strategy: str,
+    accelerator: str,
+) -> dict[str, int]:
+    """Bytes per device for a training job: weights, gradients, AdamW, activations, total.
+
+    Weights, gradients and both AdamW moments are fp32 (4 bytes x N parameters each, 16N
+    together); FSDP shards all three over world_size, DDP replicates them. bf16 runs
+    ("auto" or "gpu" accelerator with precision auto/bf16) add the half-precision weight
+    copies the forward pass keeps (2N under DDP autocast; under FSDP two unsharded blocks
+    in flight, the one computing and the one prefetched, plus their fp32 gradients).
+
+    Activations are per micro-batch of B sequences of T tokens, for L blocks:
+      without checkpointing  B*T*(L*(4r + e*c + m) + head)
+      with checkpointing     B*T*(L*4d + (4r + e*c + m) + head)
+    where (r, c) are the saved elements per token of one block (`_activation_elements`),
+    e is 2 under bf16 and 4 otherwise, m is 2d one-byte dropout masks when dropout > 0, and
+    head is the fp32 log-softmax output plus its gradient at the start of the backward pass
+    (8V) plus the final norm's saved tensors. With checkpointing each block keeps only its
+    input (d, fp32) and one block at a time is recomputed during the backward pass.
+    Attention never materialises T x T scores: SDPA's fused kernels keep only q, k, v and
+    the output. GPUs add GPU_RESERVED_BYTES for the CUDA context and fragmentation.
+    """
+    if world_size < 1:
+        raise ConfigError("world_size must be >= 1")
+    if strategy not in ("ddp", "fsdp"):
+        raise ConfigError(f"strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+    if accelerator not in ("cpu", "gpu", "auto"):
+        raise ConfigError(f"accelerator must be 'cpu', 'gpu' or 'auto', got {accelerator!r}")
+    on_gpu = accelerator != "cpu"  # "auto" is checked against a GPU: the worst case
+    bf16 = training.precision == "bf16" or (training.precision == "auto" and on_gpu)
+    e = 2 if bf16 else _FP32
+    n = param_count(model_cfg)
+    shards = world_size if strategy == "fsdp" else 1
+    sharded = -(-n // shards) * _FP32  # ceil: FSDP pads every parameter to divide evenly
+
+    d, v, n_layer = model_cfg.d_model, model_cfg.vocab_size, model_cfg.n_layer
+    block = (n - v * d * (1 if model_cfg.tie_embeddings else 2)) // max(1, n_layer)
+    if not bf16:
+        working = 0
+    elif strategy == "fsdp":
+        working = 2 * block * (2 + _FP32)  # two gathered bf16 blocks and their fp32 grads
+    else:
+        working = 2 * n  # autocast's bf16 weight copies, kept for the backward pass
+
+    r, c = _activation_elements(model_cfg)
+    masks = 2 * d if training.dropout > 0 else 0
+    per_layer = _FP32 * r + e * c + masks
+    final_norm = (2 if model_cfg.arch == "gpt2" else 3) * d * _FP32 + d * e
+    head = 2 * v * _FP32 + final_norm
+    tokens = training.micro_batch_size * training.seq_len
+    act_full = tokens * (n_layer * per_layer + head)
+    act_ckpt = tokens * (n_layer * d * _FP32 + per_layer + head)
+    activations = act_ckpt if training.activation_checkpointing else act_full
+    overhead = GPU_RESERVED_BYTES if on_gpu else 0
+    out = {
+        "parameters": sharded,
+        "gradients": sharded,
+        "optimizer": 2 * sharded,  # AdamW exp_avg and exp_avg_sq
+        "working_weights": working,
+        "activations": activations,
+        "activations_no_checkpointing": act_full,
+        "activations_checkpointing": act_ckpt,
+        "overhead": overhead,
+    }
+    out["total"] = 4 * sharded + working + activations + overhead
+    return out
+
+
+def fits(estimate: dict[str, int], device_memory: int) -> bool:
+    """Whether an estimate_memory result fits a device with device_memory bytes."""
+    return estimate["total"] <= device_memory

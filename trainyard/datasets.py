@@ -112,12 +112,38 @@ def _record_problem(obj: Any, kind: str) -> str | None:
             return 'field "text" is empty'
         return None
     if "messages" in obj:
-        messages = obj["messages"]
-        if not isinstance(messages, list) or not messages:
-            return 'field "messages" must be a non-empty list'
-        return None
-    if not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("completion"), str):
+        return _messages_problem(obj["messages"])
+    prompt, completion = obj.get("prompt"), obj.get("completion")
+    if not isinstance(prompt, str) or not isinstance(completion, str):
         return 'expected string fields "prompt" and "completion", or "messages"'
+    if not completion.strip():
+        return 'field "completion" is empty'
+    return None
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def _messages_problem(messages: Any) -> str | None:
+    """Why a chat record is unusable, naming the message: roles, content, an answer."""
+    if not isinstance(messages, list) or not messages:
+        return 'field "messages" must be a non-empty list'
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages[{i}] must be an object with role and content"
+        role, content = message.get("role"), message.get("content")
+        if role is None:
+            return f'messages[{i}] has no "role"'
+        if role not in ROLES:
+            return f"messages[{i}] has unknown role {role!r} (expected system, user or assistant)"
+        if not isinstance(content, str):
+            return f'messages[{i}] has no string "content"'
+        if not content.strip():
+            return f"messages[{i}] ({role}) has empty content"
+        if role == "system" and i != 0:
+            return f"messages[{i}]: a system message may only come first"
+    if not any(m["role"] == "assistant" for m in messages):
+        return "no assistant turn: nothing to learn from this example"
     return None
 
 

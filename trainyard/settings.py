@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 2.0
     node_timeout_seconds: float = 30.0
     attempt_timeout_seconds: float = 60.0
+    prep_timeout_seconds: float = 900.0
     max_attempts: int = 3
     control_interval_seconds: float = 0.5
     keep_checkpoints: int = 3

@@ -40,12 +40,14 @@ class TokenizerSpec(Strict):
     """`byte` (256 bytes and an end-of-text token), a BPE trained on the job's dataset, or
     a tokenizer uploaded through `POST /v1/tokenizers` (give its `tokenizer_id`)."""
 
-    type: Literal["byte", "bpe", "uploaded"] | None = None
+    type: Literal["byte", "bpe", "uploaded", "model"] | None = None
     vocab_size: int | None = Field(None, ge=257, le=1_048_576)
     tokenizer_id: str | None = None
 
     @model_validator(mode="after")
     def _size(self) -> TokenizerSpec:
+        if self.type == "model":
+            return self  # the base model's own tokenizer (fine-tuning); filled in on create
         if self.tokenizer_id is not None:
             if self.type not in (None, "uploaded"):
                 raise ValueError("tokenizer_id goes with type 'uploaded' (or no type)")
@@ -69,6 +71,7 @@ class ModelSpec(Strict):
     """A preset, explicit architecture fields, or a preset with some fields overridden."""
 
     preset: str | None = None
+    base_model_id: str | None = None
     arch: Literal["gpt2", "llama"] | None = None
     n_layer: int | None = Field(None, ge=1, le=256)
     n_head: int | None = Field(None, ge=1, le=256)
@@ -77,6 +80,10 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _resolve(self) -> ModelSpec:
+        if self.base_model_id is not None:
+            if self.preset is not None:
+                raise ValueError("give base_model_id or preset, not both")
+            return self  # the architecture is the base model's, filled in on create
         if self.preset is not None:
             if self.preset not in PRESETS:
                 known = ", ".join(sorted(PRESETS))
@@ -127,18 +134,6 @@ class TrainingSpec(Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
 
-    @model_validator(mode="after")
-    def _check(self) -> TrainingSpec:
-        if self.min_lr is None:
-            self.min_lr = self.lr / 10
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        if self.warmup_steps > self.max_steps:
-            raise ValueError(
-                f"warmup_steps ({self.warmup_steps}) must not exceed max_steps ({self.max_steps})"
-            )
-        return self
-
 
 class ResourcesSpec(Strict):
     nodes: int = Field(1, ge=1, le=1)
@@ -148,22 +143,66 @@ class ResourcesSpec(Strict):
     pool: str = Field("default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
+class LoraSpec(Strict):
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, min_length=1)
+
+
+class SftSpec(Strict):
+    """How to fine-tune: the method, packing, overlong examples, epochs, samples at the end."""
+
+    method: Literal["full", "lora"] = "full"
+    lora: LoraSpec | None = None
+    packing: bool = True
+    overlong: Literal["truncate", "drop"] = "truncate"
+    epochs: int | None = Field(None, ge=1, le=1000)
+    eval_prompts: int = Field(4, ge=0, le=32)
+
+    @model_validator(mode="after")
+    def _lora(self) -> SftSpec:
+        if self.method == "lora" and self.lora is None:
+            self.lora = LoraSpec()
+        if self.method == "full" and self.lora is not None:
+            raise ValueError("lora settings need method 'lora'")
+        return self
+
+
+SFT_TRAINING_DEFAULTS = {"lr": 1e-4, "warmup_steps": 10, "eval_interval": 50, "max_steps": 200}
+LORA_LR = 1e-3
+
+
 class JobSpec(Strict):
-    """A pretraining job as submitted to `POST /v1/jobs`."""
+    """A job as submitted to `POST /v1/jobs`: pretraining, or fine-tuning a base model."""
 
     name: str | None = Field(None, max_length=200)
-    type: Literal["pretrain"] = "pretrain"
+    type: Literal["pretrain", "sft"] = "pretrain"
     dataset_id: str
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(preset="tiny"))
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    sft: SftSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
-        world = self.resources.nodes * self.resources.processes_per_node
+        if self.type == "sft":
+            self._sft_defaults()
+        elif self.sft is not None or self.model.base_model_id is not None:
+            raise ValueError("sft settings and model.base_model_id need type 'sft'")
         t = self.training
+        if t.min_lr is None:
+            t.min_lr = t.lr / 10
+        if t.min_lr > t.lr:
+            raise ValueError(f"training.min_lr ({t.min_lr}) must not exceed training.lr ({t.lr})")
+        if t.warmup_steps > t.max_steps:
+            raise ValueError(
+                f"training.warmup_steps ({t.warmup_steps}) must not exceed "
+                f"training.max_steps ({t.max_steps})"
+            )
+        world = self.resources.nodes * self.resources.processes_per_node
         if t.micro_batch_size is None:
             if t.batch_size % world:
                 raise ValueError(
@@ -177,6 +216,23 @@ class JobSpec(Strict):
                 f"training.micro_batch_size ({t.micro_batch_size}) x processes ({world})"
             )
         return self
+
+    def _sft_defaults(self) -> None:
+        if self.model.base_model_id is None:
+            raise ValueError("a fine-tuning job needs model.base_model_id")
+        if "tokenizer" in self.model_fields_set and self.tokenizer.type != "model":
+            raise ValueError("a fine-tuning job uses its base model's tokenizer")
+        self.tokenizer = TokenizerSpec(type="model")
+        self.sft = self.sft or SftSpec()
+        t = self.training
+        given = set(t.model_fields_set)
+        for name, value in SFT_TRAINING_DEFAULTS.items():
+            if name not in given:
+                setattr(t, name, value)
+        if "lr" not in given and self.sft.method == "lora":
+            t.lr = LORA_LR
+        if "warmup_steps" not in given:
+            t.warmup_steps = min(t.warmup_steps, t.max_steps)
 
     def resolved(self) -> dict[str, Any]:
         """The spec with every default filled in, as stored and returned."""

@@ -24,7 +24,7 @@ from trainer import shards
 from trainyard.ids import hash_secret, new_id
 from trainyard.settings import Settings
 from trainyard.storage import Storage
-from workers.celery_app import PREPARE_JOB, RUN_ATTEMPT, send
+from workers.celery_app import PREPARE_JOB, RUN_ATTEMPT, VALIDATE_DATASET, send
 
 log = logging.getLogger(__name__)
 Message = tuple[str, dict[str, Any], str]
@@ -217,6 +217,24 @@ def _start_preparing(session: Session, settings: Settings, out: list[Message]) -
         out.append((PREPARE_JOB, {"job_id": job.id}, settings.queue("prep")))
 
 
+def _resend_prep(session: Session, settings: Settings, out: list[Message]) -> None:
+    """Re-send prep messages that seem lost; the tasks check the database, so a duplicate
+    of one still running does nothing."""
+    stale = utcnow() - timedelta(seconds=settings.prep_timeout_seconds)
+    for job in session.execute(
+        select(Job).where(
+            Job.status == "preparing", Job.prepared.is_(False), Job.updated_at < stale
+        )
+    ).scalars():
+        job.updated_at = utcnow()
+        out.append((PREPARE_JOB, {"job_id": job.id}, settings.queue("prep")))
+    for dataset in session.execute(
+        select(Dataset).where(Dataset.status == "validating", Dataset.updated_at < stale)
+    ).scalars():
+        dataset.updated_at = utcnow()
+        out.append((VALIDATE_DATASET, {"dataset_id": dataset.id}, settings.queue("prep")))
+
+
 def _reconcile(session: Session, settings: Settings) -> None:
     now = utcnow()
     quiet = now - timedelta(seconds=settings.node_timeout_seconds)
@@ -255,6 +273,7 @@ def tick(session: Session, storage: Storage, settings: Settings) -> int:
     """One pass of the control loop; returns how many messages it sent."""
     messages: list[Message] = []
     _reconcile(session, settings)
+    _resend_prep(session, settings, messages)
     _start_preparing(session, settings, messages)
     _dispatch(session, storage, settings, messages)
     session.commit()

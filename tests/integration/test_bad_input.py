@@ -125,8 +125,8 @@ def test_job_on_invalid_dataset_is_409_naming_it(client: Client, tmp_path: Path)
     [
         ({"learning_rate": 0.1}, "learning_rate"),
         ({"training": {"lr": 0.1, "epochs": 3}}, "training.epochs"),
-        ({"training": {"batch_size": 10, "micro_batch_size": 4}}, "body"),
-        ({"training": {"warmup_steps": 50, "max_steps": 10}}, "training"),
+        ({"training": {"batch_size": 10, "micro_batch_size": 4}}, "training.batch_size"),
+        ({"training": {"warmup_steps": 50, "max_steps": 10}}, "training.warmup_steps"),
         ({"model": {"preset": "gpt9"}}, "model"),
         ({"model": {"n_layer": 2, "n_head": 3, "d_model": 64}}, "model"),
         ({"tokenizer": {"type": "bpe", "vocab_size": 10}}, "tokenizer.vocab_size"),
