@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -18,12 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.conftest import corpus  # noqa: E402
 from tests.stack import Database, Stack  # noqa: E402
 
-WORDS = (
-    "the a king queen ship river north wind sails over under bright dark old young castle "
-    "walls sing songs of winter and summer light falls on quiet fields"
-).split()
+__all__ = ["corpus"]
 
 
 def load() -> str:
@@ -32,23 +29,27 @@ def load() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-def wait_quiet(limit: float = 0.8, timeout: float = 60.0) -> str:
-    """Wait (bounded) until the 1-minute load drops under the limit; the load seen."""
+def cpu_busy(seconds: float = 1.0) -> float:
+    """The fraction of all CPU time that was busy over the next `seconds` (from /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields[:8]), idle
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_quiet(max_busy: float = 0.25, timeout: float = 120.0) -> str:
+    """Wait (bounded) until the machine is mostly idle; the load average and busy share seen."""
     deadline = time.monotonic() + timeout
-    while os.getloadavg()[0] > limit and time.monotonic() < deadline:
-        time.sleep(2)
-    return load()
-
-
-def corpus(lines: int = 2000, seed: int = 0) -> str:
-    """A small English-like corpus."""
-    rng = random.Random(seed)
-    return (
-        "\n".join(
-            " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) for _ in range(lines)
-        )
-        + "\n"
-    )
+    busy = cpu_busy()
+    while busy > max_busy and time.monotonic() < deadline:
+        busy = cpu_busy(2.0)
+    return f"load {load()}, cpu busy {busy:.0%}"
 
 
 @contextlib.contextmanager
@@ -126,3 +127,25 @@ def tiny_spec(dataset_id: str, processes: int = 1, max_steps: int = 20) -> dict[
         },
         "resources": {"processes_per_node": processes, "accelerator": "cpu"},
     }
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def pids_named(name: str) -> list[int]:
+    """Ids of the processes whose command name is `name`."""
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == name:
+                    out.append(int(entry.name))
+    return out

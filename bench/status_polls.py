@@ -88,33 +88,38 @@ def measure(label: str, url: str, script: Path, connections: list[int], seconds:
 def main() -> None:
     """Start a Stack (no node, so the job stays queued), poll one job, print results."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", default="16,64")
+    parser.add_argument("--workers", default="1,2", help="API worker counts to measure")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     conns = [int(c) for c in args.connections.split(",")]
+    lines: list[str] = []
     with running_stack(node=False) as stack:
         key = stack.new_key("bench-status")
         with Client(stack.url, key) as client, tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "corpus.txt"
             path.write_text(corpus())
             ds = client.wait_dataset(client.upload_dataset(path, name="corpus")["id"])
-            job = client.create_job(tiny_spec(ds["id"]))
+            job_id = client.create_job(tiny_spec(ds["id"]))["id"]
         script = lua_script(key)
         try:
-            lines = measure(
-                "workers=1", f"{stack.url}/v1/jobs/{job['id']}", script, conns, args.seconds
-            )
-            url2 = free_port_url()
-            stack.start("api2", "api", "--port", url2.rsplit(":", 1)[1], "--workers", "2")
-            wait_http(url2 + "/healthz")
-            lines += measure(
-                "workers=2", f"{url2}/v1/jobs/{job['id']}", script, conns, args.seconds
-            )
+            for workers in (int(w) for w in args.workers.split(",")):
+                name, url = "api", stack.url
+                if workers != 1:
+                    name, url = f"api{workers}", free_port_url()
+                    port = url.rsplit(":", 1)[1]
+                    stack.start(name, "api", "--port", port, "--workers", str(workers))
+                    wait_http(url + "/healthz")
+                pid = stack.procs[name].pid
+                label = f"workers={workers}"
+                lines += measure(label, f"{url}/v1/jobs/{job_id}", script, conns, args.seconds, pid)
+                if name != "api":
+                    stack.stop(name)
         finally:
             script.unlink(missing_ok=True)
-    print("\n== status_polls: GET /v1/jobs/{id} (wrk -t1, keep-alive) ==")
+    print("\n== status_polls: GET /v1/jobs/{id} (wrk -t1, keep-alive, queued job) ==")
     print(f"machine: {machine()}; load at end: {load()}")
     print(f"target: >= {TARGET_RPS:.0f} req/s with p99 <= {TARGET_P99_MS:.0f} ms")
     for line in lines:

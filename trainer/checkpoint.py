@@ -3,11 +3,15 @@
 Layout of checkpoint_dir:
     step-00000100/          model.pt, optimizer.pt, train_state.json (rank 0),
                             rank-00000.pt, rank-00001.pt, ... (sampler + RNG per rank)
+                            or, under FSDP, sharded/ (torch.distributed.checkpoint files
+                            that every rank writes its shards into) instead of the .pt pair
     latest                  text file naming the newest complete step directory
+    best                    text file naming the checkpoint with the lowest val_loss
 
-A checkpoint is written to step-K.tmp/, renamed to step-K/, and only then is `latest`
-replaced; a crash at any moment leaves the previous checkpoint intact. torch.load is only
-ever used on these files, which the trainer wrote itself, and with weights_only=True.
+A checkpoint is written to step-K.tmp/, renamed to step-K/, and only then are `latest`
+(and `best`) replaced; a crash at any moment leaves the previous checkpoint intact.
+torch.load is only ever used on these files, which the trainer wrote itself, and with
+weights_only=True.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 
 from trainer.distributed import Dist
 
 LATEST = "latest"
+BEST = "best"
+SHARDED = "sharded"  # the DCP folder inside a step directory
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -83,13 +90,22 @@ def save(
     step: int,
     *,
     dist: Dist,
-    model_state: dict[str, Any],
-    optimizer_state: dict[str, Any],
     train_state: dict[str, Any],
     rank_state: dict[str, Any],
     keep: int,
+    model_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    sharded_state: dict[str, Any] | None = None,
+    val_loss: float | None = None,
 ) -> str:
-    """Write a checkpoint from every rank (a collective call); return its final path."""
+    """Write a checkpoint from every rank (a collective call); return its final path.
+
+    Give either model_state and optimizer_state (replicated, rank 0 writes them) or
+    sharded_state (FSDP's DTensor state dicts, every rank writes its shards). val_loss,
+    when measured at this step, makes this checkpoint `best` if it beats the current one.
+    """
+    if (sharded_state is None) == (model_state is None or optimizer_state is None):
+        raise ValueError("give model_state and optimizer_state, or sharded_state")
     name = step_dir_name(step)
     final = os.path.join(checkpoint_dir, name)
     tmp = final + ".tmp"
@@ -101,11 +117,20 @@ def save(
     # Model and optimizer are identical on every rank under DDP, so rank 0 writes them;
     # sampler and RNG differ per rank, so each rank writes its own.
     torch.save(rank_state, os.path.join(tmp, f"rank-{dist.rank:05d}.pt"))
+    if sharded_state is not None:
+        dcp.save(sharded_state, checkpoint_id=os.path.join(tmp, SHARDED))
     if dist.is_main:
-        torch.save(model_state, os.path.join(tmp, "model.pt"))
-        torch.save(optimizer_state, os.path.join(tmp, "optimizer.pt"))
+        if model_state is not None:
+            torch.save(model_state, os.path.join(tmp, "model.pt"))
+            torch.save(optimizer_state, os.path.join(tmp, "optimizer.pt"))
+        meta = {
+            **train_state,
+            "step": step,
+            "world_size": dist.world_size,
+            "format": "dcp" if sharded_state is not None else "torch",
+        }
         with open(os.path.join(tmp, "train_state.json"), "w", encoding="utf-8") as f:
-            json.dump({**train_state, "step": step, "world_size": dist.world_size}, f)
+            json.dump(meta, f)
     dist.barrier()
     if dist.is_main:
         _fsync_dir(tmp)
@@ -120,6 +145,8 @@ def save(
             os.rename(tmp, final)
         _fsync_dir(checkpoint_dir)
         _write_text_atomic(os.path.join(checkpoint_dir, LATEST), name + "\n")
+        if val_loss is not None and _beats_best(checkpoint_dir, val_loss, name):
+            _write_text_atomic(os.path.join(checkpoint_dir, BEST), name + "\n")
         prune(checkpoint_dir, keep)
     dist.barrier()
     return final
@@ -138,22 +165,42 @@ def list_checkpoints(checkpoint_dir: str) -> list[tuple[int, str]]:
 
 
 def prune(checkpoint_dir: str, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints, never the one `latest` names."""
-    latest = latest_path(checkpoint_dir)
+    """Delete all but the newest `keep` checkpoints, never the ones `latest` or `best` name."""
+    protected = {latest_path(checkpoint_dir), best_path(checkpoint_dir)}
     for _, path in list_checkpoints(checkpoint_dir)[:-keep]:
-        if path != latest:
+        if path not in protected:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_pointer(checkpoint_dir: str, pointer: str) -> str | None:
+    path = os.path.join(checkpoint_dir, pointer)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        name = f.read().strip()
+    target = os.path.join(checkpoint_dir, name)
+    return target if _STEP_DIR.match(name) and os.path.isdir(target) else None
+
+
+def best_path(checkpoint_dir: str) -> str | None:
+    """Path of the checkpoint with the lowest validation loss so far, or None."""
+    return _read_pointer(checkpoint_dir, BEST)
+
+
+def _beats_best(checkpoint_dir: str, val_loss: float, name: str) -> bool:
+    best = best_path(checkpoint_dir)
+    if best is None or os.path.basename(best) == name:
+        return True
+    with open(os.path.join(best, "train_state.json"), encoding="utf-8") as f:
+        best_loss = json.load(f).get("val_loss")
+    return best_loss is None or val_loss < best_loss
 
 
 def latest_path(checkpoint_dir: str) -> str | None:
     """Path of the newest committed checkpoint, or None."""
-    pointer = os.path.join(checkpoint_dir, LATEST)
-    if os.path.exists(pointer):
-        with open(pointer, encoding="utf-8") as f:
-            name = f.read().strip()
-        path = os.path.join(checkpoint_dir, name)
-        if _STEP_DIR.match(name) and os.path.isdir(path):
-            return path
+    path = _read_pointer(checkpoint_dir, LATEST)
+    if path is not None:
+        return path
     # The pointer is missing or stale (crash between renames): step dirs only ever appear
     # complete, so the newest one is safe.
     found = list_checkpoints(checkpoint_dir)
@@ -166,10 +213,15 @@ class Checkpoint:
 
     path: str
     step: int
-    model: dict[str, Any]
+    model: dict[str, Any]  # empty for sharded checkpoints: see load_sharded
     optimizer: dict[str, Any]
     train_state: dict[str, Any]
     rank_state: dict[str, Any] | None  # None when this rank did not exist at save time
+
+    @property
+    def sharded(self) -> bool:
+        """Whether model and optimizer were saved by FSDP as DCP shards."""
+        return self.train_state.get("format") == "dcp"
 
 
 def load(path: str, rank: int = 0) -> Checkpoint:
@@ -182,16 +234,20 @@ def load(path: str, rank: int = 0) -> Checkpoint:
         if os.path.exists(rank_file)
         else None
     )
-    return Checkpoint(
-        path=path,
-        step=int(train_state["step"]),
-        model=torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True),
-        optimizer=torch.load(
+    found = Checkpoint(path, int(train_state["step"]), {}, {}, train_state, rank_state)
+    if not found.sharded:
+        found.model = torch.load(
+            os.path.join(path, "model.pt"), map_location="cpu", weights_only=True
+        )
+        found.optimizer = torch.load(
             os.path.join(path, "optimizer.pt"), map_location="cpu", weights_only=True
-        ),
-        train_state=train_state,
-        rank_state=rank_state,
-    )
+        )
+    return found
+
+
+def load_sharded(path: str, state: dict[str, Any]) -> None:
+    """Fill FSDP state dicts (this rank's shards) in place from a checkpoint (collective)."""
+    dcp.load(state, checkpoint_id=os.path.join(path, SHARDED))
 
 
 def load_latest(checkpoint_dir: str, rank: int = 0) -> Checkpoint | None:

@@ -8,15 +8,13 @@ import math
 import resource
 import signal
 import time
-from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint as ckpt
+from trainer import parallel
 from trainer import tokenizer as tokmod
 from trainer.config import (
     EXIT_OK,
@@ -102,9 +100,8 @@ class Trainer:
         # Installed first so a SIGTERM during setup is honoured at the first step boundary.
         self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._saved_step = -1
+        self._val_step = -1  # the step val_loss was measured at
         t = cfg.training
-        if cfg.resources.strategy == "fsdp":
-            raise NotImplementedError("strategy 'fsdp' is not implemented yet; use 'ddp'")
         per_step = t.micro_batch_size * dist.world_size
         if t.batch_size % per_step:
             raise ValueError(
@@ -118,8 +115,12 @@ class Trainer:
         use_bf16 = t.precision == "bf16" or (
             t.precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
         )
+        self.sharded = cfg.resources.strategy == "fsdp" and dist.is_distributed
+        # FSDP casts parameters to bf16 itself (its mixed precision policy); DDP uses autocast.
         self.autocast: Any = (
-            torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+            torch.autocast(dev.type, dtype=torch.bfloat16)
+            if use_bf16 and not self.sharded
+            else contextlib.nullcontext()
         )
 
         self.tokenizer_eot = tokmod.eot_id(tokmod.load(cfg.tokenizer_path))
@@ -128,6 +129,15 @@ class Trainer:
         self.model_cfg = dataclasses.replace(cfg.model, dropout=t.dropout)
         torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts it)
         self.raw_model: CausalLM = build_model(self.model_cfg).to(dev)
+        self.raw_model.set_activation_checkpointing(t.activation_checkpointing)
+        # Under FSDP raw_model is sharded in place, so it must happen before the optimizer.
+        self.model = parallel.wrap(
+            self.raw_model,
+            strategy=cfg.resources.strategy,
+            dist=dist,
+            bf16=use_bf16,
+            compile=t.compile,
+        )
         self.optimizer = configure_optimizer(
             self.raw_model, lr=t.lr, weight_decay=t.weight_decay, device_type=dev.type
         )
@@ -137,13 +147,6 @@ class Trainer:
 
         self.resumed_from: str | None = None
         self._maybe_resume()
-
-        model: nn.Module = self.raw_model
-        if t.compile:
-            model = torch.compile(model)  # type: ignore[assignment]
-        if dist.is_distributed:
-            model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-        self.model = model
         self.flops_per_token = flops_per_token(self.model_cfg, t.seq_len)
         self.peak_flops = peak_flops(dev)
 
@@ -151,8 +154,16 @@ class Trainer:
         found = ckpt.load_latest(self.cfg.checkpoint_dir, self.dist.rank)
         if found is None:
             return
-        self.raw_model.load_state_dict(found.model)
-        self.optimizer.load_state_dict(found.optimizer)
+        if found.sharded != self.sharded:
+            saved = "FSDP (sharded)" if found.sharded else "DDP or one process"
+            raise ValueError(f"{found.path} was saved under {saved}; resume with the same strategy")
+        if self.sharded:
+            state = parallel.sharded_state(self.raw_model, self.optimizer)
+            ckpt.load_sharded(found.path, state)
+            parallel.load_sharded_state(self.raw_model, self.optimizer, state)
+        else:
+            self.raw_model.load_state_dict(found.model)
+            self.optimizer.load_state_dict(found.optimizer)
         state = found.train_state
         self.step = self._saved_step = found.step
         self.tokens = int(state["tokens"])
@@ -215,15 +226,6 @@ class Trainer:
         finally:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
 
-    def _micro_steps(self) -> Iterator[contextlib.AbstractContextManager[Any]]:
-        """One context per micro-step; DDP syncs gradients only on the last one."""
-        for i in range(self.grad_accum):
-            last = i == self.grad_accum - 1
-            if isinstance(self.model, DDP) and not last:
-                yield self.model.no_sync()
-            else:
-                yield contextlib.nullcontext()
-
     def _train_step(self) -> bool:
         """One optimizer step; return True when the run must stop (preemption)."""
         t, dist = self.cfg.training, self.dist
@@ -234,7 +236,7 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         loss_sum = torch.zeros((), device=dist.device)
-        for sync_ctx in self._micro_steps():
+        for sync_ctx in parallel.micro_steps(self.model, self.grad_accum):
             x, y = self.data.next_train_batch(t.micro_batch_size)  # (B, T) each
             with sync_ctx:
                 with self.autocast:
@@ -244,11 +246,12 @@ class Trainer:
                 (loss / self.grad_accum).backward()
             loss_sum += loss.detach()
         if t.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), t.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm(
-                [p.grad for p in self.raw_model.parameters() if p.grad is not None]
+                [p.grad for p in self.model.parameters() if p.grad is not None]
             )
+        grad_norm = parallel.local_tensor(grad_norm)  # FSDP: a DTensor over the shards
         # One collective gives the global mean loss and whether any rank wants to stop,
         # so every rank takes the same decision at the same step.
         stop = self._stop_requested or (self.stop_at_step is not None and step >= self.stop_at_step)
@@ -293,17 +296,24 @@ class Trainer:
         self.model.eval()
         totals = torch.zeros(2, device=dist.device)  # (sum of losses, number of batches)
         batches = self.data.val_batches(t.micro_batch_size, t.eval_batches)
-        for i, (x, y) in enumerate(batches):
-            if i % dist.world_size != dist.rank:
+        # Under FSDP every forward is a collective, so every rank runs the same number;
+        # ranks past the end repeat batch 0 and do not count it.
+        rounds = -(-len(batches) // dist.world_size) if self.sharded else len(batches)
+        for r in range(rounds):
+            i = r * dist.world_size + dist.rank if self.sharded else r
+            if not self.sharded and i % dist.world_size != dist.rank:
                 continue
+            x, y = batches[i] if i < len(batches) else batches[0]
             with self.autocast:
                 # The raw model: DDP's forward would expect a matching backward.
                 _, loss = self.raw_model(x, y)
             assert loss is not None
-            totals[0] += loss
-            totals[1] += 1
+            if i < len(batches):
+                totals[0] += loss.detach()
+                totals[1] += 1
         dist.all_reduce_sum(totals)
         self.val_loss = float(totals[0] / totals[1])
+        self._val_step = self.step
         self.events.emit("eval", step=self.step, val_loss=self.val_loss)
         return self.val_loss
 
@@ -312,12 +322,20 @@ class Trainer:
         path = f"{self.cfg.checkpoint_dir}/{ckpt.step_dir_name(self.step)}"
         if self._saved_step == self.step:
             return path
+        weights: dict[str, Any]
+        if self.sharded:
+            weights = {"sharded_state": parallel.sharded_state(self.raw_model, self.optimizer)}
+        else:
+            weights = {
+                "model_state": self.raw_model.state_dict(),
+                "optimizer_state": self.optimizer.state_dict(),
+            }
         path = ckpt.save(
             self.cfg.checkpoint_dir,
             self.step,
             dist=self.dist,
-            model_state=self.raw_model.state_dict(),
-            optimizer_state=self.optimizer.state_dict(),
+            **weights,
+            val_loss=self.val_loss if self._val_step == self.step else None,
             train_state={
                 "tokens": self.tokens,
                 "val_loss": self.val_loss,
@@ -333,9 +351,10 @@ class Trainer:
 
     def _export(self) -> str:
         """Rank 0 writes the final model folder; the others wait for it."""
+        state = parallel.full_model_state(self.raw_model)  # collective under FSDP
         if self.dist.is_main:
             export_model(
-                self.raw_model.state_dict(),
+                state,
                 self.model_cfg,
                 tokenizer_path=self.cfg.tokenizer_path,
                 eot_id=self.tokenizer_eot,

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from trainer import tokenizer as tokmod
 from trainer.config import ModelConfig
 from trainer.export import is_conv1d_key
-from trainer.model import CausalLM, build_model
+from trainer.model import CausalLM, KVCache, build_model
 
 
 @dataclass
@@ -91,6 +91,32 @@ def load_model(folder: str, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model, tok, cfg, tokmod.eot_id(tok), dev)
 
 
+def _pick(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    g: torch.Generator,
+) -> torch.Tensor:
+    """Choose the next token (1, 1) from last-position logits (1, V)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[:, -1:]  # (1, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)  # (1, V) each
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token once the tokens ranked above it already cover top_p of the mass;
+        # the most likely token is always kept.
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=g)  # (1, 1)
+
+
 @torch.inference_mode()
 def generate(
     loaded: LoadedModel,
@@ -99,37 +125,47 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int | None = None,
+    top_p: float | None = None,
+    *,
+    use_cache: bool = True,
 ) -> str:
     """The completion of prompt (without the prompt); stops early at end-of-text.
 
-    temperature 0 picks the most likely token (greedy); seed makes sampling repeatable.
+    temperature 0 picks the most likely token (greedy); top_k and top_p (nucleus) restrict
+    sampling to the likeliest tokens; seed makes sampling repeatable. The prompt is
+    prefilled once into a KV cache and each new token costs one position's forward pass.
     """
     if temperature < 0:
         raise ValueError("temperature must be >= 0")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError("top_p must be in (0, 1]")
     g = torch.Generator(device=loaded.device)
     if seed is None:
         g.seed()
     else:
         g.manual_seed(seed)
-    ids = loaded.tokenizer.encode(prompt).ids or [loaded.eot_id]  # empty prompt: start fresh
-    idx = torch.tensor([ids], dtype=torch.long, device=loaded.device)  # (1, T)
+    model, seq_len = loaded.model, loaded.config.seq_len
+    tokens = loaded.tokenizer.encode(prompt).ids or [loaded.eot_id]  # empty prompt: start fresh
+    cache = None
+    if use_cache:
+        dtype = next(model.parameters()).dtype
+        cache = KVCache(loaded.config, 1, loaded.device, dtype)
+    pending = tokens[-seq_len:]  # tokens not in the cache yet; the model has no positions beyond
     new: list[int] = []
     for _ in range(max_new_tokens):
-        context = idx[:, -loaded.config.seq_len :]  # the model has no positions beyond seq_len
-        logits, _ = loaded.model(context)
-        logits = logits[:, -1, :].float()  # (1, V)
-        if temperature == 0:
-            next_id = logits.argmax(dim=-1, keepdim=True)  # (1, 1)
+        if cache is not None and cache.pos + len(pending) <= seq_len:
+            idx = torch.tensor([pending], dtype=torch.long, device=loaded.device)  # (1, T)
+            logits, _ = model(idx, cache=cache)
         else:
-            logits = logits / temperature
-            if top_k is not None and top_k < logits.shape[-1]:
-                kth = torch.topk(logits, top_k).values[:, -1:]  # (1, 1)
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = torch.softmax(logits, dim=-1)
-            next_id = torch.multinomial(probs, 1, generator=g)  # (1, 1)
+            # The context is full: GPT-2's learned positions cannot slide along, so run the
+            # last seq_len tokens afresh (what an uncached model does at every step).
+            idx = torch.tensor([tokens[-seq_len:]], dtype=torch.long, device=loaded.device)
+            logits, _ = model(idx)
+        next_id = _pick(logits[:, -1, :].float(), temperature, top_k, top_p, g)  # (1, 1)
         token = int(next_id.item())
         if token == loaded.eot_id:
             break
         new.append(token)
-        idx = torch.cat([idx, next_id], dim=1)
+        tokens.append(token)
+        pending = [token]
     return str(loaded.tokenizer.decode(new))

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api.db import utcnow
-from api.models import Attempt, Dataset, Job, Lease, Node
+from api.models import Attempt, Dataset, DatasetTokens, Job, Lease, Node, Tokenizer
 from api.services.attempts import requeue
 from api.services.jobs import ACTIVE_ATTEMPT, fail, record, transition
 from trainer import shards
@@ -194,25 +194,46 @@ def _dispatch(session: Session, storage: Storage, settings: Settings, out: list[
         )
 
 
+def _already_tokenized(session: Session, job: Job, dataset_ids: list[str]) -> bool:
+    key = str(job.tokenizer_key)
+    if key != "byte":
+        tok = session.get(Tokenizer, key)
+        if tok is None or tok.status != "ready":
+            return False
+    ready = session.execute(
+        select(func.count()).where(
+            DatasetTokens.dataset_id.in_(dataset_ids),
+            DatasetTokens.tokenizer_key == key,
+            DatasetTokens.status == "ready",
+        )
+    ).scalar()
+    return ready == len(dataset_ids)
+
+
 def _start_preparing(session: Session, settings: Settings, out: list[Message]) -> None:
     for job in session.execute(
         select(Job).where(Job.status == "queued", Job.prepared.is_(False))
     ).scalars():
-        ids = [job.dataset_id, job.spec["validation"].get("dataset_id")]
-        statuses = [session.get(Dataset, i) for i in ids if i]
-        bad = next((d for d in statuses if d is None or d.status in ("invalid", "deleted")), None)
-        if bad is not None:
-            first = (bad.errors or [{}])[0] if bad else {}
+        ids = [i for i in (job.dataset_id, job.spec["validation"].get("dataset_id")) if i]
+        datasets = {i: session.get(Dataset, i) for i in ids}
+        unusable = [
+            (i, d) for i, d in datasets.items() if d is None or d.status in ("invalid", "deleted")
+        ]
+        if unusable:
+            dataset_id, dataset = unusable[0]
+            first = (dataset.errors or [{}])[0] if dataset else {}
             where = f" (line {first['line']}: {first['message']})" if first.get("line") else ""
-            fail(
-                session,
-                job,
-                "invalid_dataset",
-                f"dataset {bad.id if bad else ids[0]} is {bad.status if bad else 'gone'}{where}",
-            )
+            status = dataset.status if dataset else "gone"
+            fail(session, job, "invalid_dataset", f"dataset {dataset_id} is {status}{where}")
             continue
-        if any(d.status != "ready" for d in statuses if d is not None):
+        if any(d is not None and d.status != "ready" for d in datasets.values()):
             continue  # validation still running
+        if _already_tokenized(session, job, ids):
+            # Shards from an earlier job: skip the prep worker's round trip.
+            transition(session, job, "preparing", "reusing token shards")
+            job.prepared = True
+            record(session, job, "prepared", "token shards ready (reused)")
+            continue
         transition(session, job, "preparing", "tokenizing the dataset")
         out.append((PREPARE_JOB, {"job_id": job.id}, settings.queue("prep")))
 

@@ -47,9 +47,7 @@ ROUTES = [
     pytest.param("GET", "/v1/jobs/{job}/metrics", None, {}, id="metrics"),
     pytest.param("GET", "/v1/jobs/{job}/checkpoints", None, {}, id="checkpoints"),
     pytest.param("GET", "/v1/models/{model}", None, {}, id="get-model"),
-    pytest.param(
-        "GET", "/v1/models/{model}/files/model.safetensors", None, {}, id="download-file"
-    ),
+    pytest.param("GET", "/v1/models/{model}/files/model.safetensors", None, {}, id="download-file"),
     pytest.param(
         "POST",
         "/v1/models/{model}/generate",
@@ -190,7 +188,9 @@ def test_lists_show_only_the_projects_own_objects(
     a, b = projects
     key = kind[:-1]
     for me, other in ((a, b), (b, a)):
-        listed = {o["id"] for o in me.client.request("GET", f"/v1/{kind}", params={"limit": 100})["data"]}
+        listed = {
+            o["id"] for o in me.client.request("GET", f"/v1/{kind}", params={"limit": 100})["data"]
+        }
         assert me.ids[key] in listed
         assert other.ids[key] not in listed
     done = b.client.request("GET", "/v1/jobs", params={"status": "succeeded", "limit": 100})
@@ -210,8 +210,9 @@ def attempt_of(db: Engine, job_id: str) -> str:
 def event_count(db: Engine, job_id: str) -> int:
     with db.connect() as conn:
         return int(
-            conn.execute(text("SELECT count(*) FROM events WHERE job_id = :j"), {"j": job_id})
-            .scalar_one()
+            conn.execute(
+                text("SELECT count(*) FROM events WHERE job_id = :j"), {"j": job_id}
+            ).scalar_one()
         )
 
 
@@ -242,7 +243,9 @@ def test_internal_endpoints_reject_a_user_key(
         assert response.status_code in (401, 404), (path, response.text)
         assert response.json()["error"]["code"] in ("unauthorized", "not_found")
     with db.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM nodes WHERE name = 'intruder'")).scalar() == 0
+        assert (
+            conn.execute(text("SELECT count(*) FROM nodes WHERE name = 'intruder'")).scalar() == 0
+        )
     assert event_count(db, a.ids["job"]) == before
     assert a.client.job(a.ids["job"])["status"] == "succeeded"
 

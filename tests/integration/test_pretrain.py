@@ -68,7 +68,7 @@ def test_pretrain_job_end_to_end(
     assert job["status"] == "queued"
     # The stored spec is resolved: defaults filled in, micro batch derived from the world size.
     assert job["spec"]["training"]["micro_batch_size"] == 4
-    assert job["spec"]["tokenizer"] == {"type": "byte", "vocab_size": 257}
+    assert job["spec"]["tokenizer"] == {"type": "byte", "vocab_size": 257, "tokenizer_id": None}
     assert job["spec"]["model"]["arch"] == "gpt2"
 
     done = client.wait_job(job["id"], timeout=300)
@@ -192,7 +192,7 @@ def test_events_stream_follows_until_the_end(
         {"dataset_id": dataset["id"], **TINY, "training": {**TINY["training"], "max_steps": 5}}
     )
     seen = []
-    headers = {**client.http.headers, "Accept": "text/event-stream"}
+    headers = {"Authorization": client.http.headers["Authorization"], "Accept": "text/event-stream"}
     with httpx.stream(
         "GET", f"{stack.url}/v1/jobs/{job['id']}/events", headers=headers, timeout=300
     ) as response:

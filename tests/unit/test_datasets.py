@@ -146,7 +146,9 @@ def test_a_line_longer_than_a_chunk_is_not_split(tmp_path: Path) -> None:
     assert chunks == [text]
 
 
-def test_small_chunks_cut_only_at_line_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_chunks_cut_only_at_line_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(datasets, "TEXT_CHUNK_BYTES", 7)
     text = "ab\nçdé\n€€€€\nz"
     chunks = list(documents(write(tmp_path, text), "text"))

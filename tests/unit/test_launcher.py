@@ -88,9 +88,7 @@ STUBBORN = textwrap.dedent(
     time.sleep(600)
     """
 )
-GRANDCHILD = (
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
-)
+GRANDCHILD = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
 # A parent that exits on SIGTERM at once, leaving its stubborn grandchild behind.
 POLITE = textwrap.dedent(
     """

@@ -97,7 +97,10 @@ def test_an_explicit_micro_batch_allows_gradient_accumulation() -> None:
         ({"training": {"batch_size": 10}, "resources": {"processes_per_node": 3}}, "batch_size"),
         ({"training": {"batch_size": 12, "micro_batch_size": 5}}, "micro_batch_size"),
         (
-            {"training": {"batch_size": 12, "micro_batch_size": 4}, "resources": {"processes_per_node": 2}},
+            {
+                "training": {"batch_size": 12, "micro_batch_size": 4},
+                "resources": {"processes_per_node": 2},
+            },
             "micro_batch_size",
         ),
         ({"training": {"warmup_steps": 50, "max_steps": 10}}, "warmup_steps"),

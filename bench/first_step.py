@@ -1,0 +1,177 @@
+"""First step: latency from `POST /v1/jobs` to the first training step on a warm node worker.
+
+A Stack with a node worker; a dataset uploaded and tokenized, and one tiny job run first so
+shards, page cache and worker processes are warm. Then tiny CPU jobs (1 and 2 processes,
+20 steps) are submitted one at a time; `GET /v1/jobs/{id}` is polled every 50 ms until
+progress.step >= 1, and the job's events give the timeline. Target: <= 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, corpus, load, machine, running_stack, tiny_spec, wait_quiet
+
+from trainyard.client import Client
+
+TARGET_S = 5.0
+
+
+def ts(value: str) -> float:
+    """An RFC 3339 time as a Unix timestamp."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def all_events(client: Client, job_id: str) -> list[dict[str, Any]]:
+    """Every event of a job, oldest first."""
+    out: list[dict[str, Any]] = []
+    after: int | None = None
+    while True:
+        page = client.events(job_id, after=after, limit=1000)
+        out += page["data"]
+        if not page["has_more"]:
+            return out
+        after = out[-1]["id"]
+
+
+def one_job(client: Client, dataset_id: str, processes: int) -> dict[str, Any]:
+    """Submit a job, poll to its first step, wait for the end; timings and the timeline."""
+    t_post = time.time()
+    job = client.create_job(tiny_spec(dataset_id, processes=processes))
+    t_answer = time.time()
+    seen = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = client.job(job["id"])
+        if state["progress"]["step"] >= 1:
+            seen = time.time()
+            break
+        if state["status"] in ("failed", "cancelled", "succeeded"):
+            break
+        time.sleep(0.05)
+    done = client.wait_job(job["id"], timeout=180)
+    events = all_events(client, job["id"])
+    return {
+        "job": done,
+        "post": t_post,
+        "answer": t_answer,
+        "seen": seen,
+        "created": ts(job["created_at"]),
+        "events": events,
+    }
+
+
+def first(events: list[dict[str, Any]], kind: str, **match: Any) -> dict[str, Any] | None:
+    """The first event of a type whose data matches."""
+    for ev in events:
+        if ev["type"] == kind and all(ev["data"].get(k) == v for k, v in match.items()):
+            return ev
+    return None
+
+
+def stored(ev: dict[str, Any] | None) -> float | None:
+    """When the API stored an event."""
+    return ts(ev["created_at"]) if ev else None
+
+
+def emitted(ev: dict[str, Any] | None) -> float | None:
+    """When the trainer emitted an event (its own clock, the same machine)."""
+    return ts(ev["data"]["time"]) if ev and "time" in ev["data"] else None
+
+
+def breakdown(run: dict[str, Any]) -> list[tuple[str, float | None]]:
+    """Named phases between the submit and the first step seen by the poller, in seconds."""
+    evs = run["events"]
+    points: list[tuple[str, float | None]] = [
+        ("POST answered (job row committed)", run["answer"]),
+        ("control loop: queued -> preparing", stored(first(evs, "status", status="preparing"))),
+        ("prep: shards ready -> scheduled", stored(first(evs, "scheduled"))),
+        ("node: attempt running", stored(first(evs, "status", status="running"))),
+        ("trainer `start` emitted", emitted(first(evs, "start"))),
+        ("trainer step 1 emitted", emitted(first(evs, "step", step=1))),
+        ("step 1 stored by the API", stored(first(evs, "step", step=1))),
+        ("poller sees progress.step >= 1", run["seen"]),
+    ]
+    out: list[tuple[str, float | None]] = []
+    prev = run["post"]
+    for name, t in points:
+        out.append((name, None if t is None else t - prev))
+        prev = t if t is not None else prev
+    return out
+
+
+def reference_costs() -> dict[str, float]:
+    """Bare costs on this machine: `import torch`, and torchrun + gloo init for 2 processes."""
+    py = sys.executable
+    t0 = time.perf_counter()
+    subprocess.run([py, "-c", "import torch"], check=True)
+    imp = time.perf_counter() - t0
+    script = (
+        "import torch.distributed as d; d.init_process_group('gloo'); d.barrier(); "
+        "d.destroy_process_group()"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gloo_init.py"
+        path.write_text(script + "\n")
+        t0 = time.perf_counter()
+        subprocess.run(
+            [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(path)],
+            check=True, capture_output=True, cwd=ROOT,
+        )  # fmt: skip
+        gloo = time.perf_counter() - t0
+    return {"python -c 'import torch'": imp, "torchrun 2 procs + gloo init + barrier": gloo}
+
+
+def main() -> None:
+    """Warm a Stack up, then time submit -> first step for 1 and 2 processes."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--timeline", action="store_true", help="print every event")
+    args = parser.parse_args()
+    runs: list[tuple[int, dict[str, Any]]] = []
+    with running_stack(node=True) as stack:
+        client = Client(stack.url, stack.new_key("bench-first-step"))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "corpus.txt"
+            path.write_text(corpus())
+            ds = client.wait_dataset(client.upload_dataset(path, name="corpus")["id"])
+        warm = one_job(client, ds["id"], 2)
+        assert warm["job"]["status"] == "succeeded", warm["job"]
+        seen = wait_quiet()
+        for processes in (1, 2):
+            for _ in range(args.repeat):
+                run = one_job(client, ds["id"], processes)
+                assert run["job"]["status"] == "succeeded", run["job"]
+                runs.append((processes, run))
+                print(f"procs={processes} first step after {run['seen'] - run['post']:.2f} s")
+    refs = reference_costs()
+    print("\n== first_step: POST /v1/jobs -> first step (warm node worker, tiny, cpu) ==")
+    print(f"machine: {machine()}; before: {seen}; load at end: {load()}")
+    print(f"target: <= {TARGET_S:.0f} s")
+    for processes, run in runs:
+        total = run["seen"] - run["post"]
+        print(
+            f"\nprocesses={processes}: {total:.2f} s  {'MEETS' if total <= TARGET_S else 'short'}"
+        )
+        for name, dt in breakdown(run):
+            print(f"  {name:<38} {'   n/a' if dt is None else f'+{dt:5.2f} s'}")
+        if args.timeline:
+            for ev in run["events"]:
+                rel = stored(ev) - run["post"]  # type: ignore[operator]
+                emit = emitted(ev)
+                extra = "" if emit is None else f" (emitted {emit - run['post']:+.2f})"
+                print(f"    {rel:+6.2f} s {ev['type']:<10} {ev['message']}{extra}")
+    print("\nreference costs on this machine:")
+    for name, value in refs.items():
+        print(f"  {name:<40} {value:5.2f} s")
+
+
+if __name__ == "__main__":
+    main()
