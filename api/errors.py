@@ -8,7 +8,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,14 @@ def install(app: FastAPI) -> None:
         details = []
         for err in exc.errors():
             msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            loc = tuple(err.get("loc", ()))
             if err.get("type") == "extra_forbidden":
                 msg = "unknown field"
-            details.append({"field": _field(tuple(err.get("loc", ()))), "message": msg})
+            if err.get("type") == "json_invalid":
+                # The location's last part is a character offset, not a field.
+                where = loc[-1] if loc and isinstance(loc[-1], int) else "?"
+                msg, loc = f"invalid JSON at character {where}: {msg}", ("body",)
+            details.append({"field": _field(loc), "message": msg})
         first = details[0] if details else {"field": "body", "message": "invalid"}
         # A rule across fields names its fields in its own words; others get the field.
         message = (
@@ -70,10 +77,34 @@ def install(app: FastAPI) -> None:
         return JSONResponse(_body("internal_error", "internal server error"), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(
             exc.status_code, "error"
         )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(app, request.url.path)))
         return JSONResponse(
-            _body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+            _body(code, str(exc.detail)), status_code=exc.status_code, headers=headers
         )
+
+
+def _allowed_methods(app: FastAPI, path: str) -> set[str]:
+    """Every method any route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in _api_routes(app.routes, ""):
+        if route[0].match(path):
+            methods |= route[1]
+    return methods
+
+
+def _api_routes(routes: Any, prefix: str) -> list[tuple[Any, set[str]]]:
+    found: list[tuple[Any, set[str]]] = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # an included router
+        if inner is not None:
+            context = getattr(route, "include_context", None)
+            found += _api_routes(inner.routes, prefix + getattr(context, "prefix", ""))
+        elif isinstance(route, APIRoute):
+            found.append((compile_path(prefix + route.path)[0], set(route.methods or ())))
+    return found

@@ -43,7 +43,7 @@ def cpu_busy(seconds: float = 1.0) -> float:
     return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
 
 
-def wait_quiet(max_busy: float = 0.25, timeout: float = 120.0) -> str:
+def wait_quiet(max_busy: float = 0.25, timeout: float = 60.0) -> str:
     """Wait (bounded) until the machine is mostly idle; the load average and busy share seen."""
     deadline = time.monotonic() + timeout
     busy = cpu_busy()

@@ -9,6 +9,7 @@ progress.step >= 1, and the job's events give the timeline. Target: <= 5 s.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from typing import Any
 from _common import ROOT, corpus, load, machine, running_stack, tiny_spec, wait_quiet
 
 from trainyard.client import Client
+from trainyard.storage import Storage
 
 TARGET_S = 5.0
 
@@ -41,7 +43,36 @@ def all_events(client: Client, job_id: str) -> list[dict[str, Any]]:
         after = out[-1]["id"]
 
 
-def one_job(client: Client, dataset_id: str, processes: int) -> dict[str, Any]:
+def born(path: Path | None) -> float | None:
+    """A file's creation time (statx birth time), or None."""
+    if path is None or not path.exists():
+        return None
+    out = subprocess.run(["stat", "-c", "%w", str(path)], capture_output=True, text=True)
+    text = out.stdout.strip()
+    if out.returncode or text in ("", "-"):
+        return None
+    day, clock, zone = text.split()
+    whole, _, frac = clock.partition(".")
+    stamp = datetime.fromisoformat(f"{day}T{whole}{zone[:3]}:{zone[3:]}").timestamp()
+    return stamp + float(f"0.{frac or 0}")
+
+
+def trainer_files(storage: Storage, job_id: str) -> dict[str, Any]:
+    """What the attempt folder shows: file birth times and the trainer's own events."""
+    folder = storage.attempt_dir(job_id, 1)
+    spawned = sorted(folder.glob("logs/*/attempt_0"))
+    events_file = folder / "events.jsonl"
+    events = [json.loads(line) for line in events_file.read_text().splitlines() if line]
+    step1 = next((e for e in events if e["type"] == "step" and e.get("step") == 1), None)
+    return {
+        "run_json": born(folder / "run.json"),
+        "spawned": born(spawned[0]) if spawned else None,
+        "events_file": born(events_file),
+        "step1": ts(step1["time"]) if step1 else None,
+    }
+
+
+def one_job(client: Client, storage: Storage, dataset_id: str, processes: int) -> dict[str, Any]:
     """Submit a job, poll to its first step, wait for the end; timings and the timeline."""
     t_post = time.time()
     job = client.create_job(tiny_spec(dataset_id, processes=processes))
@@ -59,6 +90,7 @@ def one_job(client: Client, dataset_id: str, processes: int) -> dict[str, Any]:
     done = client.wait_job(job["id"], timeout=180)
     events = all_events(client, job["id"])
     return {
+        "files": trainer_files(storage, job["id"]),
         "job": done,
         "post": t_post,
         "answer": t_answer,
@@ -88,15 +120,17 @@ def emitted(ev: dict[str, Any] | None) -> float | None:
 
 def breakdown(run: dict[str, Any]) -> list[tuple[str, float | None]]:
     """Named phases between the submit and the first step seen by the poller, in seconds."""
-    evs = run["events"]
+    evs, files = run["events"], run["files"]
     points: list[tuple[str, float | None]] = [
         ("POST answered (job row committed)", run["answer"]),
-        ("control loop: queued -> preparing", stored(first(evs, "status", status="preparing"))),
-        ("prep: shards ready -> scheduled", stored(first(evs, "scheduled"))),
-        ("node: attempt running", stored(first(evs, "status", status="running"))),
-        ("trainer `start` emitted", emitted(first(evs, "start"))),
-        ("trainer step 1 emitted", emitted(first(evs, "step", step=1))),
-        ("step 1 stored by the API", stored(first(evs, "step", step=1))),
+        ("control loop picks it up (preparing)", stored(first(evs, "status", status="preparing"))),
+        ("shards reused, attempt scheduled", stored(first(evs, "scheduled"))),
+        ("node worker wrote run.json", files["run_json"]),
+        ("API marks the attempt running", stored(first(evs, "status", status="running"))),
+        ("torchrun up, spawns the trainers", files["spawned"]),
+        ("trainer: torch imported, gloo up", files["events_file"]),
+        ("trainer: model+data built (`start`)", emitted(first(evs, "start"))),
+        ("trainer: step 1 done", files["step1"]),
         ("poller sees progress.step >= 1", run["seen"]),
     ]
     out: list[tuple[str, float | None]] = []
@@ -142,12 +176,13 @@ def main() -> None:
             path = Path(tmp) / "corpus.txt"
             path.write_text(corpus())
             ds = client.wait_dataset(client.upload_dataset(path, name="corpus")["id"])
-        warm = one_job(client, ds["id"], 2)
+        storage = Storage(stack.workdir / "storage")
+        warm = one_job(client, storage, ds["id"], 2)
         assert warm["job"]["status"] == "succeeded", warm["job"]
         seen = wait_quiet()
         for processes in (1, 2):
             for _ in range(args.repeat):
-                run = one_job(client, ds["id"], processes)
+                run = one_job(client, storage, ds["id"], processes)
                 assert run["job"]["status"] == "succeeded", run["job"]
                 runs.append((processes, run))
                 print(f"procs={processes} first step after {run['seen'] - run['post']:.2f} s")

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from trainer.chat import CHAT_TEMPLATE
 from trainer.config import ModelConfig
-from trainer.tokenizer import EOT
+from trainer.tokenizer import EOT, IM_END
 
 # GPT-2's Conv1D layers store weights as (in, out), the transpose of nn.Linear.
 _CONV1D_SUFFIXES = (
@@ -105,8 +106,15 @@ def export_model(
     tokenizer_path: str,
     eot_id: int,
     export_dir: str,
+    im_end_id: int | None = None,
 ) -> str:
-    """Write model.safetensors, config.json and tokenizer files to export_dir atomically."""
+    """Write model.safetensors, config.json and tokenizer files to export_dir atomically.
+
+    im_end_id marks a chat model: tokenizer_config.json then carries the chat template
+    with `<|im_end|>` as eos, and generation stops at `<|im_end|>` or EOT.
+    """
+    eos_ids: int | list[int] = eot_id if im_end_id is None else [im_end_id, eot_id]
+    chat_fields = {} if im_end_id is None else {"eos_token": IM_END, "chat_template": CHAT_TEMPLATE}
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(export_dir)}.tmp-{uuid.uuid4().hex[:8]}")
@@ -122,7 +130,7 @@ def export_model(
             os.path.join(tmp, "generation_config.json"),
             {
                 "bos_token_id": eot_id,
-                "eos_token_id": eot_id,
+                "eos_token_id": eos_ids,
                 "max_length": cfg.seq_len,
             },
         )
@@ -135,6 +143,7 @@ def export_model(
                 "eos_token": EOT,
                 "model_max_length": cfg.seq_len,
                 "clean_up_tokenization_spaces": False,
+                **chat_fields,
             },
         )
         if os.path.exists(export_dir):

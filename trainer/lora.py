@@ -93,6 +93,26 @@ def merge_lora(model: nn.Module) -> int:
     return len(wrapped)
 
 
+def merged_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A LoRA model's full state dict with the adapters folded in, under plain layer names.
+
+    Works on a gathered state dict, so it serves sharded models that cannot merge in place.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        if key.endswith((".lora_A", ".lora_B")):
+            continue
+        module, sep, leaf = key.rpartition(".base.")
+        if not sep:
+            out[key] = t
+            continue
+        if leaf == "weight":
+            A, B = state[f"{module}.lora_A"], state[f"{module}.lora_B"]
+            t = t + (scaling * (B.float() @ A.float())).to(t.dtype)
+        out[f"{module}.{leaf}"] = t
+    return out
+
+
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The adapter matrices of every wrapped layer."""
     return [p for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)]

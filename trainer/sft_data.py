@@ -35,9 +35,7 @@ class SFTBatch:
         """The batch on device (pinned and asynchronous on CUDA)."""
         if device.type != "cuda":
             return self
-        return SFTBatch(
-            *(t.pin_memory().to(device, non_blocking=True) for t in self.tensors())
-        )
+        return SFTBatch(*(t.pin_memory().to(device, non_blocking=True) for t in self.tensors()))
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """input_ids, labels, position_ids, doc_ids."""
@@ -171,6 +169,16 @@ class SFTData:
                 self.epoch, self.cursor = self.epoch + 1, 0
         mine = taken[self.rank * micro_batch_size : (self.rank + 1) * micro_batch_size]
         return build_rows(self.train, mine, self.seq_len).to(self.device)
+
+    def skip_rows(self, n: int) -> None:
+        """Move the stream position n rows on, across epochs as needed."""
+        while n > 0:
+            left = len(self.epoch_rows(self.epoch)) - self.cursor
+            if n < left:
+                self.cursor += n
+                return
+            n -= left
+            self.epoch, self.cursor = self.epoch + 1, 0
 
     def val_batches(self, micro_batch_size: int, n_batches: int) -> list[SFTBatch]:
         """Up to n_batches validation micro-batches, in file order: the same at every eval."""

@@ -14,7 +14,7 @@ _SAFE = re.compile(r"^[a-z]+_[0-9a-z]+$|^byte$")
 
 def _part(value: str) -> str:
     # Refuse anything that is not one of our ids, so no request can steer a path.
-    if not _SAFE.match(value):
+    if not _SAFE.fullmatch(value):
         raise ValueError(f"not a storage id: {value!r}")
     return value
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -197,6 +196,24 @@ def test_lists_show_only_the_projects_own_objects(
     assert a.ids["job"] not in {j["id"] for j in done["data"]}
 
 
+def test_an_idempotency_key_is_scoped_to_its_project(projects: tuple[Project, Project]) -> None:
+    a, b = projects
+    key = f"shared-{secrets.token_hex(4)}"
+    queued = {**SPEC, "training": {**SPEC["training"], "max_steps": 100_000}}
+    first = a.client.create_job({"dataset_id": a.ids["dataset"], **queued}, idempotency_key=key)
+    try:
+        other = b.client.create_job({"dataset_id": b.ids["dataset"], **queued}, idempotency_key=key)
+        try:
+            assert other["id"] != first["id"]
+            assert other["dataset_id"] == b.ids["dataset"]
+        finally:
+            b.client.cancel_job(other["id"])
+    finally:
+        a.client.cancel_job(first["id"])
+    for p, job in ((a, first), (b, other)):
+        assert p.client.wait_job(job["id"], timeout=60)["status"] == "cancelled"
+
+
 def attempt_of(db: Engine, job_id: str) -> str:
     with db.connect() as conn:
         return str(
@@ -285,9 +302,7 @@ def test_an_attempt_token_works_only_for_its_own_attempt(
     assert json.loads(own.text)["cancel"] is True
 
 
-def test_model_files_are_not_reachable_by_another_path(
-    projects: tuple[Project, Project], tmp_path: Path
-) -> None:
+def test_model_files_are_not_reachable_by_another_path(projects: tuple[Project, Project]) -> None:
     a, b = projects
     for name in ("../config.json", "..%2Fconfig.json", "%2e%2e/config.json"):
         response = b.call("GET", f"/v1/models/{a.ids['model']}/files/{name}")

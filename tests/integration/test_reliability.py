@@ -3,6 +3,7 @@ torchrun) whose reconciler gives up on a silent node after 5 seconds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -128,20 +129,81 @@ def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def test_a_message_delivered_twice_does_nothing_the_second_time(
-    own_stack: Stack, db: Engine, client: Client, dataset_id: str
+@pytest.fixture(scope="module")
+def resumed(own_stack: Stack, client: Client, dataset_id: str) -> dict[str, Any]:
+    """A job whose host was lost after its first checkpoint, run to its end."""
+    job_id = str(client.create_job(spec(dataset_id, max_steps=30, checkpoint_interval=10))["id"])
+    checkpoints = Path(own_stack.env["TRAINYARD_STORAGE_ROOT"]) / "jobs" / job_id / "checkpoints"
+
+    def checkpointed() -> bool:
+        assert client.job(job_id)["status"] not in ("succeeded", "failed", "cancelled")
+        return (checkpoints / "latest").exists()
+
+    wait_for(checkpointed, 180, "the first checkpoint", interval=0.05)
+    lost_at = time.monotonic()
+    # Lose the host at once: the node worker first (so nothing reports the trainers' end),
+    # then the trainers it started, each whole process group by its id.
+    own_stack.stop("node", signal.SIGKILL)
+    for pid in processes_of(job_id):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+    wait_for(lambda: not processes_of(job_id), 10, "the trainers to die")
+    saved = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*"))
+    assert saved and saved[-1] < 30, saved
+
+    own_stack.start("node", "worker", "node", "--loglevel", "INFO")
+    wait_for(lambda: client.job(job_id)["attempt"] == 2, 60, "attempt 2")
+    requeued_after = time.monotonic() - lost_at
+    done = client.wait_job(job_id, timeout=300)
+    return {"job": done, "saved": saved, "requeued_after": requeued_after}
+
+
+def test_a_lost_node_requeues_the_job_and_it_resumes(
+    own_stack: Stack, db: Engine, client: Client, resumed: dict[str, Any]
 ) -> None:
-    job_id = str(client.create_job(spec(dataset_id))["id"])
-    done = client.wait_job(job_id, timeout=180)
+    done = resumed["job"]
     assert done["status"] == "succeeded", (done, own_stack.log("node")[-3000:])
+    # Not before the node timeout (less the up to ~1 s between its last report and the kill).
+    assert resumed["requeued_after"] >= NODE_TIMEOUT_S - 1.5
+    assert done["attempt"] == 2
+    assert done["progress"]["step"] == 30
+    assert done["model_id"]
+
+    events = client.events(done["id"], limit=1000)["data"]
+    statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
+    assert statuses == ["queued", "preparing", "running", "queued", "running", "succeeded"]
+    requeued = [e for e in events if e["type"] == "status" and e["data"]["status"] == "queued"]
+    assert "attempt 1 lost" in requeued[1]["message"]
+
+    starts = {e["attempt"]: e["data"] for e in events if e["type"] == "start"}
+    assert starts[1]["step"] == 0 and starts[1]["resumed_from"] is None
+    assert starts[2]["resumed_from"], starts[2]
+    assert starts[2]["step"] in resumed["saved"] and starts[2]["step"] >= 10
 
     with db.connect() as conn:
-        attempt_id, number, queue = conn.execute(
+        attempts = dict(
+            conn.execute(
+                text("SELECT number, status FROM attempts WHERE job_id = :j"), {"j": done["id"]}
+            ).all()
+        )
+    assert attempts == {1: "lost", 2: "succeeded"}
+    assert [c["step"] for c in client.checkpoints(done["id"])][-1] == 30
+    assert client.metrics(done["id"])["loss"][-1]["step"] == 30
+
+
+@pytest.mark.parametrize("number", [1, 2], ids=["lost-attempt", "succeeded-attempt"])
+def test_a_message_delivered_twice_does_nothing_the_second_time(
+    own_stack: Stack, db: Engine, client: Client, resumed: dict[str, Any], number: int
+) -> None:
+    job_id = resumed["job"]["id"]
+    assert resumed["job"]["status"] == "succeeded"
+    with db.connect() as conn:
+        attempt_id, queue = conn.execute(
             text(
-                "SELECT a.id, a.number, n.queue FROM attempts a JOIN nodes n ON n.id = a.node_id "
-                "WHERE a.job_id = :j"
+                "SELECT a.id, n.queue FROM attempts a JOIN nodes n ON n.id = a.node_id "
+                "WHERE a.job_id = :j AND a.number = :n"
             ),
-            {"j": job_id},
+            {"j": job_id, "n": number},
         ).one()
     # The real token is only in the first Celery message; give the attempt one we know.
     token = secrets.token_urlsafe(32)
@@ -152,7 +214,7 @@ def test_a_message_delivered_twice_does_nothing_the_second_time(
         )
     storage = Path(own_stack.env["TRAINYARD_STORAGE_ROOT"])
     folder = storage / "jobs" / job_id / f"attempt-{number}"
-    before, files_before = snapshot(db, client, job_id), folder_state(folder)
+    before, files_before = snapshot(db, client, job_id), folder_state(storage / "jobs" / job_id)
 
     broker = Settings(broker_url=own_stack.env.get("TRAINYARD_BROKER_URL", REDIS_URL))
     build_app(broker).send_task(
@@ -177,71 +239,4 @@ def test_a_message_delivered_twice_does_nothing_the_second_time(
     time.sleep(1.0)
     assert not processes_of(job_id)
     assert snapshot(db, client, job_id) == before
-    assert folder_state(folder) == files_before
-
-
-def test_a_lost_node_requeues_the_job_and_it_resumes(
-    own_stack: Stack, db: Engine, client: Client, dataset_id: str
-) -> None:
-    job_id = str(
-        client.create_job(
-            spec(dataset_id, max_steps=150, checkpoint_interval=10, eval_interval=50)
-        )["id"]
-    )
-
-    def checkpointed() -> bool:
-        job = client.job(job_id)
-        assert job["status"] not in ("succeeded", "failed", "cancelled"), job
-        return bool(client.checkpoints(job_id))
-
-    wait_for(checkpointed, 120, "the first checkpoint")
-    assert client.job(job_id)["attempt"] == 1
-
-    # Lose the host: the node worker and the trainers it started, all at once.
-    own_stack.stop("node", signal.SIGKILL)
-    for pid in processes_of(job_id):
-        try:
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    wait_for(lambda: not processes_of(job_id), 10, "the trainers to die")
-    lost_at = time.monotonic()
-    kept = [c["step"] for c in client.checkpoints(job_id)]
-    assert kept and max(kept) < 150
-
-    own_stack.start("node", "worker", "node", "--loglevel", "INFO")
-    wait_for(lambda: client.job(job_id)["attempt"] == 2, 60, "attempt 2")
-    assert time.monotonic() - lost_at >= NODE_TIMEOUT_S - 1  # not before the node timeout
-
-    done = client.wait_job(job_id, timeout=180)
-    assert done["status"] == "succeeded", (done, own_stack.log("node")[-3000:])
-    assert done["attempt"] == 2
-    assert done["progress"]["step"] == 150
-    assert done["model_id"]
-
-    events = client.events(job_id, limit=1000)["data"]
-    statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
-    assert statuses == ["queued", "preparing", "running", "queued", "running", "succeeded"]
-    requeued = next(
-        e
-        for e in events
-        if e["type"] == "status"
-        and e["data"]["status"] == "queued"
-        and e["data"].get("previous") == "running"
-    )
-    assert "attempt 1 lost" in requeued["message"]
-
-    starts = {e["attempt"]: e["data"] for e in events if e["type"] == "start"}
-    assert starts[1]["step"] == 0 and starts[1]["resumed_from"] is None
-    assert starts[2]["resumed_from"], starts[2]
-    assert starts[2]["step"] >= min(kept) and starts[2]["step"] % 10 == 0
-
-    with db.connect() as conn:
-        attempts = dict(
-            conn.execute(
-                text("SELECT number, status FROM attempts WHERE job_id = :j"), {"j": job_id}
-            ).all()
-        )
-    assert attempts == {1: "lost", 2: "succeeded"}
-    steps = client.metrics(job_id)["loss"]
-    assert steps[-1]["step"] == 150
+    assert folder_state(storage / "jobs" / job_id) == files_before

@@ -16,7 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import parallel
-from trainer.config import PRESETS, ModelConfig, RunConfig
+from trainer.config import EXIT_PREEMPTED, PRESETS, ModelConfig, RunConfig
 from trainer.distributed import Dist
 from trainer.events import EventWriter
 from trainer.loop import Trainer
@@ -83,7 +83,10 @@ def main(argv: list[str]) -> int:
         cfg = RunConfig.load(argv[1])
         events = EventWriter(cfg.output_dir, enabled=dist.is_main)
         try:
-            return Trainer(cfg, dist, events, stop_at_step=int(argv[2])).run()
+            # torchrun reports any non-zero rank exit as a failure, so a preemption (75)
+            # is reported through events.jsonl and the worker exits 0.
+            code = Trainer(cfg, dist, events, stop_at_step=int(argv[2])).run()
+            return 0 if code == EXIT_PREEMPTED else code
         finally:
             events.close()
     finally:

@@ -15,12 +15,12 @@ def sft_records(n: int = 60, seed: int = 0) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     records: list[dict[str, Any]] = []
     for i in range(n):
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4)))
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
         if i % 3 == 0:
-            records.append({"prompt": f"Repeat: {words}", "completion": words})
+            records.append({"prompt": f"Say: {words}", "completion": words})
             continue
         messages = [
-            {"role": "user", "content": f"Repeat: {words}"},
+            {"role": "user", "content": f"Say: {words}"},
             {"role": "assistant", "content": words},
         ]
         if i % 3 == 2:

@@ -12,14 +12,15 @@ from trainer import checkpoint as ckpt
 from trainer.distributed import Dist
 
 
-def _save(root: Path, step: int, keep: int = 2) -> str:
+def _save(root: Path, step: int, keep: int = 2, val_loss: float | None = None) -> str:
     return ckpt.save(
         str(root),
         step,
         dist=Dist(),
+        val_loss=val_loss,
         model_state={"w": torch.full((2,), float(step))},
         optimizer_state={"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
-        train_state={"tokens": step * 10},
+        train_state={"tokens": step * 10, "val_loss": val_loss},
         rank_state={"data": {"generator": torch.Generator().get_state()}, "rng": ckpt.rng_state()},
         keep=keep,
     )
@@ -63,3 +64,20 @@ def test_rng_state_round_trip(tmp_path: Path) -> None:
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt.set_rng_state(loaded.rank_state["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_best_checkpoint_is_kept_while_best(tmp_path: Path) -> None:
+    def names() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir())
+
+    for step, val_loss in ((10, 2.0), (20, 1.5), (30, 1.8), (40, None), (50, 1.9)):
+        _save(tmp_path, step, keep=2, val_loss=val_loss)
+    # The newest two plus step 20, the lowest val_loss, which pruning skips.
+    assert names() == ["best", "latest", "step-00000020", "step-00000040", "step-00000050"]
+    assert ckpt.best_path(str(tmp_path)) == str(tmp_path / "step-00000020")
+    _save(tmp_path, 60, keep=2, val_loss=1.0)
+    assert ckpt.best_path(str(tmp_path)) == str(tmp_path / "step-00000060")
+    assert names() == ["best", "latest", "step-00000050", "step-00000060"]
+    # Re-saving the best step in place keeps the pointer valid.
+    _save(tmp_path, 60, keep=2, val_loss=1.0)
+    assert (tmp_path / "best").read_text().strip() == "step-00000060"

@@ -12,7 +12,7 @@ from tests.trainer.sft_testkit import sft_records
 from trainer import chat
 from trainer import tokenizer as tokmod
 from trainer.sft_data import IGNORE_INDEX, SFTData, SFTExamples, build_rows, pack
-from trainer.sft_shards import load_sft_index, write_sft_shards
+from trainer.sft_shards import Overlong, load_sft_index, write_sft_shards
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def byte_tok(tmp_path: Path) -> str:
 def test_writer_files_and_index(tmp_path: Path, byte_tok: str) -> None:
     records = sft_records(30)
     out = tmp_path / "sft"
-    index = write_sft_shards(records, byte_tok, str(out), seq_len=64)
+    index = write_sft_shards(records, byte_tok, str(out), seq_len=128)
     assert index == load_sft_index(str(out))
     assert index["format"] == "sft" and index["dtype"] == "uint16"
     assert index["added_tokens"] == [tokmod.IM_START, tokmod.IM_END]
@@ -48,17 +48,19 @@ def test_writer_files_and_index(tmp_path: Path, byte_tok: str) -> None:
 
 
 @pytest.mark.parametrize("policy", ["truncate", "drop"])
-def test_overlong_examples(tmp_path: Path, byte_tok: str, policy: str) -> None:
-    long = {"prompt": "p" * 20, "completion": "c" * 40}  # 24 + 3 + 13 + 40 + 2 = 82 tokens
-    no_answer_left = {"prompt": "p" * 80, "completion": "c"}
+def test_overlong_examples(tmp_path: Path, byte_tok: str, policy: Overlong) -> None:
+    # A user block is 6 + len + 2 tokens, an assistant block 11 + len + 2.
+    long = {"prompt": "p" * 100, "completion": "c" * 100}  # 108 + 113 = 221 tokens
+    no_answer_left = {"prompt": "p" * 200, "completion": "c"}  # 208 + 14 = 222 tokens
     records = [*sft_records(5), long, no_answer_left]
-    index = write_sft_shards(records, byte_tok, str(tmp_path / "o"), seq_len=64, overlong=policy)  # type: ignore[arg-type]
-    assert index["overlong"] == 2 and index["max_length"] == 82 + 40
+    out = str(tmp_path / "o")
+    index = write_sft_shards(records, byte_tok, out, seq_len=128, overlong=policy)
+    assert index["overlong"] == 2 and index["max_length"] == 222
     if policy == "truncate":
         assert index["truncated"] == 2 and index["dropped_no_loss"] == 1
         assert index["examples"] == 6
         lengths = np.diff(np.load(tmp_path / "o" / "offsets.npy"))
-        assert lengths[-1] == 64
+        assert lengths[-1] == 128
     else:
         assert index["dropped_overlong"] == 2 and index["examples"] == 5
 
@@ -71,10 +73,10 @@ def test_pack_is_greedy_and_order_keeping() -> None:
 def test_rows_have_restarting_positions_doc_ids_and_masked_labels(
     tmp_path: Path, byte_tok: str
 ) -> None:
-    write_sft_shards(sft_records(4), byte_tok, str(tmp_path / "s"), seq_len=64)
-    ex = SFTExamples(str(tmp_path / "s"), 128, "train")
+    write_sft_shards(sft_records(4), byte_tok, str(tmp_path / "s"), seq_len=128)
+    ex = SFTExamples(str(tmp_path / "s"), 256, "train")
     n0, n1 = (int(n) for n in ex.lengths[:2])
-    batch = build_rows(ex, [[0, 1]], 128)
+    batch = build_rows(ex, [[0, 1]], 256)
     ids0, m0 = ex.example(0)
     ids1, m1 = ex.example(1)
     assert batch.input_ids[0, : n0 + n1].tolist() == [*ids0.tolist(), *ids1.tolist()]
@@ -98,7 +100,7 @@ def _data(folder: str, rank: int = 0, world: int = 1, packing: bool = True) -> S
     return SFTData(
         folder,
         folder,
-        64,
+        128,
         packing=packing,
         seed=3,
         rank=rank,
@@ -110,13 +112,13 @@ def _data(folder: str, rank: int = 0, world: int = 1, packing: bool = True) -> S
 def test_epochs_shuffle_deterministically_and_cover_every_example(
     tmp_path: Path, byte_tok: str
 ) -> None:
-    write_sft_shards(sft_records(40), byte_tok, str(tmp_path / "s"), seq_len=64)
+    write_sft_shards(sft_records(40), byte_tok, str(tmp_path / "s"), seq_len=128)
     a, b = _data(str(tmp_path / "s")), _data(str(tmp_path / "s"))
     assert a.epoch_rows(0) == b.epoch_rows(0) and a.epoch_rows(0) != a.epoch_rows(1)
     for e in range(2):
         rows = a.epoch_rows(e)
         assert sorted(i for row in rows for i in row) == list(range(40))
-        assert all(sum(int(a.train.lengths[i]) for i in row) <= 64 for row in rows)
+        assert all(sum(int(a.train.lengths[i]) for i in row) <= 128 for row in rows)
     unpacked = _data(str(tmp_path / "s"), packing=False)
     assert len(unpacked.epoch_rows(0)) == 40 > len(a.epoch_rows(0))
     per_epoch = a.rows_per_epoch(2)
@@ -125,7 +127,7 @@ def test_epochs_shuffle_deterministically_and_cover_every_example(
 
 def test_ranks_split_the_stream_and_resume_exactly(tmp_path: Path, byte_tok: str) -> None:
     folder = str(tmp_path / "s")
-    write_sft_shards(sft_records(40), byte_tok, folder, seq_len=64)
+    write_sft_shards(sft_records(40), byte_tok, folder, seq_len=128)
     single = _data(folder)
     r0, r1 = _data(folder, 0, 2), _data(folder, 1, 2)
     for _ in range(12):  # crosses into later epochs
@@ -142,7 +144,7 @@ def test_ranks_split_the_stream_and_resume_exactly(tmp_path: Path, byte_tok: str
 
 def test_val_batches_are_fixed(tmp_path: Path, byte_tok: str) -> None:
     folder = str(tmp_path / "s")
-    write_sft_shards(sft_records(40), byte_tok, folder, seq_len=64)
+    write_sft_shards(sft_records(40), byte_tok, folder, seq_len=128)
     data = _data(folder)
     v1, v2 = data.val_batches(2, 3), data.val_batches(2, 3)
     assert len(v1) == 3
@@ -150,6 +152,16 @@ def test_val_batches_are_fixed(tmp_path: Path, byte_tok: str) -> None:
 
 
 def test_shards_for_a_longer_seq_len_are_refused(tmp_path: Path, byte_tok: str) -> None:
-    write_sft_shards(sft_records(4), byte_tok, str(tmp_path / "s"), seq_len=64)
+    write_sft_shards(sft_records(4), byte_tok, str(tmp_path / "s"), seq_len=128)
     with pytest.raises(ValueError, match="prepare"):
-        SFTExamples(str(tmp_path / "s"), 32, "train")
+        SFTExamples(str(tmp_path / "s"), 64, "train")
+
+
+def test_skip_rows_matches_reading_them(tmp_path: Path, byte_tok: str) -> None:
+    folder = str(tmp_path / "s")
+    write_sft_shards(sft_records(40), byte_tok, folder, seq_len=128)
+    read, skipped = _data(folder), _data(folder)
+    for _ in range(9):
+        read.next_train_batch(3)
+    skipped.skip_rows(27)
+    assert skipped.state_dict() == read.state_dict() and read.epoch >= 1

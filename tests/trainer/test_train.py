@@ -74,11 +74,11 @@ def test_torchrun_two_processes(tmp_path: Path, dataset: tuple[Path, str, dict])
 
     ckpt_dir = Path(raw["checkpoint_dir"])
     assert (ckpt_dir / "latest").read_text().strip() == "step-00000030"
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == [
-        "latest",
-        "step-00000020",
-        "step-00000030",
-    ]  # keep_checkpoints=2
+    # keep_checkpoints=2; `best` names the lowest val_loss, which is kept besides them.
+    best = (ckpt_dir / "best").read_text().strip()
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == sorted(
+        {"best", "latest", "step-00000020", "step-00000030", best}
+    )
     assert {p.name for p in (ckpt_dir / "step-00000030").iterdir()} == {
         "model.pt",
         "optimizer.pt",

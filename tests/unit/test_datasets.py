@@ -89,7 +89,12 @@ def test_jsonl_non_utf8_is_named(tmp_path: Path) -> None:
 
 def test_jsonl_sft_records(tmp_path: Path) -> None:
     lines = [
-        {"messages": [{"role": "user", "content": "hi"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+            ]
+        },
         {"prompt": "2+2=", "completion": "4"},
         {"messages": []},
         {"prompt": "no completion"},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -138,11 +137,6 @@ def test_405_wrong_method_says_what_is_allowed(
     assert listed and listed <= allowed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Starlette lists only the first matching route's methods in Allow; RFC 9110 "
-    "wants every method the resource supports",
-)
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [("DELETE", "/v1/jobs", {"GET", "POST"}), ("PATCH", "/v1/datasets/ds_x", {"GET", "DELETE"})],
@@ -207,3 +201,11 @@ def test_422_for_generate_options(api: tuple[TestClient, str]) -> None:
     )
     error = envelope(response, 422, "invalid_request")
     assert {"prompt", "max_new_tokens"} <= {d["field"] for d in error["details"]}
+
+
+def test_422_for_a_body_that_is_not_json_names_the_body(api: tuple[TestClient, str]) -> None:
+    client, key = api
+    headers = {**auth(key), "Content-Type": "application/json"}
+    response = client.post("/v1/jobs", content=b"{not json", headers=headers)
+    error = envelope(response, 422, "invalid_request")
+    assert error["details"][0]["field"] == "body"

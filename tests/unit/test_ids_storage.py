@@ -97,10 +97,6 @@ def test_remove_dataset_refuses_a_path_outside_the_root(tmp_path: Path) -> None:
     assert victim.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage._SAFE uses `$`, which also matches before a trailing newline",
-)
 def test_storage_refuses_an_id_with_a_trailing_newline(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Storage(tmp_path).dataset_dir("ds_x\n")

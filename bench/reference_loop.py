@@ -1,0 +1,134 @@
+"""A plain, minimal GPT training loop in one file: the yardstick for trainer throughput.
+
+Written the way single-file trainers are: model parts, a random-window batch function and
+a bare loop with AdamW, cosine schedule and gradient clipping, fp32 on CPU. Same
+architecture as trainyard's gpt2 arch (pre-norm blocks, fused q|k|v, tanh GELU, learned
+positions, tied embeddings) so the two do the same arithmetic per step.
+
+    python bench/reference_loop.py --data tokens.bin --steps 200 [--warmup 20]
+
+prints one JSON line: tokens/s over the steps after the warmup ones, and the final loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
+        q = q.view(B, T, self.n_head, -1).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, -1).transpose(1, 2)
+        v = v.view(B, T, self.n_head, -1).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, n_head: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = SelfAttention(d, n_head)
+        self.norm2 = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 4 * d)
+        self.out = nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.out(F.gelu(self.fc(self.norm2(x)), approximate="tanh"))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab: int, ctx: int, n_layer: int, n_head: int, d: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(ctx, d)
+        self.blocks = nn.ModuleList(Block(d, n_head) for _ in range(n_layer))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.tok.weight  # tied, as in GPT-2
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.shape[1])
+        x = self.tok(idx) + self.pos(pos)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.norm(x))  # (B, T, V)
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+
+def get_batch(data: np.ndarray, batch: int, ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows (B, T) of inputs and next-token targets."""
+    ix = torch.randint(len(data) - ctx - 1, (batch,)).tolist()
+    x = torch.stack([torch.from_numpy(data[i : i + ctx].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + ctx].astype(np.int64)) for i in ix])
+    return x, y
+
+
+def main() -> None:
+    """Train for --steps steps and print tokens/s as JSON."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True, help="uint16 token file")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20, help="steps left out of the timing")
+    p.add_argument("--vocab", type=int, default=257)
+    p.add_argument("--ctx", type=int, default=64)
+    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    a = p.parse_args()
+
+    torch.manual_seed(1337)
+    data = np.memmap(a.data, dtype=np.uint16, mode="r")
+    model = GPT(a.vocab, a.ctx, a.layers, a.heads, a.width)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+        lr=a.lr,
+        betas=(0.9, 0.95),
+    )
+    t_start = 0.0
+    loss = torch.zeros(())
+    for step in range(1, a.steps + 1):
+        if step == a.warmup + 1:
+            t_start = time.perf_counter()
+        lr = a.lr * 0.5 * (1 + math.cos(math.pi * step / a.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(data, a.batch, a.ctx)
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    elapsed = time.perf_counter() - t_start
+    tokens = (a.steps - a.warmup) * a.batch * a.ctx
+    print(json.dumps({"tokens_per_s": tokens / elapsed, "loss": float(loss)}))
+
+
+if __name__ == "__main__":
+    main()
