@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.db import get_sessionmaker
 from api.errors import ApiError
@@ -16,9 +19,24 @@ from trainyard.ids import hash_secret
 from trainyard.settings import Settings, get_settings
 from trainyard.storage import Storage
 
+# Valid API keys are remembered per process (by key hash) for `key_cache_seconds`, so a
+# status poll costs no key lookup. A revoked key therefore keeps working for at most that long
+# in a process that saw it recently; unknown and revoked keys are never cached (0 turns the
+# cache off).
+KEY_CACHE_SIZE = 4096
+_key_cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
-def get_session() -> Iterator[Session]:
+
+def clear_key_cache() -> None:
+    """Forget every cached key of this process (call after revoking a key)."""
+    _key_cache.clear()
+
+
+async def get_session() -> AsyncIterator[Session]:
     """A session per request, committed by the services that write."""
+    # Opened and closed on the event loop: creating a session does no I/O, and closing it
+    # (one rollback round trip to return the connection) costs less than two hops to a
+    # worker thread. Sync handlers still use it from their worker thread in between.
     session = get_sessionmaker()()
     try:
         yield session
@@ -43,17 +61,35 @@ def bearer(authorization: str | None) -> str:
     return authorization[7:].strip()
 
 
-def current_project(
-    session: SessionDep, authorization: Annotated[str | None, Header()] = None
-) -> str:
+def _lookup_project(key_hash: str) -> str | None:
+    """The project of a live key, from the database."""
+    with get_sessionmaker()() as session:
+        row = session.execute(
+            select(ApiKey.project_id).where(
+                ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
+            )
+        ).first()
+    return None if row is None else str(row[0])
+
+
+async def current_project(authorization: Annotated[str | None, Header()] = None) -> str:
     """The id of the project whose API key signed the request."""
     key_hash = hash_secret(bearer(authorization))
-    row = session.execute(
-        select(ApiKey.project_id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-    ).first()
-    if row is None:
+    now = time.monotonic()
+    hit = _key_cache.get(key_hash)
+    if hit is not None and hit[1] > now:
+        return hit[0]
+    project_id = await run_in_threadpool(_lookup_project, key_hash)
+    if project_id is None:
+        _key_cache.pop(key_hash, None)
         raise ApiError(401, "unauthorized", "invalid or revoked API key")
-    return row[0]
+    ttl = get_settings().key_cache_seconds
+    if ttl > 0:
+        _key_cache[key_hash] = (project_id, now + ttl)
+        _key_cache.move_to_end(key_hash)
+        while len(_key_cache) > KEY_CACHE_SIZE:
+            _key_cache.popitem(last=False)
+    return project_id
 
 
 ProjectDep = Annotated[str, Depends(current_project)]

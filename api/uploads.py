@@ -77,13 +77,12 @@ class _Receiver:
             self.filename = raw.decode("utf-8", "replace")[:255] if raw else None
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
         if not self._is_file:
-            self._value += chunk
+            self._value += data[start:end]
             if len(self._value) > 4096:
                 raise ApiError(400, "invalid_upload", f"form field {self._name!r} is too long")
             return
-        self.size += len(chunk)
+        self.size += end - start
         if self.size > self.cap:
             raise ApiError(
                 413,
@@ -91,10 +90,11 @@ class _Receiver:
                 f"file exceeds the upload limit of {self.cap} bytes",
                 {"limit_bytes": self.cap},
             )
-        self.hash.update(chunk)
+        # A view of the parser's buffer: hashed and written without copying the bytes.
+        view = memoryview(data)[start:end]
+        self.hash.update(view)
         if len(self.head) < HEAD_BYTES:
-            self.head += chunk[: HEAD_BYTES - len(self.head)]
-        view = memoryview(chunk)
+            self.head += view[: HEAD_BYTES - len(self.head)]
         while view:
             written = os.write(self.fd, view)
             view = view[written:]

@@ -129,15 +129,26 @@ def tiny_spec(dataset_id: str, processes: int = 1, max_steps: int = 20) -> dict[
     }
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by these processes."""
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds used so far by each of these processes that still runs."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    out: dict[int, float] = {}
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+            out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes."""
+    return sum(cpu_by_pid(pids).values())
+
+
+def cpu_used(before: dict[int, float]) -> float:
+    """CPU seconds used since `before` by the processes of `before` still running."""
+    after = cpu_by_pid(list(before))
+    return sum(after[pid] - before[pid] for pid in after)
 
 
 def pids_named(name: str) -> list[int]:

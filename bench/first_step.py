@@ -136,7 +136,7 @@ def breakdown(run: dict[str, Any]) -> list[tuple[str, float | None]]:
     out: list[tuple[str, float | None]] = []
     prev = run["post"]
     for name, t in points:
-        out.append((name, None if t is None else t - prev))
+        out.append((name, None if t is None else max(0.0, t - prev)))
         prev = t if t is not None else prev
     return out
 
@@ -199,7 +199,7 @@ def main() -> None:
             print(f"  {name:<38} {'   n/a' if dt is None else f'+{dt:5.2f} s'}")
         if args.timeline:
             for ev in run["events"]:
-                rel = stored(ev) - run["post"]  # type: ignore[operator]
+                rel = stored(ev) - run["post"]
                 emit = emitted(ev)
                 extra = "" if emit is None else f" (emitted {emit - run['post']:+.2f})"
                 print(f"    {rel:+6.2f} s {ev['type']:<10} {ev['message']}{extra}")

@@ -15,10 +15,14 @@ import tempfile
 from pathlib import Path
 
 from _common import (
+    children,
     corpus,
+    cpu_by_pid,
+    cpu_used,
     free_port_url,
     load,
     machine,
+    pids_named,
     running_stack,
     tiny_spec,
     wait_http,
@@ -67,19 +71,27 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, flo
     return result
 
 
-def measure(label: str, url: str, script: Path, connections: list[int], seconds: int) -> list[str]:
-    """Warm up, then one wrk run per connection count; result lines."""
+def measure(
+    label: str, url: str, script: Path, connections: list[int], seconds: int, api_pid: int
+) -> list[str]:
+    """Warm up, then one wrk run per connection count; result lines with CPU per request."""
     wrk(url, script, connections[0], 3)
     lines = []
     for conns in connections:
         seen = wait_quiet()
+        api = [api_pid, *children(api_pid)]
+        pg = pids_named("postgres")
+        api0, pg0 = cpu_by_pid(api), cpu_by_pid(pg)
         r = wrk(url, script, conns, seconds)
+        n = max(1.0, r["rps"] * seconds)
+        api_us = cpu_used(api0) / n * 1e6
+        pg_us = cpu_used(pg0) / n * 1e6
         ok = r["rps"] >= TARGET_RPS and r["p99"] <= TARGET_P99_MS
         lines.append(
-            f"{label:<10} c={conns:<3} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
-            f"p90 {r['p90']:6.2f} ms  p99 {r['p99']:6.2f} ms  non-2xx {r['non2xx']:.0f}  "
-            f"sock-err {r['socket_errors']:.0f}  load-before {seen}  "
-            f"{'MEETS' if ok else 'short'}"
+            f"{label:<10} c={conns:<3} {r['rps']:6.0f} req/s  p50 {r['p50']:6.2f} ms  "
+            f"p90 {r['p90']:6.2f} ms  p99 {r['p99']:6.2f} ms  errors {r['non2xx']:.0f}/"
+            f"{r['socket_errors']:.0f}  cpu/req api {api_us:4.0f} us, pg {pg_us:4.0f} us  "
+            f"{'MEETS' if ok else 'short'}  [before: {seen}]"
         )
         print(lines[-1], flush=True)
     return lines

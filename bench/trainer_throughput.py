@@ -1,9 +1,10 @@
 """Trainer throughput against a plain single-file loop on the same model and batch (CPU).
 
 Both run as fresh subprocesses on a synthetic token shard, alternately, several rounds;
-the median tokens/s of each is reported with the ratio trainyard / reference.
+the median tokens/s of each is reported with the ratio trainyard / reference. The trainer
+runs with training.compile on (--eager turns it off); the reference is plain eager code.
 
-    python bench/trainer_throughput.py [--steps 300] [--rounds 3]
+    python bench/trainer_throughput.py [--steps 300] [--rounds 3] [--eager]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ MODEL = {"arch": "gpt2", "n_layer": 4, "n_head": 4, "d_model": 128, "vocab_size"
 CTX, BATCH = 64, 12
 
 
-def run_json(tmp: Path, shard: Path, n_tokens: int, steps: int) -> Path:
+def run_json(tmp: Path, shard: Path, n_tokens: int, steps: int, compile: bool = True) -> Path:
     """A single-process run.json for the benchmark model on the synthetic shard."""
     tok = tmp / "tokenizer.json"
     tokmod.byte_tokenizer().save(str(tok))
@@ -54,6 +55,9 @@ def run_json(tmp: Path, shard: Path, n_tokens: int, steps: int) -> Path:
             "eval_interval": steps,
             "eval_batches": 1,
             "checkpoint_interval": steps,
+            # Inductor fuses the elementwise work around the matmuls; it compiles during
+            # the first step, which the warmup steps keep out of the timing.
+            "compile": compile,
         },
         "resources": {"accelerator": "cpu", "strategy": "ddp"},
         "output_dir": str(tmp / "out"),
@@ -85,8 +89,11 @@ def trainer_tokens_per_s(config: Path, steps: int, warmup: int) -> float:
 def reference_tokens_per_s(shard: Path, steps: int, warmup: int) -> float:
     """Run bench/reference_loop.py on the same shard and read its tokens/s."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "reference_loop.py"), "--data", str(shard)]
-        + ["--steps", str(steps), "--warmup", str(warmup)],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "reference_loop.py"),
+            *("--data", str(shard), "--steps", str(steps), "--warmup", str(warmup)),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -100,13 +107,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--eager", action="store_true", help="run the trainer without compile")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="trainyard-tput-") as d:
         tmp = Path(d)
         n_tokens = 2_000_000
         shard = tmp / "tokens.bin"
         np.random.default_rng(0).integers(0, 256, n_tokens, dtype=np.uint16).tofile(shard)
-        config = run_json(tmp, shard, n_tokens, a.steps)
+        config = run_json(tmp, shard, n_tokens, a.steps, compile=not a.eager)
         print(f"load before: {wait_quiet()}", flush=True)
         ours, ref = [], []
         for r in range(a.rounds):

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     node_slots: int | None = None
     queue_prefix: str = ""
 
+    key_cache_seconds: float = 5.0
     max_upload_bytes: int = 2 * 1024**3
     upload_chunk_bytes: int = 1024 * 1024
     cancel_grace_seconds: float = 10.0

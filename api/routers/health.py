@@ -15,8 +15,8 @@ JOBS = Gauge("trainyard_jobs", "Jobs by status", ["status"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """The process is alive."""
+async def healthz() -> dict[str, str]:
+    """The process is alive (answered on the event loop: no worker thread, no database)."""
     return {"status": "ok"}
 
 
