@@ -32,20 +32,54 @@ class Upload:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-class _Receiver:
-    """Callbacks for the multipart parser: the `file` part to disk, small fields to memory."""
+class _FilePart:
+    """One file part streaming to its own temporary file."""
 
-    def __init__(self, fd: int, cap: int) -> None:
-        self.fd = fd
-        self.cap = cap
+    def __init__(self, tmp_dir: Path, filename: str | None) -> None:
+        fd, name = tempfile.mkstemp(prefix="upload-", dir=tmp_dir)
+        self.fd, self.path, self.filename = fd, Path(name), filename
         self.hash = hashlib.sha256()
         self.size = 0
         self.head = bytearray()
-        self.filename: str | None = None
+
+    def write(self, view: memoryview) -> None:
+        self.size += len(view)
+        # A view of the parser's buffer: hashed and written without copying the bytes.
+        self.hash.update(view)
+        if len(self.head) < HEAD_BYTES:
+            self.head += view[: HEAD_BYTES - len(self.head)]
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def upload(self, fields: dict[str, str]) -> Upload:
+        return Upload(
+            path=self.path,
+            filename=self.filename,
+            size=self.size,
+            sha256=self.hash.hexdigest(),
+            head=bytes(self.head),
+            fields=fields,
+        )
+
+
+class _Receiver:
+    """Callbacks for the multipart parser: named file parts to disk, small fields to memory."""
+
+    def __init__(self, tmp_dir: Path, cap: int, file_names: tuple[str, ...]) -> None:
+        self.tmp_dir = tmp_dir
+        self.cap = cap
+        self.file_names = file_names
+        self.total = 0
+        self.files: dict[str, _FilePart] = {}
         self.fields: dict[str, str] = {}
-        self.seen_file = False
         self._name: str | None = None
-        self._is_file = False
+        self._file: _FilePart | None = None
         self._header_field = b""
         self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
@@ -54,7 +88,7 @@ class _Receiver:
     def on_part_begin(self) -> None:
         self._headers = {}
         self._value = bytearray()
-        self._name, self._is_file = None, False
+        self._name, self._file = None, None
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_field += data[start:end]
@@ -69,46 +103,48 @@ class _Receiver:
     def on_headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
-        if self._name == "file":
-            if self.seen_file:
-                raise ApiError(400, "invalid_upload", "send exactly one part named 'file'")
-            self.seen_file = self._is_file = True
+        if self._name in self.file_names:
+            if self._name in self.files:
+                raise ApiError(400, "invalid_upload", f"send one part named {self._name!r}")
             raw = params.get(b"filename")
-            self.filename = raw.decode("utf-8", "replace")[:255] if raw else None
+            filename = raw.decode("utf-8", "replace")[:255] if raw else None
+            self._file = self.files[self._name] = _FilePart(self.tmp_dir, filename)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if not self._is_file:
+        if self._file is None:
             self._value += data[start:end]
             if len(self._value) > 4096:
                 raise ApiError(400, "invalid_upload", f"form field {self._name!r} is too long")
             return
-        self.size += end - start
-        if self.size > self.cap:
+        self.total += end - start
+        if self.total > self.cap:
             raise ApiError(
                 413,
                 "upload_too_large",
                 f"file exceeds the upload limit of {self.cap} bytes",
                 {"limit_bytes": self.cap},
             )
-        # A view of the parser's buffer: hashed and written without copying the bytes.
-        view = memoryview(data)[start:end]
-        self.hash.update(view)
-        if len(self.head) < HEAD_BYTES:
-            self.head += view[: HEAD_BYTES - len(self.head)]
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        self._file.write(memoryview(data)[start:end])
 
     def on_part_end(self) -> None:
-        if not self._is_file and self._name:
+        if self._file is None and self._name:
             self.fields[self._name] = self._value.decode("utf-8", "replace")
 
+    def discard(self) -> None:
+        for part in self.files.values():
+            part.close()
+            part.path.unlink(missing_ok=True)
 
-async def receive(request: Request, tmp_dir: Path, cap: int) -> Upload:
-    """Stream a `multipart/form-data` body with a `file` part into a temporary file."""
+
+async def receive_files(
+    request: Request, tmp_dir: Path, cap: int, names: tuple[str, ...]
+) -> dict[str, Upload]:
+    """Stream a `multipart/form-data` body's named file parts into temporary files; every
+    name must be present. The cap bounds all files together."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    wanted = ", ".join(repr(n) for n in names)
     if content_type != b"multipart/form-data" or b"boundary" not in params:
-        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with a 'file' part")
+        raise ApiError(415, "unsupported_media_type", f"send multipart/form-data with {wanted}")
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > cap + 64 * 1024:
         raise ApiError(
@@ -117,9 +153,7 @@ async def receive(request: Request, tmp_dir: Path, cap: int) -> Upload:
             f"file exceeds the upload limit of {cap} bytes",
             {"limit_bytes": cap},
         )
-    fd, name = tempfile.mkstemp(prefix="upload-", dir=tmp_dir)
-    path = Path(name)
-    receiver = _Receiver(fd, cap)
+    receiver = _Receiver(tmp_dir, cap, names)
     callbacks = {name: getattr(receiver, name) for name in dir(receiver) if name.startswith("on_")}
     parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
     try:
@@ -127,18 +161,22 @@ async def receive(request: Request, tmp_dir: Path, cap: int) -> Upload:
             parser.write(chunk)
         parser.finalize()
     except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
+        receiver.discard()
         raise
-    os.close(fd)
-    if not receiver.seen_file:
-        path.unlink(missing_ok=True)
-        raise ApiError(400, "invalid_upload", "the form has no part named 'file'")
-    return Upload(
-        path=path,
-        filename=receiver.filename,
-        size=receiver.size,
-        sha256=receiver.hash.hexdigest(),
-        head=bytes(receiver.head),
-        fields=receiver.fields,
-    )
+    for part in receiver.files.values():
+        part.close()
+    missing = [n for n in names if n not in receiver.files]
+    if missing:
+        receiver.discard()
+        raise ApiError(
+            400,
+            "invalid_upload",
+            f"the form has no part named {missing[0]!r}",
+            {"missing": missing},
+        )
+    return {name: part.upload(receiver.fields) for name, part in receiver.files.items()}
+
+
+async def receive(request: Request, tmp_dir: Path, cap: int) -> Upload:
+    """Stream a `multipart/form-data` body with a `file` part into a temporary file."""
+    return (await receive_files(request, tmp_dir, cap, ("file",)))["file"]

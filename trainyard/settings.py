@@ -35,6 +35,7 @@ class Settings(BaseSettings):
 
     key_cache_seconds: float = 5.0
     max_upload_bytes: int = 2 * 1024**3
+    max_model_bytes: int = 32 * 1024**3
     upload_chunk_bytes: int = 1024 * 1024
     cancel_grace_seconds: float = 10.0
     heartbeat_seconds: float = 2.0

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.deps import ProjectDep, SessionDep, StorageDep
+from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.models import Model
 from api.schemas import GenerateIn, GenerateOut, ModelOut, Page
 from api.services import models
 from api.services.paging import page
+from api.uploads import receive_files
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -29,6 +30,31 @@ def list_models(
     query = select(Model).where(Model.project_id == project_id)
     rows, more = page(session, query, Model.id, limit=limit, after=after)
     return {"data": [models.to_out(m) for m in rows], "has_more": more}
+
+
+@router.post("/import", status_code=201, response_model=ModelOut)
+async def import_model(
+    request: Request,
+    project_id: ProjectDep,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> ModelOut:
+    """Import a Hugging Face folder: multipart parts `config` (config.json), `weights`
+    (model.safetensors) and `tokenizer` (tokenizer.json), optional field `name`."""
+    uploads = await receive_files(
+        request, storage.uploads_tmp(), settings.max_model_bytes, tuple(models.IMPORT_PARTS)
+    )
+    name = next(iter(uploads.values())).fields.get("name")
+    model = await run_in_threadpool(
+        models.import_folder,
+        session=session,
+        storage=storage,
+        project_id=project_id,
+        uploads=uploads,
+        name=name,
+    )
+    return models.to_out(model)
 
 
 @router.get("/{model_id}", response_model=ModelOut)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -9,9 +11,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api.errors import not_found
+from api.errors import ApiError, not_found
 from api.models import Model
 from api.schemas import ModelFile, ModelOut
+from api.uploads import Upload
+from trainyard.ids import new_id
 from trainyard.storage import Storage
 
 DOWNLOADABLE = (
@@ -98,3 +102,72 @@ def generate(
             seed=seed,
         )
     )
+
+
+IMPORT_PARTS = {
+    "config": "config.json",
+    "weights": "model.safetensors",
+    "tokenizer": "tokenizer.json",
+}
+
+
+def import_folder(
+    *,
+    session: Session,
+    storage: Storage,
+    project_id: str,
+    uploads: dict[str, Upload],
+    name: str | None,
+) -> Model:
+    """Check a Hugging Face folder (Llama or GPT-2; safetensors only) and store it as a model.
+
+    Blocking (it loads the weights once to prove they fit the architecture): call it from a
+    worker thread.
+    """
+    from trainer.sample import load_model
+
+    model_id = new_id("mdl")
+    staging = storage.uploads_tmp() / f"import-{model_id}"
+    staging.mkdir()
+    try:
+        for part, filename in IMPORT_PARTS.items():
+            if uploads[part].size == 0:
+                raise ApiError(400, "empty_file", f"{part}: the uploaded {filename} is empty")
+            uploads[part].path.replace(staging / filename)
+        try:
+            config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(422, "invalid_model", f"config: not valid JSON ({exc})") from exc
+        if not isinstance(config, dict) or config.get("model_type") not in ("gpt2", "llama"):
+            kind = config.get("model_type") if isinstance(config, dict) else None
+            raise ApiError(
+                422, "invalid_model", f"config: model_type must be 'gpt2' or 'llama', got {kind!r}"
+            )
+        try:
+            load_model(str(staging))  # safetensors and JSON only: nothing is unpickled
+        except Exception as exc:
+            raise ApiError(
+                422,
+                "invalid_model",
+                f"the files do not form a usable model: {exc}",
+            ) from exc
+        target = storage.model_dir(model_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.replace(target)
+    finally:
+        for upload in uploads.values():
+            upload.path.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    files = [{"name": p.name, "bytes": p.stat().st_size} for p in sorted(target.iterdir())]
+    model = Model(
+        id=model_id,
+        project_id=project_id,
+        job_id=None,
+        name=name,
+        arch=str(config["model_type"]),
+        config=config,
+        files=files,
+    )
+    session.add(model)
+    session.commit()
+    return model
