@@ -160,6 +160,7 @@ class Node(Base):
     accelerator: Mapped[str] = mapped_column(String(8))
     slots: Mapped[int] = mapped_column(Integer)
     devices: Mapped[list[Any]] = mapped_column(default=list)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     status: Mapped[str] = mapped_column(String(16), default="online")
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)

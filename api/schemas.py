@@ -133,6 +133,7 @@ class GenerateIn(BaseModel):
     max_new_tokens: int = Field(64, ge=1, le=4096)
     temperature: float = Field(1.0, ge=0.0, le=10.0)
     top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = None
 
 
@@ -154,6 +155,7 @@ class NodeRegisterIn(BaseModel):
     accelerator: Literal["cpu", "gpu"]
     slots: int = Field(ge=1, le=1024)
     devices: list[str] = []
+    memory_bytes: int | None = Field(None, ge=0, description="memory of one GPU")
 
 
 class NodeOut(BaseModel):

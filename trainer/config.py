@@ -142,6 +142,75 @@ class DataConfig:
     eot_id: int
     train: list[TokenRange]
     val: list[TokenRange]
+    format: Literal["tokens"] = "tokens"
+
+
+@dataclass
+class SFTDataConfig:
+    """Folders written by trainer.sft_shards.write_sft_shards."""
+
+    format: Literal["sft"]
+    train: str
+    val: str | None = None  # None: no validation loss
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val"):
+            path = getattr(self, name)
+            if path is not None and not path.startswith("/"):
+                raise ConfigError(f"data.{name} must be an absolute path, got {path!r}")
+
+
+@dataclass
+class ChatMessage:
+    """One message of a conversation (see trainer.chat)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (see trainer.lora for the module names per architecture)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # None: the architecture's attention projections
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError("lora.rank must be >= 1")
+        if self.alpha <= 0:
+            raise ConfigError("lora.alpha must be > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("lora.dropout must be in [0, 1)")
+        if self.target_modules is not None and not self.target_modules:
+            raise ConfigError("lora.target_modules must not be empty; leave it out for defaults")
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning of a base model on chat examples: the run.json "sft" object."""
+
+    base_model_dir: str  # an HF folder: config.json, model.safetensors, tokenizer.json
+    method: Literal["full", "lora"] = "full"
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    packing: bool = True  # several examples per row; False: one example per padded row
+    epochs: int | None = None  # when set, max_steps is derived from the data
+    eval_prompts: list[list[ChatMessage]] = field(default_factory=list)
+    eval_max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.base_model_dir.startswith("/"):
+            raise ConfigError(
+                f"sft.base_model_dir must be an absolute path, got {self.base_model_dir!r}"
+            )
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError("sft.epochs must be >= 1 (or null to train for max_steps)")
+        if any(not prompt for prompt in self.eval_prompts):
+            raise ConfigError("sft.eval_prompts must not hold an empty conversation")
+        if self.eval_max_new_tokens < 1:
+            raise ConfigError("sft.eval_max_new_tokens must be >= 1")
 
 
 @dataclass
@@ -158,12 +227,14 @@ class ResourcesConfig:
 class RunConfig:
     """Everything one training attempt needs: the run.json contract."""
 
-    model: ModelConfig
     tokenizer_path: str
-    data: DataConfig
+    data: DataConfig | SFTDataConfig  # told apart by data.format ("tokens" by default)
     output_dir: str
     checkpoint_dir: str
     export_dir: str
+    type: Literal["pretrain", "sft"] = "pretrain"
+    model: ModelConfig | None = None  # pretrain only; SFT takes it from sft.base_model_dir
+    sft: SFTConfig | None = None  # sft only
     training: TrainingConfig = field(default_factory=TrainingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     job_id: str = ""
@@ -171,7 +242,21 @@ class RunConfig:
     keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
-        if self.training.seq_len > self.model.seq_len:
+        if self.type == "sft":
+            if self.sft is None:
+                raise ConfigError("type 'sft' needs an 'sft' section")
+            if self.model is not None:
+                raise ConfigError(
+                    "model must be left out of sft runs: it comes from sft.base_model_dir"
+                )
+            if not isinstance(self.data, SFTDataConfig):
+                raise ConfigError("type 'sft' needs data.format 'sft'")
+        else:
+            if self.model is None:
+                raise ConfigError("model is required for pretraining")
+            if self.sft is not None or not isinstance(self.data, DataConfig):
+                raise ConfigError("the sft section and data.format 'sft' need type 'sft'")
+        if self.model is not None and self.training.seq_len > self.model.seq_len:
             raise ConfigError(
                 f"training.seq_len ({self.training.seq_len}) exceeds model.seq_len "
                 f"({self.model.seq_len})"
@@ -212,8 +297,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        (inner,) = [t for t in options if t is not type(None)]
-        return _convert(inner, value, where)
+        inner = [t for t in options if t is not type(None)]
+        if len(inner) > 1:
+            return _build(_variant(inner, value, where), value, where)
+        return _convert(inner[0], value, where)
     if origin is Literal:
         if value not in typing.get_args(tp):
             allowed = ", ".join(repr(a) for a in typing.get_args(tp))
@@ -236,6 +323,21 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is str and isinstance(value, str):
         return value
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _variant(options: list[Any], value: Any, where: str) -> Any:
+    """The dataclass of a union whose "format" literal matches value's format key."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected an object")
+    formats: list[str] = []
+    for tp in options:
+        default = {f.name: f.default for f in dataclasses.fields(tp)}["format"]
+        allowed = typing.get_args(typing.get_type_hints(tp)["format"])
+        formats += allowed
+        if value.get("format", default) in allowed:
+            return tp
+    allowed_text = ", ".join(repr(f) for f in formats)
+    raise ConfigError(f"{where}.format: must be one of {allowed_text}, got {value.get('format')!r}")
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

@@ -82,7 +82,7 @@ def _worker(args: argparse.Namespace) -> int:
         settings.node_slots = args.slots
     agent = node.Agent(settings, args.pool)
     threading.Thread(target=agent.run, name="node-agent", daemon=True).start()
-    _, slots, _ = node.detect_devices(settings)
+    _, slots, _, _ = node.detect_devices(settings)
     argv = [
         "worker",
         "-Q",

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     queue_prefix: str = ""
 
     key_cache_seconds: float = 5.0
+    default_gpu_memory_bytes: int = 80 * 1024**3  # assumed when no GPU node has registered
     max_upload_bytes: int = 2 * 1024**3
     max_model_bytes: int = 32 * 1024**3
     upload_chunk_bytes: int = 1024 * 1024

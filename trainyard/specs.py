@@ -133,6 +133,7 @@ class TrainingSpec(Strict):
     seed: int = Field(1337, ge=0, le=2**31 - 1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
+    activation_checkpointing: bool = False
 
 
 class ResourcesSpec(Strict):

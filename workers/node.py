@@ -37,23 +37,26 @@ class AttemptPayload(BaseModel):
     nproc: int
 
 
-def detect_devices(settings: Settings) -> tuple[str, int, list[str]]:
-    """(accelerator, slots, device names): GPUs through nvidia-smi, else CPU slots."""
+def detect_devices(settings: Settings) -> tuple[str, int, list[str], int | None]:
+    """(accelerator, slots, device names, memory of one GPU): GPUs through nvidia-smi,
+    else CPU slots."""
     if shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
                 capture_output=True,
                 text=True,
                 timeout=20,
                 check=True,
             ).stdout
-            names = [line.strip() for line in out.splitlines() if line.strip()]
-            if names:
-                return "gpu", settings.node_slots or len(names), names
-        except (OSError, subprocess.SubprocessError):
+            rows = [line.rsplit(",", 1) for line in out.splitlines() if line.strip()]
+            if rows:
+                names = [name.strip() for name, _ in rows]
+                memory = min(int(float(mib)) for _, mib in rows) * 1024 * 1024
+                return "gpu", settings.node_slots or len(names), names, memory
+        except (OSError, ValueError, subprocess.SubprocessError):
             log.warning("nvidia-smi failed; running as a CPU node")
-    return "cpu", settings.node_slots or (os.cpu_count() or 1), []
+    return "cpu", settings.node_slots or (os.cpu_count() or 1), [], None
 
 
 def node_queue(settings: Settings) -> str:
@@ -76,7 +79,7 @@ class Agent:
         )
 
     def _register(self) -> None:
-        accelerator, slots, devices = detect_devices(self.settings)
+        accelerator, slots, devices, memory = detect_devices(self.settings)
         body = {
             "name": self.settings.node_name,
             "host": socket.gethostname(),
@@ -85,6 +88,7 @@ class Agent:
             "accelerator": accelerator,
             "slots": slots,
             "devices": devices,
+            "memory_bytes": memory,
         }
         response = self.client.post("/internal/nodes", json=body)
         response.raise_for_status()

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from api.db import get_sessionmaker
-from api.deps import ProjectDep, SessionDep
+from api.deps import ProjectDep, SessionDep, SettingsDep
 from api.models import Checkpoint, Event, Job, Metric
 from api.schemas import CheckpointOut, EventOut, JobOut, MetricPoint, MetricsOut, Page
 from api.services import jobs
@@ -31,12 +31,17 @@ def create_job(
     response: Response,
     project_id: ProjectDep,
     session: SessionDep,
+    settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     """Create a job from a JobSpec; a retried request with the same Idempotency-Key
     returns the first job."""
     job, created = jobs.create(
-        session=session, project_id=project_id, spec=spec, idempotency_key=idempotency_key
+        session=session,
+        project_id=project_id,
+        spec=spec,
+        idempotency_key=idempotency_key,
+        default_gpu_bytes=settings.default_gpu_memory_bytes,
     )
     if not created:
         response.status_code = 200

@@ -91,6 +91,7 @@ async def generate(
         max_new_tokens=body.max_new_tokens,
         temperature=body.temperature,
         top_k=body.top_k,
+        top_p=body.top_p,
         seed=body.seed,
     )
     return GenerateOut(model_id=model.id, prompt=body.prompt, text=text)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.db import utcnow
 from api.errors import ApiError, not_found
-from api.models import Attempt, Dataset, Event, Job, Tokenizer
+from api.models import Attempt, Dataset, Event, Job, Node, Tokenizer
 from api.schemas import JobError, JobOut, Progress
 from api.services import datasets
+from trainer.config import ModelConfig, TrainingConfig, estimate_memory, fits
 from trainyard.ids import new_id
 from trainyard.specs import BYTE_VOCAB, JobSpec
 
@@ -112,8 +113,58 @@ def _same_request(stored: Any, asked: Any) -> bool:
     return asked is None or asked == stored
 
 
+def _gpu_memory(session: Session, pool: str, default: int) -> int:
+    """Memory of the largest GPU in the pool (a job runs on one node's GPUs)."""
+    best = session.execute(
+        select(func.max(Node.memory_bytes)).where(
+            Node.pool == pool, Node.accelerator == "gpu", Node.status == "online"
+        )
+    ).scalar()
+    return int(best or default)
+
+
+def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes: int) -> None:
+    """Refuse a job whose model cannot fit the GPUs it asked for, with the numbers."""
+    res = resolved["resources"]
+    has_gpus = session.execute(
+        select(Node.id).where(Node.pool == res["pool"], Node.accelerator == "gpu").limit(1)
+    ).first()
+    if res["accelerator"] == "cpu" or (res["accelerator"] == "auto" and not has_gpus):
+        return  # host memory is not budgeted per device
+    model, training = resolved["model"], resolved["training"]
+    cfg = ModelConfig(
+        arch=model["arch"],
+        n_layer=model["n_layer"],
+        n_head=model["n_head"],
+        d_model=model["d_model"],
+        n_kv_head=model.get("n_kv_head"),
+        vocab_size=resolved["tokenizer"]["vocab_size"],
+        seq_len=training["seq_len"],
+        dropout=training["dropout"],
+    )
+    world = res["nodes"] * res["processes_per_node"]
+    estimate = estimate_memory(cfg, TrainingConfig(**training), world, res["strategy"], "gpu")
+    device = _gpu_memory(session, res["pool"], default_gpu_bytes)
+    if not fits(estimate, device):
+        gib = 1024**3
+        raise ApiError(
+            422,
+            "insufficient_memory",
+            f"the job needs about {estimate['total'] / gib:.1f} GiB per GPU, more than the "
+            f"{device / gib:.1f} GiB of the GPUs in pool {res['pool']!r}; lower "
+            "training.micro_batch_size or training.seq_len, turn on "
+            "training.activation_checkpointing, or use resources.strategy 'fsdp'",
+            {"estimate_bytes": estimate, "device_memory_bytes": device},
+        )
+
+
 def create(
-    *, session: Session, project_id: str, spec: JobSpec, idempotency_key: str | None
+    *,
+    session: Session,
+    project_id: str,
+    spec: JobSpec,
+    idempotency_key: str | None,
+    default_gpu_bytes: int = 80 * 1024**3,
 ) -> tuple[Job, bool]:
     """Validate a spec against the project's data and queue a job; (job, created)."""
     resolved = spec.resolved()
@@ -134,6 +185,7 @@ def create(
         _usable_dataset(session, project_id, spec.validation.dataset_id, "validation.dataset_id")
     tokenizer_key, vocab_size = _tokenizer(session, project_id, spec)
     resolved["tokenizer"]["vocab_size"] = vocab_size
+    _check_memory(session, resolved, default_gpu_bytes)
     job = Job(
         id=new_id("job"),
         project_id=project_id,
@@ -154,7 +206,11 @@ def create(
         session.rollback()
         if idempotency_key:  # a concurrent retry won the race: answer with its job
             return create(
-                session=session, project_id=project_id, spec=spec, idempotency_key=idempotency_key
+                session=session,
+                project_id=project_id,
+                spec=spec,
+                idempotency_key=idempotency_key,
+                default_gpu_bytes=default_gpu_bytes,
             )
         raise
     return job, True

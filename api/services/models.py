@@ -87,6 +87,7 @@ def generate(
     temperature: float,
     top_k: int | None,
     seed: int | None,
+    top_p: float | None = None,
 ) -> str:
     """Sample a continuation (blocking: call it from a worker thread)."""
     from trainer.sample import generate as sample
@@ -99,6 +100,7 @@ def generate(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_k=top_k,
+            top_p=top_p,
             seed=seed,
         )
     )

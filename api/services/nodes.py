@@ -20,6 +20,7 @@ def register(*, session: Session, node_in: NodeRegisterIn) -> Node:
         session.add(node)
     node.host, node.queue, node.pool = node_in.host, node_in.queue, node_in.pool
     node.accelerator, node.slots, node.devices = node_in.accelerator, node_in.slots, node_in.devices
+    node.memory_bytes = node_in.memory_bytes
     node.status, node.heartbeat_at = "online", utcnow()
     session.commit()
     return node

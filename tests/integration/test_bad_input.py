@@ -147,3 +147,36 @@ def test_unknown_dataset_is_404(client: Client) -> None:
     with pytest.raises(TrainyardError) as err:
         client.create_job({"dataset_id": "ds_doesnotexist"})
     assert err.value.status == 404
+
+
+def test_a_model_too_big_for_the_gpus_is_refused_with_the_numbers(
+    client: Client, tmp_path: Path
+) -> None:
+    path = tmp_path / "small.txt"
+    path.write_text("some text to train on\n" * 50)
+    ds = client.wait_dataset(client.upload_dataset(path)["id"])
+    huge = {
+        "dataset_id": ds["id"],
+        "model": {"preset": "llama-1b"},
+        "training": {"seq_len": 8192, "batch_size": 64, "micro_batch_size": 64},
+        "resources": {"accelerator": "gpu"},
+    }
+    with pytest.raises(TrainyardError) as err:
+        client.create_job(huge)
+    assert err.value.status == 422 and err.value.code == "insufficient_memory"
+    numbers = err.value.details
+    assert numbers["estimate_bytes"]["total"] > numbers["device_memory_bytes"]
+    assert numbers["estimate_bytes"]["parameters"] > 2 * 10**9  # 700M+ fp32 parameters
+    # The same model fits once the micro-batch is small and activations are recomputed.
+    fitting = {
+        **huge,
+        "training": {
+            "seq_len": 2048,
+            "batch_size": 64,
+            "micro_batch_size": 1,
+            "activation_checkpointing": True,
+        },
+    }
+    job = client.create_job(fitting)
+    assert job["spec"]["training"]["activation_checkpointing"] is True
+    client.cancel_job(job["id"])

@@ -112,7 +112,6 @@ def test_import_refuses_pickles_and_broken_configs(client: Client, tmp_path: Pat
 
 def test_import_needs_every_part(client: Client, tmp_path: Path) -> None:
     folder = hf_folder(tmp_path, "gpt2")
-    with (folder / "config.json").open("rb") as c:
-        with pytest.raises(TrainyardError) as err:
-            client.request("POST", "/v1/models/import", files={"config": ("config.json", c)})
+    with (folder / "config.json").open("rb") as c, pytest.raises(TrainyardError) as err:
+        client.request("POST", "/v1/models/import", files={"config": ("config.json", c)})
     assert err.value.status == 400 and "weights" in err.value.message
