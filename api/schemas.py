@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 T = TypeVar("T")
 
@@ -127,19 +127,35 @@ class ModelOut(BaseModel):
     created_at: datetime
 
 
-class GenerateIn(BaseModel):
+class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: str = Field(min_length=1, max_length=100_000)
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=100_000)
+
+
+class GenerateIn(BaseModel):
+    """A plain `prompt`, or chat `messages` for a fine-tuned chat model (exactly one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = Field(None, min_length=1, max_length=100_000)
+    messages: list[ChatMessageIn] | None = Field(None, min_length=1, max_length=256)
     max_new_tokens: int = Field(64, ge=1, le=4096)
     temperature: float = Field(1.0, ge=0.0, le=10.0)
     top_k: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = None
 
+    @model_validator(mode="after")
+    def _one(self) -> GenerateIn:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages")
+        return self
+
 
 class GenerateOut(BaseModel):
     model_id: str
-    prompt: str
+    prompt: str | None
+    messages: list[ChatMessageIn] | None = None
     text: str
 
 

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 _SAFE = re.compile(r"^[a-z]+_[0-9a-z]+$|^byte$")
+_SFT_VARIANT = re.compile(r"^sft-[0-9]+-(truncate|drop)-([0-9.]+|ds)$")
 
 
 def _part(value: str) -> str:
@@ -36,6 +37,13 @@ class Storage:
     def tokens_dir(self, dataset_id: str, tokenizer_key: str) -> Path:
         """Token shards of one dataset under one tokenizer."""
         return self.dataset_dir(dataset_id) / "tokens" / _part(tokenizer_key)
+
+    def sft_tokens_dir(self, dataset_id: str, key: str) -> Path:
+        """SFT shards of a dataset for a base model and a variant: `mdl_x/sft-...`."""
+        model_id, _, variant = key.partition("/")
+        if not _SFT_VARIANT.fullmatch(variant):
+            raise ValueError(f"not an SFT shard key: {key!r}")
+        return self.dataset_dir(dataset_id) / "tokens" / _part(model_id) / variant
 
     def tokenizer_file(self, tokenizer_key: str) -> Path:
         """A tokenizer's `tokenizer.json`."""

@@ -83,15 +83,17 @@ async def generate(
 ) -> GenerateOut:
     """Sample a continuation of a prompt from the model."""
     model = models.get(session=session, project_id=project_id, model_id=model_id)
+    messages = [m.model_dump() for m in body.messages] if body.messages else None
     text = await run_in_threadpool(
         models.generate,
         storage=storage,
         model=model,
         prompt=body.prompt,
+        messages=messages,
         max_new_tokens=body.max_new_tokens,
         temperature=body.temperature,
         top_k=body.top_k,
         top_p=body.top_p,
         seed=body.seed,
     )
-    return GenerateOut(model_id=model.id, prompt=body.prompt, text=text)
+    return GenerateOut(model_id=model.id, prompt=body.prompt, messages=body.messages, text=text)

@@ -82,6 +82,10 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
             session.add(Metric(job_id=job.id, step=step, name="val_loss", value=value))
             job.val_loss = value
     elif kind == "start":
+        steps = ev.get("max_steps")
+        if isinstance(steps, int) and steps != job.spec["training"]["max_steps"]:
+            # Fine-tuning by epochs: the trainer counted the steps from the data.
+            job.spec = {**job.spec, "training": {**job.spec["training"], "max_steps": steps}}
         job.params = ev.get("params") or job.params
         job.flops_per_token = _finite(ev.get("flops_per_token")) or job.flops_per_token
     elif kind == "checkpoint":

@@ -48,7 +48,9 @@ def fail(session: Session, job: Job, code: str, message: str) -> None:
     transition(session, job, "failed", message, code=code)
 
 
-def _usable_dataset(session: Session, project_id: str, dataset_id: str, field: str) -> Dataset:
+def _usable_dataset(
+    session: Session, project_id: str, dataset_id: str, field: str, kind: str
+) -> Dataset:
     dataset = datasets.get(session=session, project_id=project_id, dataset_id=dataset_id)
     if dataset.status == "invalid":
         first = dataset.errors[0] if dataset.errors else {}
@@ -61,15 +63,69 @@ def _usable_dataset(session: Session, project_id: str, dataset_id: str, field: s
         )
     if dataset.status == "deleted":
         raise not_found("dataset", dataset_id)
-    if dataset.kind != "pretrain":
+    if dataset.kind != kind:
+        needs = {
+            "pretrain": "plain text or JSONL with a 'text' field",
+            "sft": 'JSONL with "messages" or "prompt" and "completion"',
+        }[kind]
         raise ApiError(
             409,
             "dataset_kind",
-            f"{field}: dataset {dataset.id} is a {dataset.kind} dataset, a pretrain job needs "
-            "plain text or JSONL with a 'text' field",
+            f"{field}: dataset {dataset.id} is a {dataset.kind} dataset, a {kind} job needs "
+            f"{needs}",
             {"field": field},
         )
     return dataset
+
+
+def _hf_arch(config: dict[str, Any]) -> dict[str, Any]:
+    """Architecture fields of a Hugging Face config.json (GPT-2 or Llama)."""
+    if config.get("model_type") == "gpt2":
+        return {
+            "arch": "gpt2",
+            "n_layer": config["n_layer"],
+            "n_head": config["n_head"],
+            "d_model": config["n_embd"],
+            "n_kv_head": None,
+            "context": config["n_positions"],
+        }
+    return {
+        "arch": "llama",
+        "n_layer": config["num_hidden_layers"],
+        "n_head": config["num_attention_heads"],
+        "d_model": config["hidden_size"],
+        "n_kv_head": config.get("num_key_value_heads"),
+        "context": config["max_position_embeddings"],
+    }
+
+
+def _resolve_base_model(
+    session: Session, project_id: str, spec: JobSpec, resolved: dict[str, Any]
+) -> tuple[str, int]:
+    """Fill a fine-tuning job's architecture, context and tokenizer from its base model."""
+    from api.services import models  # models imports torch lazily; keep this module light
+
+    base = models.get(
+        session=session, project_id=project_id, model_id=str(spec.model.base_model_id)
+    )
+    arch = _hf_arch(base.config)
+    context = arch.pop("context")
+    resolved["model"].update(arch)
+    training = resolved["training"]
+    if "seq_len" not in spec.training.model_fields_set:
+        training["seq_len"] = min(context, 2048)
+    if arch["arch"] == "gpt2" and training["seq_len"] > context:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"training.seq_len ({training['seq_len']}) exceeds the base model's context "
+            f"({context} positions)",
+            [{"field": "training.seq_len", "message": f"at most {context}"}],
+        )
+    overlong = resolved["sft"]["overlong"]
+    fraction = resolved["validation"]["fraction"]
+    variant = f"sft-{training['seq_len']}-{overlong}-{fraction or 'ds'}"
+    return f"{base.id}/{variant}", int(base.config["vocab_size"])
 
 
 def _tokenizer(session: Session, project_id: str, spec: JobSpec) -> tuple[str, int]:
@@ -168,22 +224,28 @@ def create(
 ) -> tuple[Job, bool]:
     """Validate a spec against the project's data and queue a job; (job, created)."""
     resolved = spec.resolved()
+    asked = spec.model_dump(mode="json", exclude_unset=True)
     if idempotency_key:
         first = session.execute(
             select(Job).where(Job.project_id == project_id, Job.idempotency_key == idempotency_key)
         ).scalar()
         if first is not None:
-            if not _same_request(first.spec, resolved):
+            if not _same_request(first.spec, asked):
                 raise ApiError(
                     409,
                     "idempotency_key_reused",
                     "this Idempotency-Key was used with a different job spec",
                 )
             return first, False
-    _usable_dataset(session, project_id, spec.dataset_id, "dataset_id")
+    _usable_dataset(session, project_id, spec.dataset_id, "dataset_id", spec.type)
     if spec.validation.dataset_id:
-        _usable_dataset(session, project_id, spec.validation.dataset_id, "validation.dataset_id")
-    tokenizer_key, vocab_size = _tokenizer(session, project_id, spec)
+        _usable_dataset(
+            session, project_id, spec.validation.dataset_id, "validation.dataset_id", spec.type
+        )
+    if spec.type == "sft":
+        tokenizer_key, vocab_size = _resolve_base_model(session, project_id, spec, resolved)
+    else:
+        tokenizer_key, vocab_size = _tokenizer(session, project_id, spec)
     resolved["tokenizer"]["vocab_size"] = vocab_size
     _check_memory(session, resolved, default_gpu_bytes)
     job = Job(

@@ -82,17 +82,31 @@ def generate(
     *,
     storage: Storage,
     model: Model,
-    prompt: str,
+    prompt: str | None,
+    messages: list[dict[str, str]] | None,
     max_new_tokens: int,
     temperature: float,
     top_k: int | None,
+    top_p: float | None,
     seed: int | None,
-    top_p: float | None = None,
 ) -> str:
-    """Sample a continuation (blocking: call it from a worker thread)."""
+    """Sample a continuation of a prompt, or a chat model's reply to messages (blocking:
+    call it from a worker thread)."""
+    from trainer import chat
     from trainer.sample import generate as sample
 
     loaded = _loaded(storage, model.id)
+    stop = None
+    if messages is not None:
+        if loaded.tokenizer.token_to_id(chat.IM_END) is None:
+            raise ApiError(
+                422,
+                "not_a_chat_model",
+                f"model {model.id} has no chat template; send a plain prompt instead",
+            )
+        prompt = chat.render(messages, add_generation_prompt=True)
+        stop = chat.stop_ids(loaded.tokenizer)
+    assert prompt is not None
     return str(
         sample(
             loaded,
@@ -102,6 +116,7 @@ def generate(
             top_k=top_k,
             top_p=top_p,
             seed=seed,
+            stop_ids=stop,
         )
     )
 

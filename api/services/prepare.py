@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from api.models import Dataset, DatasetTokens, Job, Tokenizer
 from api.services.jobs import fail, record
-from trainer import shards
+from trainer import sft_shards, shards
 from trainer import tokenizer as toks
 from trainyard import datasets as formats
 from trainyard.storage import Storage
@@ -106,31 +108,118 @@ def ensure_tokens(
     return index
 
 
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as f:
+        for raw in f:
+            if raw.strip():
+                yield json.loads(raw)
+
+
+def _split(
+    records: Iterator[dict[str, Any]], fraction: float | None, val: list[dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    """Yield the training records; every k-th record goes to `val` instead (k = 1/fraction)."""
+    every = max(2, round(1 / fraction)) if fraction else 0
+    for i, example in enumerate(records):
+        if every and i % every == every - 1:
+            val.append(example)
+        else:
+            yield example
+
+
+def _prompt(record: dict[str, Any]) -> dict[str, Any]:
+    """The conversation up to its last assistant turn, and that turn as the reference."""
+    messages = record.get("messages") or [
+        {"role": "user", "content": record["prompt"]},
+        {"role": "assistant", "content": record["completion"]},
+    ]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return {"messages": messages[:last], "reference": messages[last]["content"]}
+
+
+def prepare_sft(session: Session, storage: Storage, job: Job) -> dict[str, Any]:
+    """Tokenize a fine-tuning job's chat examples with its base model's tokenizer, once per
+    (dataset, base model, seq_len, overlong policy, split)."""
+    spec = job.spec
+    key = str(job.tokenizer_key)
+    out = storage.sft_tokens_dir(job.dataset_id, key)
+    if (out / "train" / "index.json").exists() and (out / "eval_prompts.json").exists():
+        train = json.loads((out / "train" / "index.json").read_text())
+        return {"train": train, "reused": True}
+    base_tokenizer = storage.model_dir(key.partition("/")[0]) / "tokenizer.json"
+    dataset = session.get(Dataset, job.dataset_id)
+    assert dataset is not None
+    seq_len, overlong = spec["training"]["seq_len"], spec["sft"]["overlong"]
+    val_records: list[dict[str, Any]] = []
+    fraction = spec["validation"].get("fraction")
+    val_id = spec["validation"].get("dataset_id")
+    records = _records(storage.dataset_source(dataset.id))
+    staging = out.parent / f".{out.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        train = sft_shards.write_sft_shards(
+            _split(records, None if val_id else fraction, val_records),
+            str(base_tokenizer),
+            str(staging / "train"),
+            seq_len=seq_len,
+            overlong=overlong,
+        )
+    except ValueError as exc:
+        raise PrepareError("dataset_unusable", f"dataset {dataset.id}: {exc}") from exc
+    if val_id:
+        val_records = list(_records(storage.dataset_source(val_id)))
+    val = None
+    if val_records:
+        val = sft_shards.write_sft_shards(
+            iter(val_records),
+            str(base_tokenizer),
+            str(staging / "val"),
+            seq_len=seq_len,
+            overlong=overlong,
+        )
+    prompts = [_prompt(r) for r in val_records[: spec["sft"]["eval_prompts"]]]
+    (staging / "eval_prompts.json").write_text(json.dumps(prompts))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.replace(out)
+    summary = {
+        k: train[k]
+        for k in (
+            "examples",
+            "tokens",
+            "loss_tokens",
+            "overlong",
+            "truncated",
+            "dropped_overlong",
+            "dropped_no_loss",
+        )
+    }
+    return {
+        "train": summary,
+        "val_examples": val["examples"] if val else 0,
+        "overlong_policy": overlong,
+        "reused": False,
+    }
+
+
 def prepare(*, session: Session, storage: Storage, job_id: str) -> None:
     """Tokenize what a job needs, then mark it prepared (or failed, with the reason)."""
     job = session.get(Job, job_id)
     if job is None or job.status != "preparing" or job.prepared:
         return
     try:
-        tokenizer_path = ensure_tokenizer(session, storage, str(job.tokenizer_key))
-        seq_len = job.spec["training"]["seq_len"]
-        counts = {}
-        dataset_ids = [job.dataset_id]
-        val_id = job.spec["validation"].get("dataset_id")
-        if val_id:
-            dataset_ids.append(val_id)
-        for dataset_id in dataset_ids:
-            dataset = session.get(Dataset, dataset_id)
-            if dataset is None or dataset.status != "ready":
-                raise PrepareError("dataset_unusable", f"dataset {dataset_id} is not ready")
-            index = ensure_tokens(session, storage, dataset, str(job.tokenizer_key), tokenizer_path)
-            counts[dataset_id] = int(index["tokens"])  # type: ignore[call-overload]
-            if counts[dataset_id] < 2 * (seq_len + 1):
-                raise PrepareError(
-                    "dataset_too_small",
-                    f"dataset {dataset_id} has {counts[dataset_id]} tokens; training with "
-                    f"seq_len {seq_len} needs at least {2 * (seq_len + 1)}",
+        if job.type == "sft":
+            report: dict[str, Any] = prepare_sft(session, storage, job)
+            message = "chat examples tokenized"
+            train = report["train"]
+            if train.get("overlong"):
+                action = "truncated" if job.spec["sft"]["overlong"] == "truncate" else "dropped"
+                message += (
+                    f"; {train['overlong']} examples exceed seq_len "
+                    f"{job.spec['training']['seq_len']} and were {action}"
                 )
+        else:
+            report = {"tokens": _prepare_tokens(session, storage, job)}
+            message = "token shards ready"
     except Exception as exc:
         session.rollback()
         code = exc.code if isinstance(exc, PrepareError) else "preparation_failed"
@@ -146,5 +235,28 @@ def prepare(*, session: Session, storage: Storage, job_id: str) -> None:
     if job.status != "preparing":
         return  # cancelled while we worked
     job.prepared = True
-    record(session, job, "prepared", "token shards ready", tokens=counts)
+    record(session, job, "prepared", message, **report)
     session.commit()
+
+
+def _prepare_tokens(session: Session, storage: Storage, job: Job) -> dict[str, int]:
+    tokenizer_path = ensure_tokenizer(session, storage, str(job.tokenizer_key))
+    seq_len = job.spec["training"]["seq_len"]
+    counts = {}
+    dataset_ids = [job.dataset_id]
+    val_id = job.spec["validation"].get("dataset_id")
+    if val_id:
+        dataset_ids.append(val_id)
+    for dataset_id in dataset_ids:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None or dataset.status != "ready":
+            raise PrepareError("dataset_unusable", f"dataset {dataset_id} is not ready")
+        index = ensure_tokens(session, storage, dataset, str(job.tokenizer_key), tokenizer_path)
+        counts[dataset_id] = int(index["tokens"])  # type: ignore[call-overload]
+        if counts[dataset_id] < 2 * (seq_len + 1):
+            raise PrepareError(
+                "dataset_too_small",
+                f"dataset {dataset_id} has {counts[dataset_id]} tokens; training with "
+                f"seq_len {seq_len} needs at least {2 * (seq_len + 1)}",
+            )
+    return counts

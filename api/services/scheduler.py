@@ -101,30 +101,60 @@ def run_config(
 ) -> dict[str, Any]:
     """The trainer's run.json for one attempt."""
     spec = job.spec
-    data = _ranges(storage, job)
-    model = {k: v for k, v in spec["model"].items() if k != "preset" and v is not None}
-    # A BPE trained on a small corpus can stop short of the vocabulary asked for; the model
-    # keeps the size the spec names, so the job runs what it says.
-    vocab = max(int(data.pop("vocab_size")), int(spec["tokenizer"]["vocab_size"] or 0))
-    model.update(
-        vocab_size=vocab,
-        seq_len=spec["training"]["seq_len"],
-        dropout=spec["training"]["dropout"],
-    )
     training = dict(spec["training"])
     out = storage.attempt_dir(job.id, number)
-    return {
+    config: dict[str, Any] = {
         "job_id": job.id,
         "attempt": number,
-        "model": model,
-        "tokenizer_path": str(storage.tokenizer_file(str(job.tokenizer_key))),
-        "data": data,
+        "type": job.type,
         "training": training,
         "resources": {"accelerator": node.accelerator, "strategy": spec["resources"]["strategy"]},
         "output_dir": str(out),
         "checkpoint_dir": str(storage.checkpoint_dir(job.id)),
         "export_dir": str(out / "export"),
         "keep_checkpoints": settings.keep_checkpoints,
+    }
+    if job.type == "sft":
+        return {**config, **_sft_config(storage, job)}
+    data = _ranges(storage, job)
+    model = {
+        k: v
+        for k, v in spec["model"].items()
+        if k not in ("preset", "base_model_id") and v is not None
+    }
+    # A BPE trained on a small corpus can stop short of the vocabulary asked for; the model
+    # keeps the size the spec names, so the job runs what it says.
+    vocab = max(int(data.pop("vocab_size")), int(spec["tokenizer"]["vocab_size"] or 0))
+    model.update(vocab_size=vocab, seq_len=training["seq_len"], dropout=training["dropout"])
+    return {
+        **config,
+        "model": model,
+        "tokenizer_path": str(storage.tokenizer_file(str(job.tokenizer_key))),
+        "data": data,
+    }
+
+
+def _sft_config(storage: Storage, job: Job) -> dict[str, Any]:
+    sft = job.spec["sft"]
+    shards_dir = storage.sft_tokens_dir(job.dataset_id, str(job.tokenizer_key))
+    prompts = json.loads((shards_dir / "eval_prompts.json").read_text())
+    val = shards_dir / "val"
+    lora = sft["lora"] or {}
+    return {
+        "tokenizer_path": str(shards_dir / "train" / "tokenizer.json"),
+        "data": {
+            "format": "sft",
+            "train": str(shards_dir / "train"),
+            "val": str(val) if val.exists() else None,
+        },
+        "sft": {
+            "base_model_dir": str(storage.model_dir(str(job.tokenizer_key).partition("/")[0])),
+            "method": sft["method"],
+            "lora": {k: v for k, v in lora.items() if v is not None},
+            "packing": sft["packing"],
+            "epochs": sft["epochs"],
+            "eval_prompts": [p["messages"] for p in prompts],
+        },
     }
 
 
@@ -195,6 +225,8 @@ def _dispatch(session: Session, storage: Storage, settings: Settings, out: list[
 
 
 def _already_tokenized(session: Session, job: Job, dataset_ids: list[str]) -> bool:
+    if job.type == "sft":
+        return False  # the prep worker finds its own shards in a moment
     key = str(job.tokenizer_key)
     if key != "byte":
         tok = session.get(Tokenizer, key)
