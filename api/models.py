@@ -124,7 +124,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     spec: Mapped[dict[str, Any]] = mapped_column()
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
-    tokenizer_key: Mapped[str | None] = mapped_column(String(40), default=None)
+    tokenizer_key: Mapped[str | None] = mapped_column(String(120), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     prepared: Mapped[bool] = mapped_column(Boolean, default=False)

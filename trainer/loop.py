@@ -19,6 +19,7 @@ from trainer import tokenizer as tokmod
 from trainer.config import (
     EXIT_OK,
     EXIT_PREEMPTED,
+    DataConfig,
     RunConfig,
     TrainingConfig,
     flops_per_token,
@@ -124,11 +125,9 @@ class Trainer:
         )
 
         self.tokenizer_eot = tokmod.eot_id(tokmod.load(cfg.tokenizer_path))
-        # The job's training.dropout is the one hyper-parameter source; it overrides the
-        # architecture's default.
-        self.model_cfg = dataclasses.replace(cfg.model, dropout=t.dropout)
+        self.im_end_id: int | None = None  # set for chat models, whose export stops there
         torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts it)
-        self.raw_model: CausalLM = build_model(self.model_cfg).to(dev)
+        self.raw_model: CausalLM = self._build_model()
         self.raw_model.set_activation_checkpointing(t.activation_checkpointing)
         # Under FSDP raw_model is sharded in place, so it must happen before the optimizer.
         self.model = parallel.wrap(
@@ -138,10 +137,8 @@ class Trainer:
             bf16=use_bf16,
             compile=t.compile,
         )
-        self.optimizer = configure_optimizer(
-            self.raw_model, lr=t.lr, weight_decay=t.weight_decay, device_type=dev.type
-        )
-        self.data = TokenData(cfg.data, t.seq_len, seed=t.seed, rank=dist.rank, device=dev)
+        self.optimizer = self._build_optimizer()
+        self.data = self._build_data()
         # Ranks differ in dropout masks; their streams are checkpointed, so resume is exact.
         torch.manual_seed(t.seed + dist.rank)
 
@@ -149,6 +146,27 @@ class Trainer:
         self._maybe_resume()
         self.flops_per_token = flops_per_token(self.model_cfg, t.seq_len)
         self.peak_flops = peak_flops(dev)
+
+    def _build_model(self) -> CausalLM:
+        """A freshly initialised model on this rank's device."""
+        assert self.cfg.model is not None
+        # The job's training.dropout is the one hyper-parameter source; it overrides the
+        # architecture's default.
+        self.model_cfg = dataclasses.replace(self.cfg.model, dropout=self.cfg.training.dropout)
+        return build_model(self.model_cfg).to(self.dist.device)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over raw_model's trainable parameters."""
+        t = self.cfg.training
+        return configure_optimizer(
+            self.raw_model, lr=t.lr, weight_decay=t.weight_decay, device_type=self.dist.device.type
+        )
+
+    def _build_data(self) -> Any:
+        """This rank's batches: random windows of the token shards."""
+        t, data = self.cfg.training, self.cfg.data
+        assert isinstance(data, DataConfig)
+        return TokenData(data, t.seq_len, seed=t.seed, rank=self.dist.rank, device=self.dist.device)
 
     def _maybe_resume(self) -> None:
         found = ckpt.load_latest(self.cfg.checkpoint_dir, self.dist.rank)
@@ -173,16 +191,18 @@ class Trainer:
             self.data.load_state_dict(found.rank_state["data"])
             ckpt.set_rng_state(found.rank_state["rng"])
         else:
-            # World size grew since the save: this rank gets a fresh, distinct stream.
-            self.data.generator.manual_seed(
-                self.cfg.training.seed * 7919 + self.dist.rank + found.step
-            )
+            self._data_without_rank_state(found.step)
             self.events.emit(
                 "log",
                 message=f"rank {self.dist.rank} has no sampler state in {found.path}; reseeded",
             )
         self.resumed_from = found.path
         self.events.emit("log", message=f"resuming from {found.path} at step {found.step}")
+
+    def _data_without_rank_state(self, step: int) -> None:
+        """Place the sampler of a rank that did not exist when the checkpoint was saved."""
+        # World size grew since the save: this rank gets a fresh, distinct stream.
+        self.data.generator.manual_seed(self.cfg.training.seed * 7919 + self.dist.rank + step)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         # Only set a flag: the checkpoint must be taken at a step boundary, by all ranks.
@@ -213,6 +233,7 @@ class Trainer:
                 if self.step % t.checkpoint_interval == 0 and self.step < t.max_steps:
                     self._save()
             self._evaluate()
+            self._after_training()
             self._save()
             export_dir = self._export()
             self.events.emit(
@@ -235,16 +256,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        loss_sum = torch.zeros((), device=dist.device)
-        for sync_ctx in parallel.micro_steps(self.model, self.grad_accum):
-            x, y = self.data.next_train_batch(t.micro_batch_size)  # (B, T) each
-            with sync_ctx:
-                with self.autocast:
-                    _, loss = self.model(x, y)
-                assert loss is not None
-                # Average over micro-steps so the gradient matches one big batch.
-                (loss / self.grad_accum).backward()
-            loss_sum += loss.detach()
+        loss_share = self._forward_backward()
         if t.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         else:
@@ -255,9 +267,7 @@ class Trainer:
         # One collective gives the global mean loss and whether any rank wants to stop,
         # so every rank takes the same decision at the same step.
         stop = self._stop_requested or (self.stop_at_step is not None and step >= self.stop_at_step)
-        stats = torch.stack(
-            [loss_sum / self.grad_accum, torch.tensor(float(stop), device=dist.device)]
-        )
+        stats = torch.stack([loss_share, torch.tensor(float(stop), device=dist.device)])
         dist.all_reduce_sum(stats)
         loss_val = stats[0].item() / dist.world_size
         if not math.isfinite(loss_val):
@@ -289,12 +299,41 @@ class Trainer:
         )
         return bool(stats[1].item() > 0)
 
+    def _forward_backward(self) -> torch.Tensor:
+        """Forward and backward over this step's micro-batches; return this rank's mean loss.
+
+        The returned value, summed over ranks and divided by world size, is the step loss.
+        """
+        t = self.cfg.training
+        loss_sum = torch.zeros((), device=self.dist.device)
+        for sync_ctx in parallel.micro_steps(self.model, self.grad_accum):
+            x, y = self.data.next_train_batch(t.micro_batch_size)  # (B, T) each
+            with sync_ctx:
+                with self.autocast:
+                    _, loss = self.model(x, y)
+                assert loss is not None
+                # Average over micro-steps so the gradient matches one big batch.
+                (loss / self.grad_accum).backward()
+            loss_sum += loss.detach()
+        return loss_sum / self.grad_accum
+
+    def _val_loss_terms(self, batch: Any) -> tuple[torch.Tensor, float]:
+        """Summed loss of one validation batch and what it counts for in the mean."""
+        x, y = batch
+        # The raw model: DDP's forward would expect a matching backward.
+        _, loss = self.raw_model(x, y)
+        assert loss is not None
+        return loss.detach(), 1.0
+
+    def _after_training(self) -> None:
+        """Work after the final evaluation and before the final checkpoint (none here)."""
+
     @torch.no_grad()
     def _evaluate(self) -> float:
         """Mean loss over the fixed validation batches; ranks split them and add up."""
         t, dist = self.cfg.training, self.dist
         self.model.eval()
-        totals = torch.zeros(2, device=dist.device)  # (sum of losses, number of batches)
+        totals = torch.zeros(2, device=dist.device)  # (sum of losses, what they count for)
         batches = self.data.val_batches(t.micro_batch_size, t.eval_batches)
         # Under FSDP every forward is a collective, so every rank runs the same number;
         # ranks past the end repeat batch 0 and do not count it.
@@ -303,14 +342,11 @@ class Trainer:
             i = r * dist.world_size + dist.rank if self.sharded else r
             if not self.sharded and i % dist.world_size != dist.rank:
                 continue
-            x, y = batches[i] if i < len(batches) else batches[0]
             with self.autocast:
-                # The raw model: DDP's forward would expect a matching backward.
-                _, loss = self.raw_model(x, y)
-            assert loss is not None
+                loss, count = self._val_loss_terms(batches[i] if i < len(batches) else batches[0])
             if i < len(batches):
-                totals[0] += loss.detach()
-                totals[1] += 1
+                totals[0] += loss
+                totals[1] += count
         dist.all_reduce_sum(totals)
         self.val_loss = float(totals[0] / totals[1])
         self._val_step = self.step
@@ -349,9 +385,13 @@ class Trainer:
         self.events.emit("checkpoint", step=self.step, path=path, val_loss=self.val_loss)
         return path
 
+    def _export_state(self) -> dict[str, Any]:
+        """The full model state to export (a collective under FSDP)."""
+        return parallel.full_model_state(self.raw_model)
+
     def _export(self) -> str:
         """Rank 0 writes the final model folder; the others wait for it."""
-        state = parallel.full_model_state(self.raw_model)  # collective under FSDP
+        state = self._export_state()
         if self.dist.is_main:
             export_model(
                 state,
@@ -359,6 +399,7 @@ class Trainer:
                 tokenizer_path=self.cfg.tokenizer_path,
                 eot_id=self.tokenizer_eot,
                 export_dir=self.cfg.export_dir,
+                im_end_id=self.im_end_id,
             )
         self.dist.barrier()
         return self.cfg.export_dir

@@ -16,6 +16,15 @@ from torch.utils.checkpoint import checkpoint
 
 from trainer.config import ModelConfig
 
+IGNORE_INDEX = -100  # a target that carries no loss (F.cross_entropy's default)
+
+
+def _dropout(p: float) -> nn.Module:
+    # nn.Dropout(0.0) still draws and applies a mask in training mode on the CPU, which
+    # cost about 15% of a small model's step; with no dropout there is nothing to apply.
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 # ---------------------------------------------------------------------------- attention
 
 
@@ -41,10 +50,27 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nkv, P+T, hs)
 
 
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) attention mask for packed rows: earlier keys of the same document only."""
+    T = doc_ids.shape[1]
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return (same & causal).unsqueeze(1)  # broadcast over heads
+
+
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout_p: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """SDPA where query i (the last T of S positions) sees keys up to its own position."""
+    """SDPA where query i (the last T of S positions) sees keys up to its own position.
+
+    A mask from document_mask replaces the plain causal one for packed examples.
+    """
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     T, S = q.shape[-2], k.shape[-2]
     if T == S:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
@@ -67,9 +93,11 @@ class GPT2Attention(nn.Module):
         self.dropout = cfg.dropout
         self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # q, k, v fused as in HF
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = _dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
         q = q.view(B, T, self.n_head, -1).transpose(1, 2)  # (B, nh, T, hs)
@@ -78,7 +106,7 @@ class GPT2Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nh, P+T, hs)
         p = self.dropout if self.training else 0.0
-        y = causal_attention(q, k, v, p)  # (B, nh, T, hs)
+        y = causal_attention(q, k, v, p, mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -88,7 +116,7 @@ class GPT2MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(cfg.d_model, cfg.ff_dim)
         self.c_proj = nn.Linear(cfg.ff_dim, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = _dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The tanh approximation is HF's "gelu_new", which GPT-2 was trained with.
@@ -103,8 +131,10 @@ class GPT2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = GPT2MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -153,7 +183,12 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
@@ -170,7 +205,7 @@ class LlamaAttention(nn.Module):
             k = k.repeat_interleave(rep, dim=1)  # (B, nh, S, hs)
             v = v.repeat_interleave(rep, dim=1)
         p = self.dropout if self.training else 0.0
-        y = causal_attention(q, k, v, p)  # (B, nh, T, hs)
+        y = causal_attention(q, k, v, p, mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, T, nh*hs)
         return self.o_proj(y)
 
@@ -193,12 +228,17 @@ class LlamaBlock(nn.Module):
         self.self_attn = LlamaAttention(cfg, layer_idx)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = LlamaMLP(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = _dropout(cfg.dropout)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache))
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, mask))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -212,20 +252,27 @@ class GPT2Body(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = _dropout(cfg.dropout)
         self.h = nn.ModuleList(GPT2Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.checkpointing = False
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        start = cache.pos if cache is not None else 0
-        pos = torch.arange(start, start + idx.shape[1], device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if position_ids is None:
+            start = cache.pos if cache is not None else 0
+            position_ids = torch.arange(start, start + idx.shape[1], device=idx.device)  # (T,)
+        x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
         for block in self.h:
             if self.checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, None, mask, use_reentrant=False)
             else:
-                x = block(x, cache)
+                x = block(x, cache, mask)
         return self.ln_f(x)
 
 
@@ -245,16 +292,27 @@ class LlamaBody(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.checkpointing = False
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        start = cache.pos if cache is not None else 0
-        end = start + idx.shape[1]
-        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]  # (T, hs)
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if position_ids is None:
+            start = cache.pos if cache is not None else 0
+            end = start + idx.shape[1]
+            cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]  # (T, hs)
+        else:
+            # Per-row positions: (B, 1, T, hs), broadcast over the heads.
+            cos = self.rope_cos[position_ids].unsqueeze(1)
+            sin = self.rope_sin[position_ids].unsqueeze(1)
         x = self.embed_tokens(idx)  # (B, T, C)
         for layer in self.layers:
             if self.checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, None, mask, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, cache)
+                x = layer(x, cos, sin, cache, mask)
         return self.norm(x)
 
 
@@ -308,17 +366,26 @@ class CausalLM(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) for token ids (B, T), and the mean cross-entropy if targets.
 
         With a cache, idx continues the sequence the cache holds and is appended to it.
+        Packed rows pass position_ids (B, T), restarting at 0 for each example, and doc_ids
+        (B, T), so attention stays inside each example. Targets equal to IGNORE_INDEX
+        carry no loss.
         """
         start = cache.pos if cache is not None else 0
         if start + idx.shape[1] > self.cfg.seq_len:
             raise ValueError(
                 f"sequence of {start + idx.shape[1]} exceeds seq_len {self.cfg.seq_len}"
             )
-        x = self.body()(idx, cache)  # (B, T, C)
+        if doc_ids is not None and cache is not None:
+            raise ValueError("packed rows (doc_ids) cannot continue a KV cache")
+        mask = document_mask(doc_ids) if doc_ids is not None else None
+        x = self.body()(idx, cache, position_ids, mask)  # (B, T, C)
         if cache is not None:
             cache.pos += idx.shape[1]
         logits = self.lm_head(x)  # (B, T, V)
@@ -326,7 +393,8 @@ class CausalLM(nn.Module):
         if targets is not None:
             # Loss in fp32: bf16 logits lose too much precision in the log-softmax.
             loss = F.cross_entropy(
-                logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1
+                logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
             )
         return logits, loss
 
@@ -352,6 +420,8 @@ def configure_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # The fused kernel (CUDA and CPU) updates every parameter in one pass per tensor
+    # instead of a dozen elementwise ops each: a large share of a small model's step.
     return torch.optim.AdamW(
-        groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device_type == "cuda"
+        groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device_type in ("cuda", "cpu")
     )

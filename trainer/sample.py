@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,8 +129,12 @@ def generate(
     top_p: float | None = None,
     *,
     use_cache: bool = True,
+    stop_ids: Sequence[int] | None = None,
 ) -> str:
     """The completion of prompt (without the prompt); stops early at end-of-text.
+
+    stop_ids replaces end-of-text as the tokens that end the completion (a chat model
+    stops at `<|im_end|>`).
 
     temperature 0 picks the most likely token (greedy); top_k and top_p (nucleus) restrict
     sampling to the likeliest tokens; seed makes sampling repeatable. The prompt is
@@ -146,6 +151,7 @@ def generate(
         g.manual_seed(seed)
     model, seq_len = loaded.model, loaded.config.seq_len
     tokens = loaded.tokenizer.encode(prompt).ids or [loaded.eot_id]  # empty prompt: start fresh
+    stops = set(stop_ids) if stop_ids is not None else {loaded.eot_id}
     cache = None
     if use_cache:
         dtype = next(model.parameters()).dtype
@@ -163,7 +169,7 @@ def generate(
             logits, _ = model(idx)
         next_id = _pick(logits[:, -1, :].float(), temperature, top_k, top_p, g)  # (1, 1)
         token = int(next_id.item())
-        if token == loaded.eot_id:
+        if token in stops:
             break
         new.append(token)
         tokens.append(token)

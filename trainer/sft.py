@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +24,9 @@ from trainer.hf_import import (
 )
 from trainer.loop import Trainer
 from trainer.lora import DEFAULT_TARGETS, apply_lora, merged_state_dict
-from trainer.model import CausalLM
+from trainer.model import IGNORE_INDEX, CausalLM
 from trainer.sample import LoadedModel, generate
-from trainer.sft_data import IGNORE_INDEX, SFTData
+from trainer.sft_data import SFTData
 from trainer.sft_shards import load_sft_index
 
 
@@ -107,7 +108,7 @@ class SFTTrainer(Trainer):
     """The Trainer with a base model, chat batches, per-token loss and chat samples."""
 
     sft: SFTConfig
-    data: SFTData  # type: ignore[assignment]
+    data: SFTData
 
     def _build_model(self) -> CausalLM:
         cfg, t = self.cfg, self.cfg.training
@@ -187,6 +188,11 @@ class SFTTrainer(Trainer):
             batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
         )
         return token_loss_sum(logits, batch.labels), float(batch.n_targets)
+
+    def _evaluate(self) -> float:
+        if self.data.val is None:
+            return math.nan  # no validation set: val_loss stays null
+        return super()._evaluate()
 
     def _data_without_rank_state(self, step: int) -> None:
         # Every step reads batch_size rows of the one stream, so the step gives the place.

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.model import IGNORE_INDEX
 from trainer.sft_shards import MASK_NAME, OFFSETS_NAME, TOKENS_NAME, load_sft_index
-
-IGNORE_INDEX = -100  # label of positions that carry no loss, as F.cross_entropy expects
 
 
 @dataclass

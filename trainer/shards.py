@@ -106,6 +106,7 @@ def write_shards(
     dtype = tokmod.token_dtype(vocab)
     fast = _is_byte_tokenizer(tok)
     eot_arr = np.asarray([eot], dtype=dtype)
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast: tokenizers >= 0.21
 
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -118,8 +119,9 @@ def write_shards(
             if fast:
                 arrays = _encode_bytes(batch, tok)
             else:
-                # encode_batch runs the batch on the tokenizers thread pool (Rust, no GIL).
-                encs = tok.encode_batch(batch, add_special_tokens=False)
+                # The batch runs on the tokenizers thread pool (Rust, no GIL); the _fast
+                # variant skips character offsets, which shards never store.
+                encs = encode(batch, add_special_tokens=False)
                 arrays = [np.asarray(e.ids, dtype=dtype) for e in encs]
             if append_eot:
                 arrays = [part for arr in arrays for part in (arr, eot_arr)]

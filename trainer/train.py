@@ -30,7 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     events = EventWriter(cfg.output_dir, enabled=dist.is_main)
     trainer: Trainer | None = None
     try:
-        trainer = Trainer(cfg, dist, events)
+        # SFTTrainer is imported only when needed: pretraining never loads its modules.
+        if cfg.type == "sft":
+            from trainer.sft import SFTTrainer
+
+            trainer = SFTTrainer(cfg, dist, events)
+        else:
+            trainer = Trainer(cfg, dist, events)
         return trainer.run()
     except NanLossError as e:
         events.emit("error", code="nan_loss", message=str(e), step=e.step)

@@ -52,7 +52,7 @@ def test_full_sft_section() -> None:
     ("patch", "message"),
     [
         (lambda c: c.pop("sft"), "needs an 'sft' section"),
-        (lambda c: c["data"].update(format="tokens"), "format"),
+        (lambda c: c["data"].update(format="tokens"), "missing required key .dtype."),
         (lambda c: c["data"].update(format="csv"), "format"),
         (lambda c: c["sft"].update(method="qlora"), "must be one of"),
         (lambda c: c["sft"].update(epochs=0), "epochs must be >= 1"),

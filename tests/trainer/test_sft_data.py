@@ -11,7 +11,8 @@ import torch
 from tests.trainer.sft_testkit import sft_records
 from trainer import chat
 from trainer import tokenizer as tokmod
-from trainer.sft_data import IGNORE_INDEX, SFTData, SFTExamples, build_rows, pack
+from trainer.model import IGNORE_INDEX
+from trainer.sft_data import SFTData, SFTExamples, build_rows, pack
 from trainer.sft_shards import Overlong, load_sft_index, write_sft_shards
 
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from trainer import chat
 from trainer import tokenizer as tokmod
 from trainer.config import ModelConfig
-from trainer.model import CausalLM, build_model
-from trainer.sft_data import IGNORE_INDEX, SFTExamples, build_rows
+from trainer.model import IGNORE_INDEX, CausalLM, build_model
+from trainer.sft_data import SFTExamples, build_rows
 from trainer.sft_shards import write_sft_shards
 
 CFGS = {
