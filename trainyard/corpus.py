@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 SUBJECTS = [
     "the old sailor",
@@ -86,3 +87,20 @@ def write(path: Path, target_bytes: int = 1_000_000, seed: int = 7) -> Path:
             f.write(paragraph)
             size += len(paragraph)
     return path
+
+
+def reversal_task(n: int, seed: int) -> list[dict[str, Any]]:
+    """Chat examples of a small skill a base model lacks: spell a word backwards."""
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(n):
+        word = "".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 4)))
+        examples.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Reverse: {word}"},
+                    {"role": "assistant", "content": word[::-1]},
+                ]
+            }
+        )
+    return examples
