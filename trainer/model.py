@@ -393,7 +393,8 @@ class CausalLM(nn.Module):
         if targets is not None:
             # Loss in fp32: bf16 logits lose too much precision in the log-softmax.
             loss = F.cross_entropy(
-                logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
+                logits.float().view(-1, logits.shape[-1]),
+                targets.reshape(-1),
                 ignore_index=IGNORE_INDEX,
             )
         return logits, loss

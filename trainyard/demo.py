@@ -158,13 +158,13 @@ def fine_tune(client: Client, workdir: Path, base_id: str, processes: int) -> in
         "model": {"base_model_id": base_id},
         "sft": {"method": "full", "eval_prompts": 3},
         "training": {
-            "max_steps": 400,
+            "max_steps": 800,
             "batch_size": 16,
             "lr": 2e-3,
             "warmup_steps": 20,
-            "eval_interval": 100,
+            "eval_interval": 200,
             "eval_batches": 4,
-            "checkpoint_interval": 200,
+            "checkpoint_interval": 400,
         },
         "resources": {"processes_per_node": processes, "accelerator": "cpu"},
     }

@@ -138,9 +138,15 @@ def supervise(payload: AttemptPayload, settings: Settings) -> None:
     try:
         while True:
             code = launch.poll()
-            reporter.add(launch.events.read())
+            new = launch.events.read()
+            reporter.add(new)
             now = time.monotonic()
-            if now - last_report >= 1.0 or code is not None:
+            # Steps are batched once a second; milestones (start, eval, done, ...) go at once
+            # so a user sees the job come alive without waiting for the next batch.
+            milestone = any(e.get("type") != "step" for e in new) or (
+                new and reporter.next_seq - len(new) <= 2
+            )
+            if milestone or now - last_report >= 1.0 or code is not None:
                 reporter.flush()
                 last_report = now
             if code is not None:

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from api.deps import ProjectDep, SessionDep, StorageDep
+from api.errors import not_found
 from api.models import Tokenizer
 from api.schemas import Page, TokenizerOut
 from api.services import tokenizers
@@ -54,5 +55,5 @@ def download_tokenizer(
     row = tokenizers.get(session=session, project_id=project_id, tokenizer_id=tokenizer_id)
     path = storage.tokenizer_file(row.id)
     if row.status != "ready" or not path.exists():
-        raise tokenizers.not_found("tokenizer file", row.id)
+        raise not_found("tokenizer file", row.id)
     return FileResponse(path, filename="tokenizer.json", media_type="application/json")

@@ -8,8 +8,9 @@ import shutil
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError, not_found
+from api.errors import ApiError
 from api.models import Dataset, Job
+from api.services.access import owned
 from api.uploads import Upload
 from trainyard import datasets as formats
 from trainyard.ids import new_id
@@ -55,10 +56,7 @@ def create(
 
 def get(*, session: Session, project_id: str, dataset_id: str) -> Dataset:
     """A dataset of the caller's project, or a 404."""
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.project_id != project_id:
-        raise not_found("dataset", dataset_id)
-    return dataset
+    return owned(session, Dataset, dataset_id, project_id, "dataset")
 
 
 def delete(*, session: Session, storage: Storage, project_id: str, dataset_id: str) -> None:

@@ -13,6 +13,7 @@ from api.errors import ApiError, not_found
 from api.models import Attempt, Dataset, Event, Job, Node, Tokenizer
 from api.schemas import JobError, JobOut, Progress
 from api.services import datasets
+from api.services.access import owned
 from trainer.config import ModelConfig, TrainingConfig, estimate_memory, fits
 from trainyard.ids import new_id
 from trainyard.specs import BYTE_VOCAB, JobSpec
@@ -280,10 +281,7 @@ def create(
 
 def get(*, session: Session, project_id: str, job_id: str) -> Job:
     """A job of the caller's project, or a 404."""
-    job = session.get(Job, job_id)
-    if job is None or job.project_id != project_id:
-        raise not_found("job", job_id)
-    return job
+    return owned(session, Job, job_id, project_id, "job")
 
 
 def cancel(*, session: Session, project_id: str, job_id: str) -> Job:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError, not_found
 from api.models import Model
 from api.schemas import ModelFile, ModelOut
+from api.services.access import owned
 from api.uploads import Upload
 from trainyard.ids import new_id
 from trainyard.storage import Storage
@@ -32,10 +33,7 @@ _cache_lock = threading.Lock()
 
 def get(*, session: Session, project_id: str, model_id: str) -> Model:
     """A model of the caller's project, or a 404."""
-    model = session.get(Model, model_id)
-    if model is None or model.project_id != project_id:
-        raise not_found("model", model_id)
-    return model
+    return owned(session, Model, model_id, project_id, "model")
 
 
 def to_out(model: Model) -> ModelOut:

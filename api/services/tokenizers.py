@@ -5,8 +5,9 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 from tokenizers import Tokenizer as HFTokenizer
 
-from api.errors import ApiError, not_found
+from api.errors import ApiError
 from api.models import Tokenizer
+from api.services.access import owned
 from api.uploads import Upload
 from trainer import tokenizer as toks
 from trainyard.ids import new_id
@@ -53,7 +54,4 @@ def create(*, session: Session, storage: Storage, project_id: str, upload: Uploa
 
 def get(*, session: Session, project_id: str, tokenizer_id: str) -> Tokenizer:
     """A tokenizer of the caller's project, or a 404."""
-    row = session.get(Tokenizer, tokenizer_id)
-    if row is None or row.project_id != project_id:
-        raise not_found("tokenizer", tokenizer_id)
-    return row
+    return owned(session, Tokenizer, tokenizer_id, project_id, "tokenizer")

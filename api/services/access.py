@@ -1,0 +1,24 @@
+"""Project scoping: an object of another project is indistinguishable from a missing one."""
+
+from __future__ import annotations
+
+from typing import Protocol, TypeVar
+
+from sqlalchemy.orm import Session
+
+from api.errors import not_found
+
+
+class Owned(Protocol):
+    project_id: str
+
+
+T = TypeVar("T", bound=Owned)
+
+
+def owned(session: Session, cls: type[T], object_id: str, project_id: str, kind: str) -> T:
+    """The object if it exists and belongs to the project, else the same 404 either way."""
+    obj = session.get(cls, object_id)
+    if obj is None or obj.project_id != project_id:
+        raise not_found(kind, object_id)
+    return obj
