@@ -76,6 +76,7 @@ class Stack:
             "TRAINYARD_QUEUE_PREFIX": f"t{secrets.token_hex(4)}.",
             "TRAINYARD_HEARTBEAT_SECONDS": "1",
             "TRAINYARD_CANCEL_GRACE_SECONDS": "5",
+            "TRAINYARD_EXIT_GRACE_SECONDS": "10",
             "TRAINYARD_CONTROL_INTERVAL_SECONDS": "0.2",
             "PYTHONPATH": str(ROOT),
             **(extra_env or {}),

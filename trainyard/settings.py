@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     max_model_bytes: int = 32 * 1024**3
     upload_chunk_bytes: int = 1024 * 1024
     cancel_grace_seconds: float = 10.0
+    exit_grace_seconds: float = 30.0  # after the trainer's final event, before it is stopped
     heartbeat_seconds: float = 2.0
     node_timeout_seconds: float = 30.0
     attempt_timeout_seconds: float = 60.0

@@ -112,6 +112,7 @@ class Agent:
             self.stop.wait(self.settings.heartbeat_seconds)
 
 
+FINAL_EVENTS = ("done", "error", "preempted")
 _shutting_down = threading.Event()
 
 
@@ -135,12 +136,16 @@ def supervise(payload: AttemptPayload, settings: Settings) -> None:
     code: int | None = None
     reason = None
     last_report = 0.0
+    ended: tuple[str, float] | None = None  # the trainer's last word, and when it came
     try:
         while True:
             code = launch.poll()
             new = launch.events.read()
             reporter.add(new)
             now = time.monotonic()
+            final = [e["type"] for e in new if e.get("type") in FINAL_EVENTS]
+            if final and ended is None:
+                ended = (final[-1], now)
             # Steps are batched once a second; milestones (start, eval, done, ...) go at once
             # so a user sees the job come alive without waiting for the next batch.
             milestone = any(e.get("type") != "step" for e in new) or (
@@ -150,6 +155,17 @@ def supervise(payload: AttemptPayload, settings: Settings) -> None:
                 reporter.flush()
                 last_report = now
             if code is not None:
+                break
+            if ended is not None and now - ended[1] > settings.exit_grace_seconds:
+                # The trainer said it is done but its processes linger (a collective or a
+                # native destructor that never returns): stop them; the event decides.
+                log.warning(
+                    "attempt %s: trainer lingers after %r; stopping it",
+                    payload.attempt_id,
+                    ended[0],
+                )
+                launch.stop(settings.cancel_grace_seconds)
+                code = 0 if ended[0] == "done" else 1
                 break
             if reporter.cancel or _shutting_down.is_set():
                 reason = "cancelled" if reporter.cancel else "node worker shutting down"
