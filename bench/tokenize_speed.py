@@ -26,7 +26,7 @@ from bench._common import load, machine  # noqa: E402
 from trainer import shards  # noqa: E402
 from trainer import tokenizer as tokmod  # noqa: E402
 
-TEXT = Path("/work/shared/data/tinyshakespeare.txt")
+TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"  # beside the project, never in it
 
 
 def main() -> None:
