@@ -27,11 +27,6 @@ KEY_CACHE_SIZE = 4096
 _key_cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
 
-def clear_key_cache() -> None:
-    """Forget every cached key of this process (call after revoking a key)."""
-    _key_cache.clear()
-
-
 async def get_session() -> AsyncIterator[Session]:
     """A session per request, committed by the services that write."""
     # Opened and closed on the event loop: creating a session does no I/O, and closing it

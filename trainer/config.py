@@ -438,6 +438,43 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     return float(6 * n + 12 * cfg.n_layer * cfg.d_model * t)
 
 
+def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """Our ModelConfig from a GPT2Config or LlamaConfig config.json."""
+    kind = hf.get("model_type")
+    if kind == "gpt2":
+        return ModelConfig(
+            arch="gpt2",
+            n_layer=hf["n_layer"],
+            n_head=hf["n_head"],
+            d_model=hf["n_embd"],
+            vocab_size=hf["vocab_size"],
+            seq_len=hf["n_positions"],
+            d_ff=hf.get("n_inner"),
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+        )
+    if kind == "llama":
+        d, n_head = hf["hidden_size"], hf["num_attention_heads"]
+        if hf.get("head_dim", d // n_head) != d // n_head:
+            raise ValueError("llama models with head_dim != hidden_size / heads are unsupported")
+        if hf.get("rope_scaling"):
+            raise ValueError("llama models with rope_scaling are not supported yet")
+        return ModelConfig(
+            arch="llama",
+            n_layer=hf["num_hidden_layers"],
+            n_head=n_head,
+            d_model=d,
+            vocab_size=hf["vocab_size"],
+            seq_len=hf["max_position_embeddings"],
+            n_kv_head=hf.get("num_key_value_heads"),
+            d_ff=hf["intermediate_size"],
+            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+        )
+    raise ValueError(f"unsupported model_type {kind!r}; expected 'gpt2' or 'llama'")
+
+
 # ---------------------------------------------------------------------------- memory
 
 # DEVICE_MEMORY: estimate_memory knows the job, not the hardware. The caller supplies the

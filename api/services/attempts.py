@@ -208,10 +208,3 @@ def _register_model(session: Session, storage: Storage, job: Job, attempt: Attem
     session.add(model)
     record(session, job, "model", f"model {model_id} exported", model_id=model_id)
     return model
-
-
-def attempt_for_job(session: Session, job_id: str, number: int) -> Attempt | None:
-    """One attempt of a job by its number."""
-    return session.execute(
-        select(Attempt).where(Attempt.job_id == job_id, Attempt.number == number)
-    ).scalar()

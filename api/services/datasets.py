@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -75,7 +74,7 @@ def delete(*, session: Session, storage: Storage, project_id: str, dataset_id: s
     else:
         session.delete(dataset)
         session.commit()
-    shutil.rmtree(storage.dataset_dir(dataset.id), ignore_errors=True)
+    storage.remove_dataset(dataset.id)
 
 
 def validate(*, session: Session, storage: Storage, dataset_id: str) -> Dataset | None:

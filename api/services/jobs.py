@@ -14,7 +14,13 @@ from api.models import Attempt, Dataset, Event, Job, Node, Tokenizer
 from api.schemas import JobError, JobOut, Progress
 from api.services import datasets
 from api.services.access import owned
-from trainer.config import ModelConfig, TrainingConfig, estimate_memory, fits
+from trainer.config import (
+    ModelConfig,
+    TrainingConfig,
+    estimate_memory,
+    fits,
+    model_config_from_hf,
+)
 from trainyard.ids import new_id
 from trainyard.specs import BYTE_VOCAB, JobSpec
 
@@ -79,27 +85,6 @@ def _usable_dataset(
     return dataset
 
 
-def _hf_arch(config: dict[str, Any]) -> dict[str, Any]:
-    """Architecture fields of a Hugging Face config.json (GPT-2 or Llama)."""
-    if config.get("model_type") == "gpt2":
-        return {
-            "arch": "gpt2",
-            "n_layer": config["n_layer"],
-            "n_head": config["n_head"],
-            "d_model": config["n_embd"],
-            "n_kv_head": None,
-            "context": config["n_positions"],
-        }
-    return {
-        "arch": "llama",
-        "n_layer": config["num_hidden_layers"],
-        "n_head": config["num_attention_heads"],
-        "d_model": config["hidden_size"],
-        "n_kv_head": config.get("num_key_value_heads"),
-        "context": config["max_position_embeddings"],
-    }
-
-
 def _resolve_base_model(
     session: Session, project_id: str, spec: JobSpec, resolved: dict[str, Any]
 ) -> tuple[str, int]:
@@ -109,8 +94,18 @@ def _resolve_base_model(
     base = models.get(
         session=session, project_id=project_id, model_id=str(spec.model.base_model_id)
     )
-    arch = _hf_arch(base.config)
-    context = arch.pop("context")
+    try:
+        cfg = model_config_from_hf(base.config)
+    except (KeyError, ValueError) as exc:
+        raise ApiError(409, "base_model_unusable", f"model {base.id}: {exc}") from exc
+    context = cfg.seq_len
+    arch = {
+        "arch": cfg.arch,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "d_model": cfg.d_model,
+        "n_kv_head": cfg.n_kv_head,
+    }
     resolved["model"].update(arch)
     training = resolved["training"]
     if "seq_len" not in spec.training.model_fields_set:
