@@ -152,11 +152,19 @@ class GenerateIn(BaseModel):
         return self
 
 
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class GenerateOut(BaseModel):
     model_id: str
     prompt: str | None
     messages: list[ChatMessageIn] | None = None
     text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
 
 
 # Internal endpoints, spoken by node workers only.

@@ -26,12 +26,21 @@ class Dist:
 
     @property
     def is_distributed(self) -> bool:
-        """Whether a process group is in use."""
+        """Whether there are other ranks to talk to."""
         return self.world_size > 1
 
+    @property
+    def has_group(self) -> bool:
+        """Whether a process group exists (also for one rank, which FSDP needs)."""
+        return td.is_available() and td.is_initialized()
+
     @classmethod
-    def init(cls, accelerator: str = "auto") -> Dist:
-        """Read torchrun's environment, pick the device and join the process group."""
+    def init(cls, accelerator: str = "auto", *, group: bool = False) -> Dist:
+        """Read torchrun's environment, pick the device and join the process group.
+
+        A group is made when there are several ranks, or when `group` asks for one and
+        torchrun gave a rendezvous address (FSDP shards over a group even of one rank).
+        """
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -46,7 +55,8 @@ class Dist:
             device = torch.device("cpu")
             # Processes on one host share its cores; oversubscribing them thrashes.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
-        if world_size > 1 and not td.is_initialized():
+        want_group = world_size > 1 or (group and "MASTER_ADDR" in os.environ)
+        if want_group and not td.is_initialized():
             if use_cuda:
                 td.init_process_group("nccl", device_id=device)
             else:

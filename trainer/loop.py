@@ -116,7 +116,7 @@ class Trainer:
         use_bf16 = t.precision == "bf16" or (
             t.precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
         )
-        self.sharded = cfg.resources.strategy == "fsdp" and dist.is_distributed
+        self.sharded = cfg.resources.strategy == "fsdp" and dist.has_group
         # FSDP casts parameters to bf16 itself (its mixed precision policy); DDP uses autocast.
         self.autocast: Any = (
             torch.autocast(dev.type, dtype=torch.bfloat16)
@@ -218,6 +218,7 @@ class Trainer:
                 max_steps=t.max_steps,
                 world_size=dist.world_size,
                 device=str(dist.device),
+                sharded=self.sharded,
                 params=param_count(self.model_cfg),
                 flops_per_token=self.flops_per_token,
                 resumed_from=self.resumed_from,

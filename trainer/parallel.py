@@ -28,7 +28,7 @@ def wrap(model: CausalLM, *, strategy: str, dist: Dist, bf16: bool, compile: boo
     FSDP shards in place (the optimizer must be built afterwards, on the sharded
     parameters); DDP wraps, so an optimizer built before is still valid.
     """
-    if strategy == "fsdp" and dist.is_distributed:
+    if strategy == "fsdp" and dist.has_group:
         # Each block is one all-gather unit; the root holds embeddings, final norm and head
         # (tied weights stay in one unit). bf16 compute with fp32 gradient reduction.
         mp = MixedPrecisionPolicy(

@@ -80,7 +80,16 @@ def _pick(
     return torch.multinomial(probs, 1, generator=g)  # (1, 1)
 
 
-@torch.inference_mode()
+@dataclass
+class Completion:
+    """Generated text with its token counts and why it ended ("stop" or "length")."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
 def generate(
     loaded: LoadedModel,
     prompt: str,
@@ -93,6 +102,33 @@ def generate(
     use_cache: bool = True,
     stop_ids: Sequence[int] | None = None,
 ) -> str:
+    """The text of complete(): the continuation of prompt, without the prompt."""
+    return complete(
+        loaded,
+        prompt,
+        max_new_tokens,
+        temperature,
+        top_k,
+        seed,
+        top_p,
+        use_cache=use_cache,
+        stop_ids=stop_ids,
+    ).text
+
+
+@torch.inference_mode()
+def complete(
+    loaded: LoadedModel,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    top_p: float | None = None,
+    *,
+    use_cache: bool = True,
+    stop_ids: Sequence[int] | None = None,
+) -> Completion:
     """The completion of prompt (without the prompt); stops early at end-of-text.
 
     stop_ids replaces end-of-text as the tokens that end the completion (a chat model
@@ -113,6 +149,7 @@ def generate(
         g.manual_seed(seed)
     model, seq_len = loaded.model, loaded.config.seq_len
     tokens = loaded.tokenizer.encode(prompt).ids or [loaded.eot_id]  # empty prompt: start fresh
+    prompt_tokens = len(tokens)
     stops = set(stop_ids) if stop_ids is not None else {loaded.eot_id}
     cache = None
     if use_cache:
@@ -120,6 +157,7 @@ def generate(
         cache = KVCache(loaded.config, 1, loaded.device, dtype)
     pending = tokens[-seq_len:]  # tokens not in the cache yet; the model has no positions beyond
     new: list[int] = []
+    finish = "length"
     for _ in range(max_new_tokens):
         if cache is not None and cache.pos + len(pending) <= seq_len:
             idx = torch.tensor([pending], dtype=torch.long, device=loaded.device)  # (1, T)
@@ -132,8 +170,9 @@ def generate(
         next_id = _pick(logits[:, -1, :].float(), temperature, top_k, top_p, g)  # (1, 1)
         token = int(next_id.item())
         if token in stops:
+            finish = "stop"
             break
         new.append(token)
         tokens.append(token)
         pending = [token]
-    return str(loaded.tokenizer.decode(new))
+    return Completion(str(loaded.tokenizer.decode(new)), prompt_tokens, len(new), finish)

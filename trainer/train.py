@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer: invalid config: {e}", file=sys.stderr)
         return EXIT_FAILED
 
-    dist = Dist.init(cfg.resources.accelerator)
+    dist = Dist.init(cfg.resources.accelerator, group=cfg.resources.strategy == "fsdp")
     events = EventWriter(cfg.output_dir, enabled=dist.is_main)
     trainer: Trainer | None = None
     try:

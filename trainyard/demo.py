@@ -6,6 +6,7 @@ job on two processes, watch it, and sample from the trained model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,37 +190,33 @@ def fine_tune(client: Client, workdir: Path, base_id: str, processes: int) -> in
     return 0
 
 
-def main(steps: int = 300, processes: int = 2) -> int:
-    """Start `trainyard up`, run the demo against it, and stop it."""
-    settings = get_settings()
-    workdir = settings.data_dir / "demo"
-    workdir.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def local_platform(data_dir: Path, log_path: Path) -> Iterator[tuple[str, str]]:
+    """`trainyard up` on a free port with its data in data_dir: (API URL, a new key).
+
+    The platform is stopped (SIGTERM, then SIGKILL) when the block ends.
+    """
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    os.environ["TRAINYARD_DATA_DIR"] = str(settings.data_dir.resolve())
-    started = time.monotonic()
-    log_path = workdir / "platform.log"
+    env = {**os.environ, "TRAINYARD_DATA_DIR": str(data_dir.resolve())}
     log = log_path.open("wb")
     up = subprocess.Popen(
         [sys.executable, "-m", "trainyard.cli", "up", "--port", str(port)],
         start_new_session=True,
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=env,
     )
     try:
-        print(
-            f"Starting trainyard (API, control loop, prep and node workers) on {url}; "
-            f"logs in {log_path}"
-        )
         _wait_ready(url, up)
         keys = subprocess.run(
             [sys.executable, "-m", "trainyard.cli", "keys", "create", "--project", "demo"],
             capture_output=True,
             text=True,
             check=True,
+            env=env,
         )
-        key = keys.stdout.strip().splitlines()[-1]
-        code = run(url, key, workdir, steps, processes)
+        yield url, keys.stdout.strip().splitlines()[-1]
     finally:
         os.killpg(up.pid, signal.SIGTERM)
         try:
@@ -226,5 +224,18 @@ def main(steps: int = 300, processes: int = 2) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(up.pid, signal.SIGKILL)
         log.close()
+
+
+def main(steps: int = 300, processes: int = 2) -> int:
+    """Start `trainyard up`, run the demo against it, and stop it."""
+    settings = get_settings()
+    workdir = settings.data_dir / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    log_path = workdir / "platform.log"
+    print(f"Starting trainyard (API, control loop, prep and node workers); logs in {log_path}")
+    with local_platform(settings.data_dir, log_path) as (url, key):
+        print(f"   API on {url}")
+        code = run(url, key, workdir, steps, processes)
     print(f"Done in {time.monotonic() - started:.0f}s; the platform has stopped.")
     return code

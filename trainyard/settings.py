@@ -6,6 +6,7 @@ import secrets
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,8 @@ class Settings(BaseSettings):
     node_secret: str | None = None
     node_name: str = Field(default_factory=socket.gethostname)
     node_slots: int | None = None
+    # Where the API runs model generation: "auto" takes a GPU when the API's host has one.
+    generate_device: Literal["auto", "cpu", "cuda"] = "auto"
     queue_prefix: str = ""
 
     key_cache_seconds: float = 5.0

@@ -77,6 +77,8 @@ class ModelSpec(Strict):
     n_head: int | None = Field(None, ge=1, le=256)
     d_model: int | None = Field(None, ge=8, le=65536)
     n_kv_head: int | None = Field(None, ge=1, le=256)
+    d_ff: int | None = Field(None, ge=1, le=1_048_576)
+    rope_theta: float | None = Field(None, gt=0, le=1e9, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _resolve(self) -> ModelSpec:
@@ -91,7 +93,7 @@ class ModelSpec(Strict):
             base: dict[str, Any] = PRESETS[self.preset]()
         else:
             base = {"arch": "gpt2"}
-        for name in ("arch", "n_layer", "n_head", "d_model", "n_kv_head"):
+        for name in ("arch", "n_layer", "n_head", "d_model", "n_kv_head", "d_ff", "rope_theta"):
             value = getattr(self, name)
             if value is None and name in base:
                 setattr(self, name, base[name])
@@ -112,6 +114,8 @@ class ModelSpec(Strict):
                 raise ValueError("n_kv_head applies to the llama architecture only")
             if self.n_head % self.n_kv_head:
                 raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head")
+        if self.rope_theta is not None and self.arch != "llama":
+            raise ValueError("rope_theta applies to the llama architecture only")
         return self
 
 

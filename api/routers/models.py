@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.models import Model
-from api.schemas import GenerateIn, GenerateOut, ModelOut, Page
+from api.schemas import GenerateIn, GenerateOut, ModelOut, Page, Usage
 from api.services import models
 from api.services.paging import page
 from api.uploads import receive_files
@@ -84,7 +84,7 @@ async def generate(
     """Sample a continuation of a prompt from the model."""
     model = models.get(session=session, project_id=project_id, model_id=model_id)
     messages = [m.model_dump() for m in body.messages] if body.messages else None
-    text = await run_in_threadpool(
+    done = await run_in_threadpool(
         models.generate,
         storage=storage,
         model=model,
@@ -96,4 +96,15 @@ async def generate(
         top_p=body.top_p,
         seed=body.seed,
     )
-    return GenerateOut(model_id=model.id, prompt=body.prompt, messages=body.messages, text=text)
+    return GenerateOut(
+        model_id=model.id,
+        prompt=body.prompt,
+        messages=body.messages,
+        text=done.text,
+        finish_reason=done.finish_reason,
+        usage=Usage(
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            total_tokens=done.prompt_tokens + done.completion_tokens,
+        ),
+    )

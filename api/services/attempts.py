@@ -24,7 +24,15 @@ from trainyard.ids import hash_secret, new_id
 from trainyard.storage import Storage
 
 log = logging.getLogger(__name__)
-STEP_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time")
+STEP_METRICS = (
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "mfu",
+    "step_time",
+    "peak_memory_bytes",
+)
 
 
 def authorize(*, session: Session, attempt_id: str, token: str) -> Attempt:

@@ -105,6 +105,7 @@ def _resolve_base_model(
         "n_head": cfg.n_head,
         "d_model": cfg.d_model,
         "n_kv_head": cfg.n_kv_head,
+        "d_ff": cfg.d_ff,
     }
     resolved["model"].update(arch)
     training = resolved["training"]
@@ -190,6 +191,7 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
         n_head=model["n_head"],
         d_model=model["d_model"],
         n_kv_head=model.get("n_kv_head"),
+        d_ff=model.get("d_ff"),
         vocab_size=resolved["tokenizer"]["vocab_size"],
         seq_len=training["seq_len"],
         dropout=training["dropout"],

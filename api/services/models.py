@@ -17,6 +17,7 @@ from api.schemas import ModelFile, ModelOut
 from api.services.access import owned
 from api.uploads import Upload
 from trainyard.ids import new_id
+from trainyard.settings import get_settings
 from trainyard.storage import Storage
 
 DOWNLOADABLE = (
@@ -61,6 +62,16 @@ def file_path(*, storage: Storage, model: Model, name: str) -> Path:
     return storage.model_dir(model.id) / name
 
 
+def _generate_device() -> str:
+    """Where the API runs generation: the setting, with "auto" meaning a GPU if there is one."""
+    wanted = get_settings().generate_device
+    if wanted != "auto":
+        return wanted
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _loaded(storage: Storage, model_id: str) -> Any:
     from trainer.sample import load_model  # torch loads on first use, not at API start-up
 
@@ -68,7 +79,7 @@ def _loaded(storage: Storage, model_id: str) -> Any:
         if model_id in _cache:
             _cache.move_to_end(model_id)
             return _cache[model_id]
-    loaded = load_model(str(storage.model_dir(model_id)))
+    loaded = load_model(str(storage.model_dir(model_id)), device=_generate_device())
     with _cache_lock:
         _cache[model_id] = loaded
         while len(_cache) > _CACHE_SIZE:
@@ -87,11 +98,11 @@ def generate(
     top_k: int | None,
     top_p: float | None,
     seed: int | None,
-) -> str:
+) -> Any:
     """Sample a continuation of a prompt, or a chat model's reply to messages (blocking:
-    call it from a worker thread)."""
+    call it from a worker thread); a trainer.sample.Completion."""
     from trainer import chat
-    from trainer.sample import generate as sample
+    from trainer.sample import complete
 
     loaded = _loaded(storage, model.id)
     stop = None
@@ -105,17 +116,15 @@ def generate(
         prompt = chat.render(messages, add_generation_prompt=True)
         stop = chat.stop_ids(loaded.tokenizer)
     assert prompt is not None
-    return str(
-        sample(
-            loaded,
-            prompt,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop_ids=stop,
-        )
+    return complete(
+        loaded,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_ids=stop,
     )
 
 
