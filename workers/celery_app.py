@@ -22,7 +22,7 @@ def build_app(settings: Settings) -> Celery:
     if embedded:
         app.conf.broker_transport = "workers.fs_transport:Transport"
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options = {
             "data_folder_in": str(folder / "queue"),
