@@ -485,21 +485,24 @@ GPU_RESERVED_BYTES = 1 << 30  # CUDA context, NCCL buffers and allocator fragmen
 _FP32 = 4
 
 
-def _activation_elements(cfg: ModelConfig) -> tuple[int, int]:
-    """Saved-for-backward elements per token in one block: (fp32 residual, compute dtype).
+def _activation_elements(cfg: ModelConfig, compiled: bool) -> tuple[int, int]:
+    """Saved-for-backward elements per token in one block: (residual-stream, compute dtype).
 
     Counted op by op from what autograd keeps for our model.py:
-      gpt2:  residual stream into ln_1 and ln_2 (2d, always fp32); c_attn input (d), the
-             fused q|k|v output SDPA keeps (3d), SDPA output (d), its contiguous copy for
-             c_proj (d), c_fc input (d), GELU input and output (2 ff)      -> 7d + 2ff
-      llama: per RMSNorm its input and the normalised tensor (2 x 2d, fp32); the two norm
+      gpt2:  residual stream into ln_1 and ln_2 (2d); c_attn input (d), the fused q|k|v
+             output SDPA keeps (3d), SDPA output (d), its contiguous copy for c_proj (d),
+             c_fc input (d), GELU input and output (2 ff)                  -> 7d + 2ff
+      llama: per RMSNorm its input and the normalised tensor (2 x 2d); the two norm
              outputs (2d), rotated q and k plus v after any GQA repeat (3d), SDPA output
              (d), o_proj input (d), gate, SiLU, up and their product (4 ff) -> 7d + 4ff
+    Under torch.compile the pointwise activations are recomputed in the backward pass
+    rather than saved (inductor's partitioner keeps the matmul outputs only): GELU's output
+    and SiLU's output and product drop out, leaving 1 ff (gpt2) and 2 ff (llama).
     """
     d, ff = cfg.d_model, cfg.ff_dim
     if cfg.arch == "gpt2":
-        return 2 * d, 7 * d + 2 * ff
-    return 4 * d, 7 * d + 4 * ff
+        return 2 * d, 7 * d + (1 if compiled else 2) * ff
+    return 4 * d, 7 * d + (2 if compiled else 4) * ff
 
 
 def estimate_memory(
@@ -518,13 +521,14 @@ def estimate_memory(
     in flight, the one computing and the one prefetched, plus their fp32 gradients).
 
     Activations are per micro-batch of B sequences of T tokens, for L blocks:
-      without checkpointing  B*T*(L*(4r + e*c + m) + head)
-      with checkpointing     B*T*(L*4d + (4r + e*c + m) + head)
+      without checkpointing  B*T*(L*(s*r + e*c + m) + head)
+      with checkpointing     B*T*(L*4d + (s*r + e*c + m) + head)
     where (r, c) are the saved elements per token of one block (`_activation_elements`),
-    e is 2 under bf16 and 4 otherwise, m is 2d one-byte dropout masks when dropout > 0, and
+    e is 2 under bf16 and 4 otherwise, s is e under FSDP and 4 otherwise, m is 2d one-byte
+    dropout masks when dropout > 0, and
     head is the fp32 log-softmax output plus its gradient at the start of the backward pass
     (8V) plus the final norm's saved tensors. With checkpointing each block keeps only its
-    input (d, fp32) and one block at a time is recomputed during the backward pass.
+    input (d, in the residual dtype) and one block at a time is recomputed during the backward pass.
     Attention never materialises T x T scores: SDPA's fused kernels keep only q, k, v and
     the output. GPUs add GPU_RESERVED_BYTES for the CUDA context and fragmentation.
     """
@@ -550,14 +554,16 @@ def estimate_memory(
     else:
         working = 2 * n  # autocast's bf16 weight copies, kept for the backward pass
 
-    r, c = _activation_elements(model_cfg)
+    r, c = _activation_elements(model_cfg, training.compile and on_gpu)
     masks = 2 * d if training.dropout > 0 else 0
-    per_layer = _FP32 * r + e * c + masks
+    # Autocast keeps the residual stream in fp32; FSDP's bf16 parameters make it bf16.
+    residual = e if strategy == "fsdp" else _FP32
+    per_layer = residual * r + e * c + masks
     final_norm = (2 if model_cfg.arch == "gpt2" else 3) * d * _FP32 + d * e
     head = 2 * v * _FP32 + final_norm
     tokens = training.micro_batch_size * training.seq_len
     act_full = tokens * (n_layer * per_layer + head)
-    act_ckpt = tokens * (n_layer * d * _FP32 + per_layer + head)
+    act_ckpt = tokens * (n_layer * d * residual + per_layer + head)
     activations = act_ckpt if training.activation_checkpointing else act_full
     overhead = GPU_RESERVED_BYTES if on_gpu else 0
     out = {

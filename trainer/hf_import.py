@@ -99,6 +99,7 @@ def train_token_rows(model: CausalLM, ids: list[int]) -> list[torch.Tensor]:
         keep = torch.zeros(p.shape[0], 1, device=p.device, dtype=p.dtype)
         keep[ids] = 1.0
         p.requires_grad_(True)
-        p.register_hook(lambda g, keep=keep: g * keep)
+        # The mask follows the gradient to whatever device the model was moved to.
+        p.register_hook(lambda g, keep=keep: g * keep.to(g.device))
         params.append(p)
     return params

@@ -130,9 +130,20 @@ class GPT2Block(nn.Module):
         self.attn = GPT2Attention(cfg, layer_idx)
         self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = GPT2MLP(cfg)
+        self.checkpointing = False
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # Checkpointing inside the block keeps FSDP's gather hooks and torch.compile's graph
+        # boundary outside the recomputed region (the order torchtitan applies them in).
+        if self.checkpointing and self.training and cache is None:
+            out: torch.Tensor = checkpoint(self._forward, x, None, mask, use_reentrant=False)
+            return out
+        return self._forward(x, cache, mask)
+
+    def _forward(
+        self, x: torch.Tensor, cache: KVCache | None, mask: torch.Tensor | None
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, mask)
         return x + self.mlp(self.ln_2(x))
@@ -229,6 +240,7 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = LlamaMLP(cfg)
         self.dropout = _dropout(cfg.dropout)
+        self.checkpointing = False
 
     def forward(
         self,
@@ -237,6 +249,21 @@ class LlamaBlock(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.checkpointing and self.training and cache is None:  # as in GPT2Block
+            out: torch.Tensor = checkpoint(
+                self._forward, x, cos, sin, None, mask, use_reentrant=False
+            )
+            return out
+        return self._forward(x, cos, sin, cache, mask)
+
+    def _forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        mask: torch.Tensor | None,
     ) -> torch.Tensor:
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, mask))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
@@ -255,7 +282,6 @@ class GPT2Body(nn.Module):
         self.drop = _dropout(cfg.dropout)
         self.h = nn.ModuleList(GPT2Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.checkpointing = False
 
     def forward(
         self,
@@ -269,10 +295,7 @@ class GPT2Body(nn.Module):
             position_ids = torch.arange(start, start + idx.shape[1], device=idx.device)  # (T,)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
         for block in self.h:
-            if self.checkpointing and self.training:
-                x = checkpoint(block, x, None, mask, use_reentrant=False)
-            else:
-                x = block(x, cache, mask)
+            x = block(x, cache, mask)
         return self.ln_f(x)
 
 
@@ -290,7 +313,6 @@ class LlamaBody(nn.Module):
         self.rope_sin: torch.Tensor
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.checkpointing = False
 
     def forward(
         self,
@@ -309,10 +331,7 @@ class LlamaBody(nn.Module):
             sin = self.rope_sin[position_ids].unsqueeze(1)
         x = self.embed_tokens(idx)  # (B, T, C)
         for layer in self.layers:
-            if self.checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, None, mask, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, cache, mask)
+            x = layer(x, cos, sin, cache, mask)
         return self.norm(x)
 
 
@@ -359,7 +378,8 @@ class CausalLM(nn.Module):
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each block's activations in backward instead of keeping them."""
-        self.body().checkpointing = enabled
+        for block in self.blocks():
+            block.checkpointing = enabled
 
     def forward(
         self,
