@@ -488,27 +488,35 @@ def check_sft(run: Run) -> None:
             True,
         ),
     )
-    messages = [{"role": "user", "content": "Reverse: garden"}]
-    body = {"messages": messages, "max_new_tokens": s.gen_tokens, "temperature": 1.0}
-    run.client.request("POST", f"/v1/models/{done['model_id']}/generate", json=body)  # load it
-    tokens, seconds = 0, 0.0
-    for seed in range(5):
-        t0 = time.perf_counter()
-        out = run.client.request(
-            "POST", f"/v1/models/{done['model_id']}/generate", json={**body, "seed": seed}
-        )
-        seconds += time.perf_counter() - t0
-        tokens += out["usage"]["completion_tokens"]
     device = "GPU" if torch.cuda.is_available() else "CPU"
-    run.add(
-        "6",
-        Row(
-            f"chat generation over the API on the {device}, KV cache",
-            f"{tokens / seconds:,.0f} tokens/s",
-            f"{tokens} tokens in 5 requests (one at a time, HTTP included)",
-            tokens > 0,
-        ),
-    )
+    chat_body = {
+        "messages": [{"role": "user", "content": "Reverse: garden"}],
+        "max_new_tokens": s.gen_tokens,
+        "temperature": 1.0,
+    }
+    # The base model rarely ends a plain prompt early: its figure is decoding speed.
+    base_body = {"prompt": "ROMEO:", "max_new_tokens": s.gen_tokens, "temperature": 1.0}
+    for label, model_id, body in (
+        ("chat model", done["model_id"], chat_body),
+        ("base model", base["model_id"], base_body),
+    ):
+        url = f"/v1/models/{model_id}/generate"
+        run.client.request("POST", url, json=body)  # loads the model
+        tokens, seconds = 0, 0.0
+        for seed in range(5):
+            t0 = time.perf_counter()
+            out = run.client.request("POST", url, json={**body, "seed": seed})
+            seconds += time.perf_counter() - t0
+            tokens += out["usage"]["completion_tokens"]
+        run.add(
+            "6",
+            Row(
+                f"generation over the API on the {device}, KV cache, {label}",
+                f"{tokens / seconds:,.0f} tokens/s",
+                f"{tokens} tokens in 5 requests (one at a time, HTTP included)",
+                tokens > 0,
+            ),
+        )
 
 
 def check_export(run: Run) -> None:
