@@ -1,4 +1,5 @@
-"""The Celery app, built from Settings: Redis in production, the file system when embedded."""
+"""The Celery app and task names, built from Settings: Redis in production, the file system
+when embedded. Everyone who sends or runs a task uses it; it knows nothing of the database."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ VALIDATE_DATASET = "trainyard.prep.validate_dataset"
 PREPARE_JOB = "trainyard.prep.prepare_job"
 RUN_ATTEMPT = "trainyard.node.run_attempt"
 
+# A task to send once the transaction that decided it has committed: (name, payload, queue).
+Message = tuple[str, dict[str, Any], str]
+
 
 def build_app(settings: Settings) -> Celery:
     """A Celery app configured for trainyard's tasks."""
@@ -22,12 +26,14 @@ def build_app(settings: Settings) -> Celery:
     if embedded:
         app.conf.broker_transport = "workers.fs_transport:Transport"
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            # Exchange tables; kombu's default is a `control` folder in the working directory.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
     app.conf.update(
