@@ -25,7 +25,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy trainyard api workers trainer
+	$(BIN)/mypy trainyard domain api workers trainer
 
 clean:
 	rm -rf $(VENV) .trainyard build *.egg-info

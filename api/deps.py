@@ -12,9 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.db import get_sessionmaker
 from api.errors import ApiError
-from api.models import ApiKey
+from domain.db import get_sessionmaker
+from domain.orm import ApiKey
 from trainyard.ids import hash_secret
 from trainyard.settings import Settings, get_settings
 from trainyard.storage import Storage
@@ -41,7 +41,7 @@ async def get_session() -> AsyncIterator[Session]:
 
 def get_storage() -> Storage:
     """The storage layout under the configured root."""
-    return Storage(get_settings().resolved_storage_root)
+    return Storage.from_settings(get_settings())
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

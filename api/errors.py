@@ -12,11 +12,14 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from domain.errors import BadInput, Conflict, DomainError, Invalid, NotFound, QuotaExceeded
+
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """An error a client can act on; handlers and services raise it."""
+    """An error of the HTTP layer itself (authentication, the upload stream); the domain
+    raises DomainError instead."""
 
     def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
         super().__init__(message)
@@ -26,9 +29,20 @@ class ApiError(Exception):
         self.details = details
 
 
-def not_found(kind: str, object_id: str) -> ApiError:
-    """The 404 for a missing object, or one that belongs to another project."""
-    return ApiError(404, "not_found", f"{kind} {object_id} not found")
+# Each kind of domain refusal and its status; a subclass takes its nearest listed ancestor's.
+STATUS: dict[type[DomainError], int] = {
+    DomainError: 400,
+    BadInput: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+    QuotaExceeded: 429,
+}
+
+
+def status_of(exc: DomainError) -> int:
+    """The HTTP status of a domain error."""
+    return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
 
 
 def _body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -48,6 +62,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(_body(exc.code, exc.message, exc.details), status_code=exc.status)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        return JSONResponse(_body(exc.code, exc.message, exc.details), status_code=status_of(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -9,27 +9,15 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.errors import ApiError
+from domain.uploads import Upload
 
 HEAD_BYTES = 64 * 1024
-
-
-@dataclass
-class Upload:
-    """A received file, still in its temporary place."""
-
-    path: Path
-    filename: str | None = None
-    size: int = 0
-    sha256: str = ""
-    head: bytes = b""
-    fields: dict[str, str] = field(default_factory=dict)
 
 
 class _FilePart:

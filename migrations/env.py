@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from api.models import Base
+from domain.orm import Base
 from trainyard.settings import get_settings
 
 config = context.config

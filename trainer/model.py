@@ -379,6 +379,7 @@ class CausalLM(nn.Module):
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each block's activations in backward instead of keeping them."""
         for block in self.blocks():
+            assert isinstance(block, GPT2Block | LlamaBlock)
             block.checkpointing = enabled
 
     def forward(

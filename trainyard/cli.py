@@ -9,7 +9,7 @@ import sys
 
 
 def _db(args: argparse.Namespace) -> int:
-    from api import migrate
+    from domain import migrate
 
     if args.action == "upgrade":
         migrate.upgrade(revision=args.revision or "head")
@@ -19,8 +19,8 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from api.db import session_scope
-    from api.services.keys import create_key
+    from domain.db import session_scope
+    from domain.keys import create_key
 
     with session_scope() as session:
         key = create_key(session=session, project_name=args.project)
@@ -45,7 +45,7 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _control(_: argparse.Namespace) -> int:
-    from api.control import run
+    from domain.control import run
     from trainyard.settings import get_settings
 
     run(get_settings())

@@ -8,6 +8,10 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainyard.settings import Settings
 
 _SAFE = re.compile(r"^[a-z]+_[0-9a-z]+$|^byte$")
 _SFT_VARIANT = re.compile(r"^sft-[0-9]+-(truncate|drop)-([0-9.]+|ds)$")
@@ -25,6 +29,11 @@ class Storage:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Storage:
+        """The storage under the configured root."""
+        return cls(settings.resolved_storage_root)
 
     def dataset_dir(self, dataset_id: str) -> Path:
         """The folder of one dataset."""

@@ -49,7 +49,7 @@ def up(host: str, port: int) -> int:
     """Migrate, then run the API, the control loop, a prep worker and a node worker."""
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    from api import migrate
+    from domain import migrate
 
     migrate.upgrade()
     env = {

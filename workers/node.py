@@ -19,8 +19,8 @@ import httpx
 from celery.signals import worker_shutting_down
 from pydantic import BaseModel
 
+from trainyard.messaging import RUN_ATTEMPT, get_app
 from trainyard.settings import Settings, get_settings
-from workers.celery_app import RUN_ATTEMPT, get_app
 from workers.launcher import Launch
 from workers.reporter import Conflict, Reporter
 

@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from api.db import session_scope
-from api.deps import get_storage
-from api.services import datasets, prepare
-from workers.celery_app import PREPARE_JOB, VALIDATE_DATASET, get_app
+from domain import datasets, prepare
+from domain.db import session_scope
+from trainyard.messaging import PREPARE_JOB, VALIDATE_DATASET, get_app
+from trainyard.settings import get_settings
+from trainyard.storage import Storage
 
 log = logging.getLogger(__name__)
 app = get_app()
@@ -29,7 +30,11 @@ def validate_dataset(payload: dict[str, Any]) -> None:
     """Check a new dataset line by line; mark it ready or invalid."""
     msg = DatasetPayload.model_validate(payload)
     with session_scope() as session:
-        datasets.validate(session=session, storage=get_storage(), dataset_id=msg.dataset_id)
+        datasets.validate(
+            session=session,
+            storage=Storage.from_settings(get_settings()),
+            dataset_id=msg.dataset_id,
+        )
 
 
 @app.task(name=PREPARE_JOB)
@@ -37,4 +42,6 @@ def prepare_job(payload: dict[str, Any]) -> None:
     """Train the job's tokenizer if needed and tokenize its datasets once."""
     msg = JobPayload.model_validate(payload)
     with session_scope() as session:
-        prepare.prepare(session=session, storage=get_storage(), job_id=msg.job_id)
+        prepare.prepare(
+            session=session, storage=Storage.from_settings(get_settings()), job_id=msg.job_id
+        )

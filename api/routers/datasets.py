@@ -8,12 +8,12 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
 from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
-from api.errors import not_found
-from api.models import Dataset
 from api.schemas import DatasetOut, Page
-from api.services import datasets
-from api.services.paging import page
 from api.uploads import receive
+from domain import datasets
+from domain.errors import NotFound
+from domain.orm import Dataset
+from domain.paging import page
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -55,7 +55,7 @@ def get_dataset(dataset_id: str, project_id: ProjectDep, session: SessionDep) ->
     """Show a dataset with its validation results."""
     dataset = datasets.get(session=session, project_id=project_id, dataset_id=dataset_id)
     if dataset.status == "deleted":
-        raise not_found("dataset", dataset_id)
+        raise NotFound("dataset", dataset_id)
     return dataset
 
 

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sqlalchemy import func, select, text
 
 from api.deps import SessionDep, SettingsDep, StorageDep
-from api.models import Job
+from domain.orm import Job
 
 router = APIRouter(tags=["health"])
 JOBS = Gauge("trainyard_jobs", "Jobs by status", ["status"])
@@ -23,7 +23,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> JSONResponse:
     """The database, the broker and the storage are reachable."""
-    from workers.celery_app import get_app
+    from trainyard.messaging import get_app
 
     checks: dict[str, str] = {}
     try:

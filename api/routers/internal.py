@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Header
 
 from api.deps import SessionDep, SettingsDep, StorageDep, bearer
 from api.errors import ApiError
-from api.models import Attempt
 from api.schemas import AttemptState, EventsIn, FinishIn, NodeOut, NodeRegisterIn
-from api.services import attempts, nodes
+from domain import attempts, nodes
+from domain.orm import Attempt
 
 router = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
 
@@ -36,7 +36,7 @@ AttemptDep = Annotated[Attempt, Depends(attempt_auth)]
 @router.post("/nodes", response_model=NodeOut, dependencies=[NodeAuth])
 def register_node(node_in: NodeRegisterIn, session: SessionDep) -> object:
     """Register (or re-register) a node worker."""
-    return nodes.register(session=session, node_in=node_in)
+    return nodes.register(session=session, **node_in.model_dump())
 
 
 @router.post("/nodes/{node_id}/heartbeat", response_model=NodeOut, dependencies=[NodeAuth])
@@ -46,15 +46,18 @@ def node_heartbeat(node_id: str, session: SessionDep) -> object:
 
 
 @router.post("/attempts/{attempt_id}/start", response_model=AttemptState)
-def start_attempt(attempt: AttemptDep, session: SessionDep) -> AttemptState:
+def start_attempt(attempt: AttemptDep, session: SessionDep) -> attempts.AttemptState:
     """Claim an attempt before launching it; a second claim is a 409."""
     return attempts.start(session=session, attempt=attempt)
 
 
 @router.post("/attempts/{attempt_id}/events", response_model=AttemptState)
-def attempt_events(attempt: AttemptDep, body: EventsIn, session: SessionDep) -> AttemptState:
+def attempt_events(
+    attempt: AttemptDep, body: EventsIn, session: SessionDep
+) -> attempts.AttemptState:
     """Store trainer events and renew the attempt's lease; answers whether to cancel."""
-    return attempts.ingest(session=session, attempt=attempt, events=body.events)
+    events = [(e.seq, e.event) for e in body.events]
+    return attempts.ingest(session=session, attempt=attempt, events=events)
 
 
 @router.post("/attempts/{attempt_id}/finish", response_model=AttemptState)
@@ -64,12 +67,15 @@ def finish_attempt(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
-) -> AttemptState:
+) -> attempts.AttemptState:
     """Report the trainer's exit; settles the job."""
     return attempts.finish(
         session=session,
         storage=storage,
         attempt=attempt,
-        report=body,
+        exit_code=body.exit_code,
+        log_tail=body.log_tail,
+        reason=body.reason,
+        preempted=body.preempted,
         max_attempts=settings.max_attempts,
     )

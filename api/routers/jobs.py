@@ -5,24 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from api.db import get_sessionmaker
 from api.deps import ProjectDep, SessionDep, SettingsDep
-from api.models import Checkpoint, Event, Job, Metric
 from api.schemas import CheckpointOut, EventOut, JobOut, MetricPoint, MetricsOut, Page
-from api.services import jobs
-from api.services.paging import page
+from api.views import job_out
+from domain import jobs
+from domain.db import get_sessionmaker
+from domain.lifecycle import TERMINAL, JobStatus
+from domain.orm import Checkpoint, Event, Job, Metric
+from domain.paging import page
 from trainyard.specs import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-JobStatus = Literal[
-    "queued", "preparing", "running", "cancelling", "succeeded", "failed", "cancelled"
-]
 
 
 @router.post("", status_code=201, response_model=JobOut)
@@ -46,7 +45,7 @@ def create_job(
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return jobs.to_out(job)
+    return job_out(job)
 
 
 @router.get("", response_model=Page[JobOut])
@@ -62,19 +61,19 @@ def list_jobs(
     if status:
         query = query.where(Job.status == status)
     rows, more = page(session, query, Job.id, limit=limit, after=after)
-    return {"data": [jobs.to_out(j) for j in rows], "has_more": more}
+    return {"data": [job_out(j) for j in rows], "has_more": more}
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> JobOut:
     """Show a job with its status, progress, attempt, error and model."""
-    return jobs.to_out(jobs.get(session=session, project_id=project_id, job_id=job_id))
+    return job_out(jobs.get(session=session, project_id=project_id, job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> JobOut:
     """Cancel a job; cancelling a finished job changes nothing."""
-    return jobs.to_out(jobs.cancel(session=session, project_id=project_id, job_id=job_id))
+    return job_out(jobs.cancel(session=session, project_id=project_id, job_id=job_id))
 
 
 def _events_after(job_id: str, after: int, limit: int) -> list[Event]:
@@ -94,7 +93,7 @@ async def _follow(request: Request, job_id: str, after: int) -> AsyncIterator[st
         if not rows:
             with get_sessionmaker()() as session:
                 status = session.execute(select(Job.status).where(Job.id == job_id)).scalar()
-            if status in jobs.TERMINAL:
+            if status in TERMINAL:
                 yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
                 return
             if await request.is_disconnected():

@@ -10,11 +10,12 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
-from api.models import Model
 from api.schemas import GenerateIn, GenerateOut, ModelOut, Page, Usage
-from api.services import models
-from api.services.paging import page
 from api.uploads import receive_files
+from api.views import model_out
+from domain import models
+from domain.orm import Model
+from domain.paging import page
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -29,7 +30,7 @@ def list_models(
     """List the project's models, newest first."""
     query = select(Model).where(Model.project_id == project_id)
     rows, more = page(session, query, Model.id, limit=limit, after=after)
-    return {"data": [models.to_out(m) for m in rows], "has_more": more}
+    return {"data": [model_out(m) for m in rows], "has_more": more}
 
 
 @router.post("/import", status_code=201, response_model=ModelOut)
@@ -54,13 +55,13 @@ async def import_model(
         uploads=uploads,
         name=name,
     )
-    return models.to_out(model)
+    return model_out(model)
 
 
 @router.get("/{model_id}", response_model=ModelOut)
 def get_model(model_id: str, project_id: ProjectDep, session: SessionDep) -> ModelOut:
     """Show a model and its files."""
-    return models.to_out(models.get(session=session, project_id=project_id, model_id=model_id))
+    return model_out(models.get(session=session, project_id=project_id, model_id=model_id))
 
 
 @router.get("/{model_id}/files/{name}")

@@ -9,12 +9,12 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from api.deps import ProjectDep, SessionDep, StorageDep
-from api.errors import not_found
-from api.models import Tokenizer
 from api.schemas import Page, TokenizerOut
-from api.services import tokenizers
-from api.services.paging import page
 from api.uploads import receive
+from domain import tokenizers
+from domain.errors import NotFound
+from domain.orm import Tokenizer
+from domain.paging import page
 
 router = APIRouter(prefix="/v1/tokenizers", tags=["tokenizers"])
 
@@ -55,5 +55,5 @@ def download_tokenizer(
     row = tokenizers.get(session=session, project_id=project_id, tokenizer_id=tokenizer_id)
     path = storage.tokenizer_file(row.id)
     if row.status != "ready" or not path.exists():
-        raise not_found("tokenizer file", row.id)
+        raise NotFound("tokenizer file", row.id)
     return FileResponse(path, filename="tokenizer.json", media_type="application/json")

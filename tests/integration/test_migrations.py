@@ -14,13 +14,13 @@ from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, inspect
 
-from api import migrate
 from api.app import create_app
-from api.db import get_engine, get_sessionmaker
-from api.models import Base
+from domain import migrate
+from domain.db import get_engine, get_sessionmaker
+from domain.orm import Base
 from tests.stack import Database
+from trainyard.messaging import get_app
 from trainyard.settings import get_settings
-from workers.celery_app import get_app
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ from tests.conftest import corpus
 from tests.stack import REDIS_URL, Database, Stack
 from trainyard.client import Client
 from trainyard.ids import hash_secret
+from trainyard.messaging import RUN_ATTEMPT, build_app
 from trainyard.settings import Settings
-from workers.celery_app import RUN_ATTEMPT, build_app
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api import migrate
 from api.app import create_app
-from api.db import get_engine, get_sessionmaker
-from api.services.keys import create_key
+from domain import migrate
+from domain.db import get_engine, get_sessionmaker
+from domain.keys import create_key
+from trainyard.messaging import get_app
 from trainyard.settings import get_settings
-from workers.celery_app import get_app
 
 
 def clear_caches() -> None:

@@ -12,9 +12,9 @@ import pytest
 from celery import Celery
 from kombu.transport import filesystem
 
+from trainyard.messaging import RUN_ATTEMPT, build_app
 from trainyard.settings import Settings
 from workers import fs_transport
-from workers.celery_app import RUN_ATTEMPT, build_app
 
 
 @pytest.fixture
@@ -46,6 +46,15 @@ def test_embedded_app_uses_the_atomic_transport(app: Celery, settings: Settings)
     assert options["data_folder_in"] == options["data_folder_out"]
     assert Path(options["data_folder_in"]) == settings.broker_folder / "queue"
     assert (settings.broker_folder / "queue").is_dir()
+    # kombu keeps exchange tables in a relative `control` folder unless told otherwise.
+    assert Path(options["control_folder"]) == settings.broker_folder / "control"
+
+
+def test_exchange_tables_stay_in_the_broker_folder(app: Celery, settings: Settings) -> None:
+    queue = settings.queue("node.a")
+    app.send_task(RUN_ATTEMPT, args=[{"n": 1}], queue=queue)
+    assert receive(app, queue) == (RUN_ATTEMPT, [{"n": 1}])
+    assert list((settings.broker_folder / "control").glob("*.exchange"))
 
 
 def test_send_and_receive_one_json_payload(app: Celery, settings: Settings) -> None:
@@ -75,6 +84,9 @@ def test_no_message_file_is_visible_while_it_is_written(
 ) -> None:
     # Look at the queue folder at the moment the body is being encoded, i.e. mid-write.
     queue_dir = settings.broker_folder / "queue"
+    # The first send also writes the exchange table; do that before spying on writes.
+    app.send_task("t.x", args=[{"n": 0}], queue=settings.queue("q"))
+    assert receive(app, settings.queue("q")) == ("t.x", [{"n": 0}])
     seen_mid_write: list[list[str]] = []
     encode = fs_transport.str_to_bytes
 

@@ -7,17 +7,17 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError
-from api.models import Dataset, Job
-from api.services.access import owned
-from api.uploads import Upload
+from domain.access import owned
+from domain.errors import BadInput, Conflict
+from domain.lifecycle import ACTIVE
+from domain.orm import Dataset, Job
+from domain.uploads import Upload
 from trainyard import datasets as formats
 from trainyard.ids import new_id
+from trainyard.messaging import VALIDATE_DATASET, send
 from trainyard.storage import Storage
-from workers.celery_app import VALIDATE_DATASET, send
 
 log = logging.getLogger(__name__)
-ACTIVE = ("queued", "preparing", "running", "cancelling")
 
 
 def create(
@@ -26,7 +26,7 @@ def create(
     """Move a received upload into place, record it, and queue its validation."""
     if upload.size == 0:
         upload.path.unlink(missing_ok=True)
-        raise ApiError(400, "empty_file", "the uploaded file is empty")
+        raise BadInput("empty_file", "the uploaded file is empty")
     detected = formats.detect(upload.head, upload.filename)
     name = (upload.fields.get("name") or upload.filename or "dataset").strip()[:200]
     dataset = Dataset(
@@ -65,7 +65,7 @@ def delete(*, session: Session, storage: Storage, project_id: str, dataset_id: s
         select(Job.id).where(Job.dataset_id == dataset.id, Job.status.in_(ACTIVE)).limit(1)
     ).first()
     if in_use:
-        raise ApiError(409, "dataset_in_use", f"job {in_use[0]} still uses dataset {dataset.id}")
+        raise Conflict("dataset_in_use", f"job {in_use[0]} still uses dataset {dataset.id}")
     used = session.execute(select(Job.id).where(Job.dataset_id == dataset.id).limit(1)).first()
     if used:
         # Finished jobs keep their history; the files go, the row stays as a tombstone.

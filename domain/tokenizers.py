@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 from tokenizers import Tokenizer as HFTokenizer
 
-from api.errors import ApiError
-from api.models import Tokenizer
-from api.services.access import owned
-from api.uploads import Upload
+from domain.access import owned
+from domain.errors import BadInput, Invalid
+from domain.orm import Tokenizer
+from domain.uploads import Upload
 from trainer import tokenizer as toks
 from trainyard.ids import new_id
 from trainyard.storage import Storage
@@ -20,18 +20,15 @@ def create(*, session: Session, storage: Storage, project_id: str, upload: Uploa
     """Check an uploaded tokenizer.json (parsed as JSON, never unpickled) and store it."""
     try:
         if upload.size == 0:
-            raise ApiError(400, "empty_file", "the uploaded file is empty")
+            raise BadInput("empty_file", "the uploaded file is empty")
         try:
             tok = HFTokenizer.from_file(str(upload.path))
         except Exception as exc:
-            raise ApiError(
-                422, "invalid_tokenizer", f"not a Hugging Face tokenizer.json: {exc}"
-            ) from exc
+            raise Invalid("invalid_tokenizer", f"not a Hugging Face tokenizer.json: {exc}") from exc
         try:
             toks.eot_id(tok)
         except ValueError as exc:
-            raise ApiError(
-                422,
+            raise Invalid(
                 "invalid_tokenizer",
                 f"the tokenizer needs an end-of-text token {toks.EOT!r} to separate documents",
             ) from exc

@@ -11,11 +11,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError, not_found
-from api.models import Model
-from api.schemas import ModelFile, ModelOut
-from api.services.access import owned
-from api.uploads import Upload
+from domain.access import owned
+from domain.errors import BadInput, Invalid, NotFound
+from domain.orm import Model
+from domain.uploads import Upload
 from trainyard.ids import new_id
 from trainyard.settings import get_settings
 from trainyard.storage import Storage
@@ -37,28 +36,10 @@ def get(*, session: Session, project_id: str, model_id: str) -> Model:
     return owned(session, Model, model_id, project_id, "model")
 
 
-def to_out(model: Model) -> ModelOut:
-    """The public view of a model, with download links."""
-    files = [
-        ModelFile(name=f["name"], bytes=f["bytes"], url=f"/v1/models/{model.id}/files/{f['name']}")
-        for f in model.files
-        if f["name"] in DOWNLOADABLE
-    ]
-    return ModelOut(
-        id=model.id,
-        name=model.name,
-        job_id=model.job_id,
-        arch=model.arch,
-        config=model.config,
-        files=files,
-        created_at=model.created_at,
-    )
-
-
 def file_path(*, storage: Storage, model: Model, name: str) -> Path:
     """The path of one downloadable file; names outside the fixed list are a 404."""
     if name not in DOWNLOADABLE or name not in {f["name"] for f in model.files}:
-        raise not_found("file", name)
+        raise NotFound("file", name)
     return storage.model_dir(model.id) / name
 
 
@@ -108,8 +89,7 @@ def generate(
     stop = None
     if messages is not None:
         if loaded.tokenizer.token_to_id(chat.IM_END) is None:
-            raise ApiError(
-                422,
+            raise Invalid(
                 "not_a_chat_model",
                 f"model {model.id} has no chat template; send a plain prompt instead",
             )
@@ -156,22 +136,21 @@ def import_folder(
     try:
         for part, filename in IMPORT_PARTS.items():
             if uploads[part].size == 0:
-                raise ApiError(400, "empty_file", f"{part}: the uploaded {filename} is empty")
+                raise BadInput("empty_file", f"{part}: the uploaded {filename} is empty")
             uploads[part].path.replace(staging / filename)
         try:
             config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(422, "invalid_model", f"config: not valid JSON ({exc})") from exc
+            raise Invalid("invalid_model", f"config: not valid JSON ({exc})") from exc
         if not isinstance(config, dict) or config.get("model_type") not in ("gpt2", "llama"):
             kind = config.get("model_type") if isinstance(config, dict) else None
-            raise ApiError(
-                422, "invalid_model", f"config: model_type must be 'gpt2' or 'llama', got {kind!r}"
+            raise Invalid(
+                "invalid_model", f"config: model_type must be 'gpt2' or 'llama', got {kind!r}"
             )
         try:
             load_model(str(staging))  # safetensors and JSON only: nothing is unpickled
         except Exception as exc:
-            raise ApiError(
-                422,
+            raise Invalid(
                 "invalid_model",
                 f"the files do not form a usable model: {exc}",
             ) from exc

@@ -18,8 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.models import Dataset, DatasetTokens, Job, Tokenizer
-from api.services.jobs import fail, record
+from domain.lifecycle import JobStatus, fail, record
+from domain.orm import Dataset, DatasetTokens, Job, Tokenizer
 from trainer import sft_shards, shards
 from trainer import tokenizer as toks
 from trainyard import datasets as formats
@@ -204,7 +204,7 @@ def prepare_sft(session: Session, storage: Storage, job: Job) -> dict[str, Any]:
 def prepare(*, session: Session, storage: Storage, job_id: str) -> None:
     """Tokenize what a job needs, then mark it prepared (or failed, with the reason)."""
     job = session.get(Job, job_id)
-    if job is None or job.status != "preparing" or job.prepared:
+    if job is None or job.status != JobStatus.PREPARING or job.prepared:
         return
     try:
         if job.type == "sft":
@@ -232,7 +232,7 @@ def prepare(*, session: Session, storage: Storage, job_id: str) -> None:
         session.commit()
         return
     session.refresh(job)
-    if job.status != "preparing":
+    if job.status != JobStatus.PREPARING:
         return  # cancelled while we worked
     job.prepared = True
     record(session, job, "prepared", message, **report)

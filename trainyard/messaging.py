@@ -1,4 +1,5 @@
-"""The Celery app, built from Settings: Redis in production, the file system when embedded."""
+"""The Celery app and task names, built from Settings: Redis in production, the file system
+when embedded. Everyone who sends or runs a task uses it; it knows nothing of the database."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from trainyard.settings import Settings, get_settings
 VALIDATE_DATASET = "trainyard.prep.validate_dataset"
 PREPARE_JOB = "trainyard.prep.prepare_job"
 RUN_ATTEMPT = "trainyard.node.run_attempt"
+
+# A task to send once the transaction that decided it has committed: (name, payload, queue).
+Message = tuple[str, dict[str, Any], str]
 
 
 def build_app(settings: Settings) -> Celery:
@@ -27,8 +31,9 @@ def build_app(settings: Settings) -> Celery:
         transport_options = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
-            "control_folder": str(folder / "control"),
             "processed_folder": str(folder / "processed"),
+            # Exchange tables; kombu's default is a `control` folder in the working directory.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
     app.conf.update(

@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from api.db import utcnow
+from domain.db import utcnow
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -121,7 +121,7 @@ class Job(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     name: Mapped[str | None] = mapped_column(String(200))
     type: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16))  # a domain.lifecycle.JobStatus
     spec: Mapped[dict[str, Any]] = mapped_column()
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     tokenizer_key: Mapped[str | None] = mapped_column(String(120), default=None)
@@ -173,7 +173,7 @@ class Attempt(Base):
     number: Mapped[int] = mapped_column(Integer)
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
     slots: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="starting")
+    status: Mapped[str] = mapped_column(String(16))  # a domain.lifecycle.AttemptStatus
     token_hash: Mapped[str] = mapped_column(String(64))
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)

@@ -9,10 +9,11 @@ import socket
 import threading
 from types import FrameType
 
-from api.db import get_sessionmaker
-from api.deps import get_storage
-from api.services.scheduler import hold_lease, tick
+from domain.db import get_sessionmaker
+from domain.lease import hold_lease
+from domain.reconcile import tick
 from trainyard.settings import Settings
+from trainyard.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         signal.signal(signal.SIGINT, _stop)
     holder = f"{socket.gethostname()}:{os.getpid()}"
     ttl = max(5.0, settings.control_interval_seconds * 10)
-    storage = get_storage()
+    storage = Storage.from_settings(settings)
     leader = False
     factory = get_sessionmaker()
     while not stop.is_set():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import ApiKey, Project
+from domain.orm import ApiKey, Project
 from trainyard.ids import hash_secret, new_api_key, new_id
 
 

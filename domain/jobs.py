@@ -1,4 +1,4 @@
-"""Jobs: create from a JobSpec, show with progress, list, cancel, and the lifecycle rules."""
+"""Jobs: create from a JobSpec (checked against the project's data and the GPUs), show, cancel."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.db import utcnow
-from api.errors import ApiError, not_found
-from api.models import Attempt, Dataset, Event, Job, Node, Tokenizer
-from api.schemas import JobError, JobOut, Progress
-from api.services import datasets
-from api.services.access import owned
+from domain import datasets
+from domain.access import owned
+from domain.errors import Conflict, Invalid, NotFound
+from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transition
+from domain.orm import Attempt, Dataset, Job, Node, Tokenizer
 from trainer.config import (
     ModelConfig,
     TrainingConfig,
@@ -24,36 +23,6 @@ from trainer.config import (
 from trainyard.ids import new_id
 from trainyard.specs import BYTE_VOCAB, JobSpec
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-ACTIVE_ATTEMPT = ("starting", "running")
-
-
-def record(session: Session, job: Job, type_: str, message: str, **data: Any) -> None:
-    """Append an event to the job's log (the caller commits)."""
-    session.add(
-        Event(job_id=job.id, attempt=job.attempt or None, type=type_, message=message, data=data)
-    )
-
-
-def transition(session: Session, job: Job, status: str, reason: str, **data: Any) -> None:
-    """Move a job to a new status with an event; terminal states never change."""
-    if job.status in TERMINAL or job.status == status:
-        return
-    previous, job.status = job.status, status
-    if status in TERMINAL:
-        job.finished_at = utcnow()
-    if status == "running" and job.started_at is None:
-        job.started_at = utcnow()
-    record(session, job, "status", reason, status=status, previous=previous, **data)
-
-
-def fail(session: Session, job: Job, code: str, message: str) -> None:
-    """End a job as `failed` with a machine-readable code and a message a person can act on."""
-    if job.status in TERMINAL:
-        return
-    job.error_code, job.error_message = code, message
-    transition(session, job, "failed", message, code=code)
-
 
 def _usable_dataset(
     session: Session, project_id: str, dataset_id: str, field: str, kind: str
@@ -62,21 +31,19 @@ def _usable_dataset(
     if dataset.status == "invalid":
         first = dataset.errors[0] if dataset.errors else {}
         where = f"line {first.get('line')}: " if first.get("line") else ""
-        raise ApiError(
-            409,
+        raise Conflict(
             "dataset_invalid",
             f"{field}: dataset {dataset.id} is invalid ({where}{first.get('message', '')})",
             {"field": field, "errors": dataset.errors},
         )
     if dataset.status == "deleted":
-        raise not_found("dataset", dataset_id)
+        raise NotFound("dataset", dataset_id)
     if dataset.kind != kind:
         needs = {
             "pretrain": "plain text or JSONL with a 'text' field",
             "sft": 'JSONL with "messages" or "prompt" and "completion"',
         }[kind]
-        raise ApiError(
-            409,
+        raise Conflict(
             "dataset_kind",
             f"{field}: dataset {dataset.id} is a {dataset.kind} dataset, a {kind} job needs "
             f"{needs}",
@@ -89,7 +56,7 @@ def _resolve_base_model(
     session: Session, project_id: str, spec: JobSpec, resolved: dict[str, Any]
 ) -> tuple[str, int]:
     """Fill a fine-tuning job's architecture, context and tokenizer from its base model."""
-    from api.services import models  # models imports torch lazily; keep this module light
+    from domain import models  # models imports torch lazily; keep this module light
 
     base = models.get(
         session=session, project_id=project_id, model_id=str(spec.model.base_model_id)
@@ -97,7 +64,7 @@ def _resolve_base_model(
     try:
         cfg = model_config_from_hf(base.config)
     except (KeyError, ValueError) as exc:
-        raise ApiError(409, "base_model_unusable", f"model {base.id}: {exc}") from exc
+        raise Conflict("base_model_unusable", f"model {base.id}: {exc}") from exc
     context = cfg.seq_len
     arch = {
         "arch": cfg.arch,
@@ -112,8 +79,7 @@ def _resolve_base_model(
     if "seq_len" not in spec.training.model_fields_set:
         training["seq_len"] = min(context, 2048)
     if arch["arch"] == "gpt2" and training["seq_len"] > context:
-        raise ApiError(
-            422,
+        raise Invalid(
             "invalid_request",
             f"training.seq_len ({training['seq_len']}) exceeds the base model's context "
             f"({context} positions)",
@@ -132,7 +98,7 @@ def _tokenizer(session: Session, project_id: str, spec: JobSpec) -> tuple[str, i
     if spec.tokenizer.type == "uploaded":
         row = session.get(Tokenizer, spec.tokenizer.tokenizer_id)
         if row is None or row.project_id != project_id:
-            raise not_found("tokenizer", str(spec.tokenizer.tokenizer_id))
+            raise NotFound("tokenizer", str(spec.tokenizer.tokenizer_id))
         return row.id, row.vocab_size
     vocab = int(spec.tokenizer.vocab_size or 0)
     query = select(Tokenizer).where(
@@ -201,8 +167,7 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
     device = _gpu_memory(session, res["pool"], default_gpu_bytes)
     if not fits(estimate, device):
         gib = 1024**3
-        raise ApiError(
-            422,
+        raise Invalid(
             "insufficient_memory",
             f"the job needs about {estimate['total'] / gib:.1f} GiB per GPU, more than the "
             f"{device / gib:.1f} GiB of the GPUs in pool {res['pool']!r}; lower "
@@ -229,8 +194,7 @@ def create(
         ).scalar()
         if first is not None:
             if not _same_request(first.spec, asked):
-                raise ApiError(
-                    409,
+                raise Conflict(
                     "idempotency_key_reused",
                     "this Idempotency-Key was used with a different job spec",
                 )
@@ -251,7 +215,7 @@ def create(
         project_id=project_id,
         name=spec.name,
         type=spec.type,
-        status="queued",
+        status=JobStatus.QUEUED.value,
         spec=resolved,
         dataset_id=spec.dataset_id,
         tokenizer_key=tokenizer_key,
@@ -259,7 +223,7 @@ def create(
     )
     session.add(job)
     session.flush()  # the job row must exist before its first event
-    record(session, job, "status", "job created", status="queued")
+    record(session, job, "status", "job created", status=JobStatus.QUEUED.value)
     try:
         session.commit()
     except IntegrityError:
@@ -291,44 +255,8 @@ def cancel(*, session: Session, project_id: str, job_id: str) -> Job:
         select(Attempt).where(Attempt.job_id == job.id, Attempt.status.in_(ACTIVE_ATTEMPT))
     ).scalar()
     if live is None:
-        transition(session, job, "cancelled", "cancelled by the user")
+        transition(session, job, JobStatus.CANCELLED, "cancelled by the user")
     else:
-        transition(session, job, "cancelling", "cancel requested by the user")
+        transition(session, job, JobStatus.CANCELLING, "cancel requested by the user")
     session.commit()
     return job
-
-
-def to_out(job: Job) -> JobOut:
-    """The public view of a job, with its progress."""
-    training = job.spec["training"]
-    tokens_per_step = training["batch_size"] * training["seq_len"]
-    remaining = max(0, training["max_steps"] - job.step)
-    eta = None
-    if job.tokens_per_s and job.status == "running":
-        eta = round(remaining * tokens_per_step / job.tokens_per_s, 1)
-    error = JobError(code=job.error_code, message=job.error_message) if job.error_code else None
-    return JobOut(
-        id=job.id,
-        name=job.name,
-        type=job.type,
-        status=job.status,
-        dataset_id=job.dataset_id,
-        spec=job.spec,
-        progress=Progress(
-            step=job.step,
-            max_steps=training["max_steps"],
-            tokens=job.tokens,
-            tokens_per_s=job.tokens_per_s,
-            eta_seconds=eta,
-            loss=job.loss,
-            val_loss=job.val_loss,
-        ),
-        attempt=job.attempt,
-        error=error,
-        model_id=job.model_id,
-        params=job.params,
-        flops_per_token=job.flops_per_token,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )

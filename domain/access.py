@@ -6,7 +6,7 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy.orm import Session
 
-from api.errors import not_found
+from domain.errors import NotFound
 
 
 class Owned(Protocol):
@@ -20,5 +20,5 @@ def owned(session: Session, cls: type[T], object_id: str, project_id: str, kind:
     """The object if it exists and belongs to the project, else the same 404 either way."""
     obj = session.get(cls, object_id)
     if obj is None or obj.project_id != project_id:
-        raise not_found(kind, object_id)
+        raise NotFound(kind, object_id)
     return obj

@@ -9,16 +9,26 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db import utcnow
-from api.errors import ApiError, not_found
-from api.models import Attempt, Checkpoint, Event, Job, Metric, Model
-from api.schemas import AttemptState, FinishIn, TrainerEvent
-from api.services.jobs import TERMINAL, fail, record, transition
+from domain.db import utcnow
+from domain.errors import Conflict, NotFound
+from domain.lifecycle import (
+    ACTIVE_ATTEMPT,
+    TERMINAL,
+    AttemptStatus,
+    JobStatus,
+    fail,
+    record,
+    requeue,
+    transition,
+)
+from domain.orm import Attempt, Checkpoint, Event, Job, Metric, Model
 from trainer.config import EXIT_OK, EXIT_PREEMPTED
 from trainyard.ids import hash_secret, new_id
 from trainyard.storage import Storage
@@ -35,17 +45,27 @@ STEP_METRICS = (
 )
 
 
+@dataclass(frozen=True)
+class AttemptState:
+    """What a node worker learns after each report: the attempt's status, whether to stop,
+    and the last event sequence number stored."""
+
+    status: str
+    cancel: bool
+    last_seq: int
+
+
 def authorize(*, session: Session, attempt_id: str, token: str) -> Attempt:
     """The attempt the token was minted for, or a 404 that reveals nothing."""
     attempt = session.get(Attempt, attempt_id)
     if attempt is None or attempt.token_hash != hash_secret(token):
-        raise not_found("attempt", attempt_id)
+        raise NotFound("attempt", attempt_id)
     return attempt
 
 
 def _state(session: Session, attempt: Attempt) -> AttemptState:
     job = session.get(Job, attempt.job_id)
-    cancel = bool(job and job.cancel_requested) or attempt.status not in ("starting", "running")
+    cancel = bool(job and job.cancel_requested) or attempt.status not in ACTIVE_ATTEMPT
     return AttemptState(status=attempt.status, cancel=cancel, last_seq=attempt.last_seq)
 
 
@@ -53,15 +73,18 @@ def start(*, session: Session, attempt: Attempt) -> AttemptState:
     """The node is about to launch torchrun; a duplicate delivery gets a 409."""
     job = session.get(Job, attempt.job_id)
     assert job is not None
-    if attempt.status != "starting":
-        raise ApiError(409, "attempt_not_startable", f"attempt is {attempt.status}")
+    if attempt.status != AttemptStatus.STARTING:
+        raise Conflict("attempt_not_startable", f"attempt is {attempt.status}")
     if job.cancel_requested or job.status in TERMINAL:
-        attempt.status, attempt.finished_at = "cancelled", utcnow()
-        transition(session, job, "cancelled", "cancelled before training started")
+        attempt.status, attempt.finished_at = AttemptStatus.CANCELLED.value, utcnow()
+        transition(session, job, JobStatus.CANCELLED, "cancelled before training started")
         session.commit()
-        raise ApiError(409, "attempt_not_startable", "the job was cancelled")
-    attempt.status, attempt.started_at, attempt.heartbeat_at = "running", utcnow(), utcnow()
-    transition(session, job, "running", f"attempt {attempt.number} started", attempt=attempt.number)
+        raise Conflict("attempt_not_startable", "the job was cancelled")
+    attempt.status = AttemptStatus.RUNNING.value
+    attempt.started_at = attempt.heartbeat_at = utcnow()
+    transition(
+        session, job, JobStatus.RUNNING, f"attempt {attempt.number} started", attempt=attempt.number
+    )
     session.commit()
     return _state(session, attempt)
 
@@ -119,16 +142,19 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
     )
 
 
-def ingest(*, session: Session, attempt: Attempt, events: list[TrainerEvent]) -> AttemptState:
-    """Store a batch of trainer events (skipping any already seen) and renew the lease."""
+def ingest(
+    *, session: Session, attempt: Attempt, events: Iterable[tuple[int, dict[str, Any]]]
+) -> AttemptState:
+    """Store a batch of (sequence number, trainer event) pairs, skipping any already seen,
+    and renew the lease."""
     job = session.get(Job, attempt.job_id)
     assert job is not None
-    if attempt.status == "running":
-        for item in sorted(events, key=lambda e: e.seq):
-            if item.seq <= attempt.last_seq:
+    if attempt.status == AttemptStatus.RUNNING:
+        for seq, event in sorted(events, key=lambda e: e[0]):
+            if seq <= attempt.last_seq:
                 continue
-            _apply(session, job, attempt, item.event)
-            attempt.last_seq = item.seq
+            _apply(session, job, attempt, event)
+            attempt.last_seq = seq
         attempt.heartbeat_at = utcnow()
     session.commit()
     return _state(session, attempt)
@@ -144,60 +170,62 @@ def _last_event(session: Session, attempt: Attempt, kind: str) -> Event | None:
 
 
 def finish(
-    *, session: Session, storage: Storage, attempt: Attempt, report: FinishIn, max_attempts: int
+    *,
+    session: Session,
+    storage: Storage,
+    attempt: Attempt,
+    exit_code: int | None,
+    log_tail: str | None,
+    reason: str | None,
+    preempted: bool,
+    max_attempts: int,
 ) -> AttemptState:
     """Settle an attempt and its job from the trainer's exit."""
     job = session.get(Job, attempt.job_id)
     assert job is not None
-    if attempt.status not in ("starting", "running"):
+    if attempt.status not in ACTIVE_ATTEMPT:
         return _state(session, attempt)
-    attempt.exit_code, attempt.log_tail = report.exit_code, report.log_tail
+    attempt.exit_code, attempt.log_tail = exit_code, log_tail
     attempt.finished_at = utcnow()
     if job.cancel_requested:
-        attempt.status = "cancelled"
-        transition(session, job, "cancelled", "cancelled by the user")
-    elif report.exit_code == EXIT_OK:
-        attempt.status = "succeeded"
+        attempt.status = AttemptStatus.CANCELLED.value
+        transition(session, job, JobStatus.CANCELLED, "cancelled by the user")
+    elif exit_code == EXIT_OK:
+        attempt.status = AttemptStatus.SUCCEEDED.value
         model = _register_model(session, storage, job, attempt)
         job.model_id = model.id
         transition(
-            session, job, "succeeded", f"training finished; model {model.id}", model_id=model.id
+            session,
+            job,
+            JobStatus.SUCCEEDED,
+            f"training finished; model {model.id}",
+            model_id=model.id,
         )
     elif (
-        report.exit_code == EXIT_PREEMPTED
-        or report.preempted
+        exit_code == EXIT_PREEMPTED
+        or preempted
         # torchrun exits 1 when its ranks exit 75; the trainer's own event is what counts
         or _last_event(session, attempt, "preempted") is not None
     ):
-        attempt.status = "preempted"
+        attempt.status = AttemptStatus.PREEMPTED.value
         requeue(session, job, "preempted; resuming from the latest checkpoint", max_attempts)
     else:
-        attempt.status = "failed"
+        attempt.status = AttemptStatus.FAILED.value
         error = _last_event(session, attempt, "error")
         if error is not None:
             fail(session, job, str(error.data.get("code", "trainer_error")), error.message or "")
         else:
-            reason = report.reason or f"trainer exited with code {report.exit_code}"
-            tail = (report.log_tail or "").strip().splitlines()[-20:]
+            reason = reason or f"trainer exited with code {exit_code}"
+            tail = (log_tail or "").strip().splitlines()[-20:]
             fail(session, job, "trainer_exit", reason + ("\n" + "\n".join(tail) if tail else ""))
     session.commit()
     return _state(session, attempt)
 
 
-def requeue(session: Session, job: Job, reason: str, max_attempts: int) -> None:
-    """Put a job back in the queue for a new attempt, or fail it after too many."""
-    if job.cancel_requested:
-        transition(session, job, "cancelled", "cancelled by the user")
-    elif job.attempt >= max_attempts:
-        fail(session, job, "node_lost", f"{reason}; gave up after {job.attempt} attempts")
-    else:
-        transition(session, job, "queued", reason)
-
-
 def _register_model(session: Session, storage: Storage, job: Job, attempt: Attempt) -> Model:
     export = storage.attempt_dir(job.id, attempt.number) / "export"
     if not (export / "config.json").exists():
-        raise ApiError(409, "no_model", "the trainer exited 0 without exporting a model")
+        raise Conflict("no_model", "the trainer exited 0 without exporting a model")
     model_id = new_id("mdl")
     target = storage.model_dir(model_id)
     target.parent.mkdir(parents=True, exist_ok=True)

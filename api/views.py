@@ -1,0 +1,62 @@
+"""Domain objects as the API shows them: the response schemas of jobs and models."""
+
+from __future__ import annotations
+
+from api.schemas import JobError, JobOut, ModelFile, ModelOut, Progress
+from domain.lifecycle import JobStatus
+from domain.models import DOWNLOADABLE
+from domain.orm import Job, Model
+
+
+def job_out(job: Job) -> JobOut:
+    """The public view of a job, with its progress."""
+    training = job.spec["training"]
+    tokens_per_step = training["batch_size"] * training["seq_len"]
+    remaining = max(0, training["max_steps"] - job.step)
+    eta = None
+    if job.tokens_per_s and job.status == JobStatus.RUNNING:
+        eta = round(remaining * tokens_per_step / job.tokens_per_s, 1)
+    error = JobError(code=job.error_code, message=job.error_message) if job.error_code else None
+    return JobOut(
+        id=job.id,
+        name=job.name,
+        type=job.type,
+        status=job.status,
+        dataset_id=job.dataset_id,
+        spec=job.spec,
+        progress=Progress(
+            step=job.step,
+            max_steps=training["max_steps"],
+            tokens=job.tokens,
+            tokens_per_s=job.tokens_per_s,
+            eta_seconds=eta,
+            loss=job.loss,
+            val_loss=job.val_loss,
+        ),
+        attempt=job.attempt,
+        error=error,
+        model_id=job.model_id,
+        params=job.params,
+        flops_per_token=job.flops_per_token,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def model_out(model: Model) -> ModelOut:
+    """The public view of a model, with download links."""
+    files = [
+        ModelFile(name=f["name"], bytes=f["bytes"], url=f"/v1/models/{model.id}/files/{f['name']}")
+        for f in model.files
+        if f["name"] in DOWNLOADABLE
+    ]
+    return ModelOut(
+        id=model.id,
+        name=model.name,
+        job_id=model.job_id,
+        arch=model.arch,
+        config=model.config,
+        files=files,
+        created_at=model.created_at,
+    )

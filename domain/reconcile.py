@@ -1,0 +1,77 @@
+"""The control loop's tick: reconcile what went quiet, then prepare and dispatch.
+
+One tick reads the database, decides, and commits; messages are sent after the commit, so
+a crash between the two leaves a record the reconciler will find and settle.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from domain.db import utcnow
+from domain.dispatch import dispatch
+from domain.lifecycle import ACTIVE_ATTEMPT, AttemptStatus, JobStatus, requeue, transition
+from domain.orm import Attempt, Job, Node
+from domain.preparation import resend_prep, start_preparing
+from trainyard.messaging import Message, send
+from trainyard.settings import Settings
+from trainyard.storage import Storage
+
+
+def reconcile(session: Session, settings: Settings) -> None:
+    """Mark quiet nodes offline, requeue the jobs of lost attempts, and finish cancels whose
+    attempts have all stopped."""
+    now = utcnow()
+    quiet = now - timedelta(seconds=settings.node_timeout_seconds)
+    session.execute(
+        update(Node)
+        .where(Node.status == "online", Node.heartbeat_at < quiet)
+        .values(status="offline")
+    )
+    never_started = now - timedelta(seconds=settings.attempt_timeout_seconds)
+    lost = (
+        session.execute(
+            select(Attempt).where(
+                ((Attempt.status == AttemptStatus.RUNNING) & (Attempt.heartbeat_at < quiet))
+                | (
+                    (Attempt.status == AttemptStatus.STARTING)
+                    & (Attempt.created_at < never_started)
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for attempt in lost:
+        job = session.get(Job, attempt.job_id)
+        was = attempt.status
+        attempt.status, attempt.finished_at = AttemptStatus.LOST.value, now
+        if job is not None:
+            reason = (
+                "node stopped reporting"
+                if was == AttemptStatus.RUNNING
+                else "node never started it"
+            )
+            requeue(session, job, f"attempt {attempt.number} lost: {reason}", settings.max_attempts)
+    for job in session.execute(select(Job).where(Job.status == JobStatus.CANCELLING)).scalars():
+        live = session.execute(
+            select(Attempt.id).where(Attempt.job_id == job.id, Attempt.status.in_(ACTIVE_ATTEMPT))
+        ).first()
+        if not live:
+            transition(session, job, JobStatus.CANCELLED, "cancelled by the user")
+
+
+def tick(session: Session, storage: Storage, settings: Settings) -> int:
+    """One pass of the control loop; returns how many messages it sent."""
+    messages: list[Message] = []
+    reconcile(session, settings)
+    resend_prep(session, settings, messages)
+    start_preparing(session, settings, messages)
+    dispatch(session, storage, settings, messages)
+    session.commit()
+    for name, payload, queue in messages:
+        send(name, payload, queue)
+    return len(messages)
