@@ -115,3 +115,38 @@ def test_activation_checkpointing_changes_nothing(
     plain = _train(run_config(tmp_path, "plain", tok, data, **kw))
     ckpt = _train(run_config(tmp_path, "ckpt", tok, data, activation_checkpointing=True, **kw))
     assert ckpt == plain
+
+
+def test_fsdp_shards_over_a_group_of_one(tmp_path: Path, dataset: tuple[str, dict]) -> None:
+    """One process under torchrun with strategy fsdp runs the sharded code path."""
+    tok, data = dataset
+    raw = run_config(tmp_path, "one", tok, data, max_steps=4, checkpoint_interval=4)
+    raw["resources"]["strategy"] = "fsdp"
+    path = write_config(raw, tmp_path / "one.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    proc = subprocess.run(
+        [*cmd, "-m", "trainer.train", "--config", path],
+        cwd=REPO,
+        env=env(),
+        timeout=180,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == EXIT_OK, proc.stderr[-2000:]
+    events = read_events(raw["output_dir"])
+    start = next(e for e in events if e["type"] == "start")
+    assert start["sharded"] is True and start["world_size"] == 1
+    step4 = Path(raw["checkpoint_dir"]) / "step-00000004"
+    assert (step4 / "sharded" / ".metadata").exists()
+    assert events[-1]["type"] == "done"
+    assert load_model(events[-1]["export_dir"]).config.n_layer == 2
+
+
+def test_fsdp_without_torchrun_trains_unsharded(tmp_path: Path, dataset: tuple[str, dict]) -> None:
+    """A plain process has no rendezvous to form a group: it trains as one process."""
+    tok, data = dataset
+    raw = run_config(tmp_path, "plain", tok, data, max_steps=2, checkpoint_interval=2)
+    raw["resources"]["strategy"] = "fsdp"
+    assert run_trainer(write_config(raw, tmp_path / "plain.json")) == EXIT_OK
+    start = next(e for e in read_events(raw["output_dir"]) if e["type"] == "start")
+    assert start["sharded"] is False

@@ -174,3 +174,16 @@ def test_byte_vocab_is_fixed_at_257() -> None:
 def test_a_resolved_spec_round_trips(spec: dict[str, Any]) -> None:
     resolved = resolve(**spec)
     assert JobSpec(**resolved).resolved() == resolved
+
+
+def test_presets_keep_every_architecture_field() -> None:
+    """llama-1b's feed-forward width and RoPE base reach the resolved spec, and can be set."""
+    model = resolve(model={"preset": "llama-1b"})["model"]
+    preset = PRESETS["llama-1b"]()
+    assert model["d_ff"] == preset["d_ff"] == 8192
+    assert model["rope_theta"] == preset["rope_theta"] == 500000.0
+    assert resolve(model={"preset": "llama-1b", "d_ff": 4096})["model"]["d_ff"] == 4096
+    assert resolve(model={"preset": "gpt2-small"})["model"]["d_ff"] is None  # 4 x d_model
+    assert "rope_theta applies to the llama" in rejection(
+        model={"preset": "gpt2-small", "rope_theta": 1e4}
+    )
