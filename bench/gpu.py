@@ -87,10 +87,46 @@ class Sizes:
     @classmethod
     def for_run(cls, smoke: bool) -> Sizes:
         if smoke:
-            return cls("cpu", "tiny", "tiny-llama", 512, 64, 8, 2, 64, 2, 4, 1, False, "auto",
-                       250, 30, 10, 16, 240.0)  # fmt: skip
-        return cls("gpu", "gpt2-small", "llama-1b", 50304, 1024, 80, 20, 1024, 8, 30, 10, True,
-                   "bf16", 1000, 150, 60, 256, 420.0)  # fmt: skip
+            return cls(
+                accelerator="cpu",
+                gpt2_preset="tiny",
+                llama_preset="tiny-llama",
+                vocab=512,
+                seq_len=64,
+                gpt2_steps=8,
+                skip_steps=2,
+                llama_seq_len=64,
+                llama_micro_batch=2,
+                llama_steps=4,
+                llama_skip=1,
+                compile=False,
+                precision="auto",
+                resume_steps=250,
+                resume_at=30,
+                sft_steps=10,
+                gen_tokens=16,
+                timeout=240.0,
+            )
+        return cls(
+            accelerator="gpu",
+            gpt2_preset="gpt2-small",
+            llama_preset="llama-1b",
+            vocab=50304,
+            seq_len=1024,
+            gpt2_steps=80,
+            skip_steps=20,
+            llama_seq_len=1024,
+            llama_micro_batch=8,
+            llama_steps=30,
+            llama_skip=10,
+            compile=True,
+            precision="bf16",
+            resume_steps=1000,
+            resume_at=150,
+            sft_steps=60,
+            gen_tokens=256,
+            timeout=420.0,
+        )
 
 
 @dataclass
