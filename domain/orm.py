@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -62,7 +63,7 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     # An admin key also sees the cluster (nodes) and sets quotas.
-    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Dataset(Base):
@@ -130,9 +131,9 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     # Lower runs first (1 to 99); fair share between projects within one priority.
-    priority: Mapped[int] = mapped_column(Integer, default=50)
+    priority: Mapped[int] = mapped_column(Integer, default=50, server_default="50")
     # Attempts that ended in a trainer failure; lost nodes and preemption do not count.
-    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Why a queued job is not running yet ("waiting for 2 nodes with 1 free slot").
     waiting_reason: Mapped[str | None] = mapped_column(Text, default=None)
     prepared: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -184,8 +185,8 @@ class Attempt(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
-    rank: Mapped[int] = mapped_column(Integer, default=0)
-    nodes: Mapped[int] = mapped_column(Integer, default=1)
+    rank: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    nodes: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # The port rank 0's node reserved for the rendezvous, once it has started.
     master_port: Mapped[int | None] = mapped_column(Integer, default=None)
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))

@@ -49,6 +49,10 @@ def reconcile(session: Session, settings: Settings) -> None:
     )
     gangs: set[tuple[str, int]] = set()
     for attempt in lost:
+        if attempt.status == AttemptStatus.RUNNING:
+            # Its node went silent too, though its agent may have beaten a moment later:
+            # place nothing new there until it heartbeats again.
+            session.execute(update(Node).where(Node.id == attempt.node_id).values(status="offline"))
         attempt.status, attempt.finished_at = AttemptStatus.LOST.value, now
         gangs.add((attempt.job_id, attempt.number))
     # A gang whose other nodes have all stopped is settled now; else when the last one
