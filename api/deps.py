@@ -88,3 +88,19 @@ async def current_project(authorization: Annotated[str | None, Header()] = None)
 
 
 ProjectDep = Annotated[str, Depends(current_project)]
+
+
+def require_admin(
+    session: SessionDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """Refuse (403) a key that is not an admin key; 401 without a valid key."""
+    from domain.keys import is_admin
+
+    key = bearer(authorization)
+    if _lookup_project(hash_secret(key)) is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key")
+    if not is_admin(session=session, key=key):
+        raise ApiError(403, "forbidden", "this needs an admin key (trainyard keys create --admin)")
+
+
+AdminDep = Depends(require_admin)

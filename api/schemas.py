@@ -68,10 +68,13 @@ class JobOut(BaseModel):
     name: str | None
     type: str
     status: str
+    # Why a queued job is not running yet: "waiting for 2 nodes with 1 free slot".
+    status_reason: str | None = None
     dataset_id: str
     spec: dict[str, Any]
     progress: Progress
     attempt: int
+    restarts: int = 0
     error: JobError | None
     model_id: str | None
     params: int | None
@@ -180,6 +183,7 @@ class NodeRegisterIn(BaseModel):
     slots: int = Field(ge=1, le=1024)
     devices: list[str] = []
     memory_bytes: int | None = Field(None, ge=0, description="memory of one GPU")
+    address: str | None = Field(None, max_length=255, description="where peers reach it")
 
 
 class NodeOut(BaseModel):
@@ -199,10 +203,17 @@ class EventsIn(BaseModel):
     events: list[TrainerEvent] = Field(default=[], max_length=10_000)
 
 
+class StartIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    master_port: int | None = Field(None, ge=1, le=65535, description="rank 0 of a gang")
+
+
 class AttemptState(BaseModel):
     status: str
     cancel: bool
     last_seq: int
+    master_addr: str | None = None
+    master_port: int | None = None
 
 
 class FinishIn(BaseModel):
@@ -211,3 +222,47 @@ class FinishIn(BaseModel):
     log_tail: str | None = Field(None, max_length=100_000)
     reason: str | None = Field(None, max_length=1000)
     preempted: bool = False
+
+
+class NodeAttemptOut(BaseModel):
+    job_id: str
+    project_id: str
+    attempt: int
+    rank: int
+    nodes: int
+    slots: int
+    status: str
+
+
+class NodeInfo(BaseModel):
+    id: str
+    object: Literal["node"] = "node"
+    name: str
+    status: str
+    host: str
+    address: str | None
+    pool: str
+    accelerator: str
+    slots: int
+    free_slots: int
+    devices: list[str]
+    memory_bytes: int | None
+    last_heartbeat_at: datetime
+    attempts: list[NodeAttemptOut]
+
+
+class QuotaIn(BaseModel):
+    """A project's limits; a field left out or null means no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_running_slots: int | None = Field(None, ge=0)
+    max_queued_jobs: int | None = Field(None, ge=0)
+    max_storage_bytes: int | None = Field(None, ge=0)
+
+
+class QuotaOut(QuotaIn):
+    model_config = ConfigDict(extra="ignore")
+    project: str
+    running_slots: int
+    queued_jobs: int
+    storage_bytes: int

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from api.schemas import JobError, JobOut, ModelFile, ModelOut, Progress
-from domain.lifecycle import JobStatus
+from domain.lifecycle import WAITING, JobStatus
 from domain.models import DOWNLOADABLE
 from domain.orm import Job, Model
 
@@ -22,6 +22,7 @@ def job_out(job: Job) -> JobOut:
         name=job.name,
         type=job.type,
         status=job.status,
+        status_reason=job.waiting_reason if job.status in WAITING else None,
         dataset_id=job.dataset_id,
         spec=job.spec,
         progress=Progress(
@@ -34,6 +35,7 @@ def job_out(job: Job) -> JobOut:
             val_loss=job.val_loss,
         ),
         attempt=job.attempt,
+        restarts=job.restarts,
         error=error,
         model_id=job.model_id,
         params=job.params,

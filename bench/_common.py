@@ -106,7 +106,7 @@ def machine() -> str:
 
 def free_port_url() -> str:
     """An http://127.0.0.1:PORT base URL on a free port."""
-    from tests.stack import free_port
+    from trainyard.net import free_port
 
     return f"http://127.0.0.1:{free_port()}"
 

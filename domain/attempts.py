@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from domain import gang
 from domain.db import utcnow
 from domain.errors import Conflict, NotFound
 from domain.lifecycle import (
@@ -23,12 +24,10 @@ from domain.lifecycle import (
     TERMINAL,
     AttemptStatus,
     JobStatus,
-    fail,
     record,
-    requeue,
     transition,
 )
-from domain.orm import Attempt, Checkpoint, Event, Job, Metric, Model
+from domain.orm import Attempt, Checkpoint, Event, Job, Metric, Model, Node
 from trainer.config import EXIT_OK, EXIT_PREEMPTED
 from trainyard.ids import hash_secret, new_id
 from trainyard.storage import Storage
@@ -48,11 +47,14 @@ STEP_METRICS = (
 @dataclass(frozen=True)
 class AttemptState:
     """What a node worker learns after each report: the attempt's status, whether to stop,
-    and the last event sequence number stored."""
+    the last event sequence number stored, and for a gang the rendezvous once rank 0 has
+    started."""
 
     status: str
     cancel: bool
     last_seq: int
+    master_addr: str | None = None
+    master_port: int | None = None
 
 
 def authorize(*, session: Session, attempt_id: str, token: str) -> Attempt:
@@ -63,14 +65,48 @@ def authorize(*, session: Session, attempt_id: str, token: str) -> Attempt:
     return attempt
 
 
+def _master(session: Session, attempt: Attempt) -> tuple[str, int] | None:
+    """The rendezvous of a gang (rank 0's node address and reserved port), once known."""
+    if attempt.nodes <= 1:
+        return None
+    row = session.execute(
+        select(Node.address, Node.host, Attempt.master_port)
+        .join(Node, Node.id == Attempt.node_id)
+        .where(
+            Attempt.job_id == attempt.job_id,
+            Attempt.number == attempt.number,
+            Attempt.rank == 0,
+        )
+    ).first()
+    if row is None or row[2] is None:
+        return None
+    return str(row[0] or row[1]), int(row[2])
+
+
 def _state(session: Session, attempt: Attempt) -> AttemptState:
     job = session.get(Job, attempt.job_id)
-    cancel = bool(job and job.cancel_requested) or attempt.status not in ACTIVE_ATTEMPT
-    return AttemptState(status=attempt.status, cancel=cancel, last_seq=attempt.last_seq)
+    cancel = (
+        bool(job and job.cancel_requested)
+        or bool(job and job.status in (JobStatus.PAUSED, JobStatus.PREEMPTED))
+        or attempt.status not in ACTIVE_ATTEMPT
+        or gang.stop_requested(session, attempt)
+    )
+    master = _master(session, attempt) if attempt.status in ACTIVE_ATTEMPT else None
+    return AttemptState(
+        status=attempt.status,
+        cancel=cancel,
+        last_seq=attempt.last_seq,
+        master_addr=master[0] if master else None,
+        master_port=master[1] if master else None,
+    )
 
 
-def start(*, session: Session, attempt: Attempt) -> AttemptState:
-    """The node is about to launch torchrun; a duplicate delivery gets a 409."""
+def start(*, session: Session, attempt: Attempt, master_port: int | None = None) -> AttemptState:
+    """The node is about to launch torchrun; a duplicate delivery gets a 409.
+
+    Rank 0 of a gang brings the port it reserved for the rendezvous; another rank stays
+    `starting` (and is told so) until rank 0 has started, then gets the rendezvous.
+    """
     job = session.get(Job, attempt.job_id)
     assert job is not None
     if attempt.status != AttemptStatus.STARTING:
@@ -80,6 +116,17 @@ def start(*, session: Session, attempt: Attempt) -> AttemptState:
         transition(session, job, JobStatus.CANCELLED, "cancelled before training started")
         session.commit()
         raise Conflict("attempt_not_startable", "the job was cancelled")
+    if job.status == JobStatus.PAUSED:
+        attempt.status, attempt.finished_at = AttemptStatus.PREEMPTED.value, utcnow()
+        session.commit()
+        raise Conflict("attempt_not_startable", "the job was paused")
+    if attempt.nodes > 1:
+        if attempt.rank == 0:
+            if master_port is None:
+                raise Conflict("master_port_required", "rank 0 of a gang must bring a port")
+            attempt.master_port = master_port
+        elif _master(session, attempt) is None:
+            return _state(session, attempt)  # rank 0 has not started yet: ask again
     attempt.status = AttemptStatus.RUNNING.value
     attempt.started_at = attempt.heartbeat_at = utcnow()
     transition(
@@ -150,6 +197,7 @@ def ingest(
     job = session.get(Job, attempt.job_id)
     assert job is not None
     if attempt.status == AttemptStatus.RUNNING:
+        # Only rank 0 of a gang carries events; the other ranks' reports are heartbeats.
         for seq, event in sorted(events, key=lambda e: e[0]):
             if seq <= attempt.last_seq:
                 continue
@@ -178,9 +226,10 @@ def finish(
     log_tail: str | None,
     reason: str | None,
     preempted: bool,
-    max_attempts: int,
+    max_lost_attempts: int,
 ) -> AttemptState:
-    """Settle an attempt and its job from the trainer's exit."""
+    """Settle one node's part of an attempt from its trainer's exit, and the job once the
+    whole gang has stopped."""
     job = session.get(Job, attempt.job_id)
     assert job is not None
     if attempt.status not in ACTIVE_ATTEMPT:
@@ -189,18 +238,22 @@ def finish(
     attempt.finished_at = utcnow()
     if job.cancel_requested:
         attempt.status = AttemptStatus.CANCELLED.value
-        transition(session, job, JobStatus.CANCELLED, "cancelled by the user")
     elif exit_code == EXIT_OK:
         attempt.status = AttemptStatus.SUCCEEDED.value
-        model = _register_model(session, storage, job, attempt)
-        job.model_id = model.id
-        transition(
-            session,
-            job,
-            JobStatus.SUCCEEDED,
-            f"training finished; model {model.id}",
-            model_id=model.id,
-        )
+        if attempt.rank == 0:  # rank 0 exports the model
+            model = _register_model(session, storage, job, attempt)
+            job.model_id = model.id
+            transition(
+                session,
+                job,
+                JobStatus.SUCCEEDED,
+                f"training finished; model {model.id}",
+                model_id=model.id,
+            )
+    elif job.status in (JobStatus.PAUSED, JobStatus.PREEMPTED):
+        attempt.status = AttemptStatus.PREEMPTED.value  # stopped on purpose; costs nothing
+    elif gang.stop_requested(session, attempt):
+        attempt.status = AttemptStatus.STOPPED.value  # its gang failed first
     elif (
         exit_code == EXIT_PREEMPTED
         or preempted
@@ -208,16 +261,11 @@ def finish(
         or _last_event(session, attempt, "preempted") is not None
     ):
         attempt.status = AttemptStatus.PREEMPTED.value
-        requeue(session, job, "preempted; resuming from the latest checkpoint", max_attempts)
     else:
         attempt.status = AttemptStatus.FAILED.value
-        error = _last_event(session, attempt, "error")
-        if error is not None:
-            fail(session, job, str(error.data.get("code", "trainer_error")), error.message or "")
-        else:
-            reason = reason or f"trainer exited with code {exit_code}"
-            tail = (log_tail or "").strip().splitlines()[-20:]
-            fail(session, job, "trainer_exit", reason + ("\n" + "\n".join(tail) if tail else ""))
+        if reason:
+            attempt.log_tail = f"{reason}\n{log_tail or ''}"
+    gang.settle(session, job, attempt.number, max_lost_attempts=max_lost_attempts)
     session.commit()
     return _state(session, attempt)
 

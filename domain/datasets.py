@@ -7,8 +7,9 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from domain import quotas
 from domain.access import owned
-from domain.errors import BadInput, Conflict
+from domain.errors import BadInput, Conflict, QuotaExceeded
 from domain.lifecycle import ACTIVE
 from domain.orm import Dataset, Job
 from domain.uploads import Upload
@@ -27,6 +28,11 @@ def create(
     if upload.size == 0:
         upload.path.unlink(missing_ok=True)
         raise BadInput("empty_file", "the uploaded file is empty")
+    try:
+        quotas.check_storage(session=session, project_id=project_id, adding=upload.size)
+    except QuotaExceeded:
+        upload.path.unlink(missing_ok=True)
+        raise
     detected = formats.detect(upload.head, upload.filename)
     name = (upload.fields.get("name") or upload.filename or "dataset").strip()[:200]
     dataset = Dataset(

@@ -1,16 +1,33 @@
-"""Dispatch: place prepared jobs on nodes with free slots and mint their attempts."""
+"""Dispatch: place prepared jobs on nodes, a whole gang at once, in priority and fair-share
+order, and mint their attempts.
+
+Order: lower `priority` first; within a priority, the project using the fewest slots goes
+next (recounted after every placement, so one project's many jobs cannot starve another's
+one), then the oldest job. A job that cannot be placed keeps the nodes of its pool from jobs
+of a lower priority (no starvation by smaller jobs) and says why in `waiting_reason`.
+"""
 
 from __future__ import annotations
 
 import json
 import secrets
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from domain.lifecycle import ACTIVE_ATTEMPT, AttemptStatus, JobStatus, fail, record
-from domain.orm import Attempt, Job, Node
+from domain.lifecycle import (
+    ACTIVE_ATTEMPT,
+    WAITING,
+    AttemptStatus,
+    JobStatus,
+    fail,
+    record,
+    transition,
+)
+from domain.orm import Attempt, Job, Node, Quota
 from domain.run_config import run_config
 from trainyard.ids import hash_secret, new_id
 from trainyard.messaging import RUN_ATTEMPT, Message
@@ -18,84 +35,252 @@ from trainyard.settings import Settings
 from trainyard.storage import Storage
 
 
-def _free_slots(session: Session) -> dict[str, int]:
-    used = dict(
-        session.execute(
-            select(Attempt.node_id, func.sum(Attempt.slots))
+@dataclass
+class Cluster:
+    """Free slots per online node and slots in use per project, kept current while placing."""
+
+    nodes: list[Node]
+    free: dict[str, int]
+    used_by_project: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @classmethod
+    def load(cls, session: Session) -> Cluster:
+        rows = session.execute(
+            select(Attempt.node_id, Job.project_id, func.sum(Attempt.slots))
+            .join(Job, Job.id == Attempt.job_id)
             .where(Attempt.status.in_(ACTIVE_ATTEMPT))
-            .group_by(Attempt.node_id)
+            .group_by(Attempt.node_id, Job.project_id)
         ).all()
-    )
-    nodes = session.execute(select(Node).where(Node.status == "online")).scalars()
-    return {n.id: n.slots - int(used.get(n.id) or 0) for n in nodes}
+        nodes = list(
+            session.execute(select(Node).where(Node.status == "online").order_by(Node.name))
+            .scalars()
+            .all()
+        )
+        cluster = cls(nodes=nodes, free={n.id: n.slots for n in nodes})
+        for node_id, project_id, slots in rows:
+            if node_id in cluster.free:
+                cluster.free[node_id] -= int(slots or 0)
+            cluster.used_by_project[project_id] += int(slots or 0)
+        return cluster
+
+    def candidates(self, job: Job) -> list[Node]:
+        """Online nodes of the job's pool and accelerator."""
+        res = job.spec["resources"]
+        return [
+            n
+            for n in self.nodes
+            if n.pool == res["pool"] and res["accelerator"] in ("auto", n.accelerator)
+        ]
+
+    def place(self, job: Job) -> list[Node] | None:
+        """The nodes of a gang that fits now (the emptiest first), or None."""
+        res = job.spec["resources"]
+        want, count = res["processes_per_node"], res["nodes"]
+        fitting = [n for n in self.candidates(job) if self.free[n.id] >= want]
+        if len(fitting) < count:
+            return None
+        # Fill the nodes with most free slots first: fewer gangs share a host's cores.
+        fitting.sort(key=lambda n: (-self.free[n.id], n.name))
+        return fitting[:count]
+
+    def take(self, job: Job, nodes: list[Node]) -> None:
+        want = job.spec["resources"]["processes_per_node"]
+        for node in nodes:
+            self.free[node.id] -= want
+        self.used_by_project[job.project_id] += want * len(nodes)
 
 
-def _pick_node(session: Session, job: Job, free: dict[str, int]) -> Node | None:
+def slots_of(job: Job) -> int:
+    """Slots a job holds while it runs: nodes x processes per node."""
     res = job.spec["resources"]
-    want = res["processes_per_node"]
-    for node in session.execute(
-        select(Node).where(Node.status == "online", Node.pool == res["pool"]).order_by(Node.name)
-    ).scalars():
-        if res["accelerator"] not in ("auto", node.accelerator):
-            continue
-        if free.get(node.id, 0) >= want:
-            return node
-    return None
+    return int(res["nodes"]) * int(res["processes_per_node"])
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def why_waiting(cluster: Cluster, job: Job) -> str:
+    """A person's reason why the job is not placed: `waiting for 2 nodes with 1 free slot`."""
+    res = job.spec["resources"]
+    want, count = res["processes_per_node"], res["nodes"]
+    nodes = cluster.candidates(job)
+    fitting = sum(1 for n in nodes if cluster.free[n.id] >= want)
+    where = f"in pool {res['pool']!r}" + (
+        f" ({res['accelerator']})" if res["accelerator"] != "auto" else ""
+    )
+    if len(nodes) < count:
+        return f"waiting for {_plural(count, 'node')} {where}; {len(nodes)} online"
+    return (
+        f"waiting for {_plural(count, 'node')} with {_plural(want, 'free slot')}; "
+        f"{fitting} of {len(nodes)} online nodes {where} have them"
+    )
+
+
+def _ordered(waiting: list[Job], cluster: Cluster) -> list[Job]:
+    """Priority first, then the project using the fewest slots, then age (fair share)."""
+    by_priority: dict[int, dict[str, list[Job]]] = defaultdict(lambda: defaultdict(list))
+    for job in sorted(waiting, key=lambda j: j.created_at):
+        by_priority[job.priority][job.project_id].append(job)
+    ordered: list[Job] = []
+    used = dict(cluster.used_by_project)
+    for priority in sorted(by_priority):
+        queues = by_priority[priority]
+        while queues:
+            project = min(queues, key=lambda p: (used.get(p, 0), queues[p][0].created_at))
+            job = queues[project].pop(0)
+            if not queues[project]:
+                del queues[project]
+            ordered.append(job)
+            # Assume it will run: the next pick goes to a project that has less.
+            used[project] = used.get(project, 0) + slots_of(job)
+    return ordered
+
+
+def _quotas(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(Quota.project_id, Quota.max_running_slots).where(
+            Quota.max_running_slots.is_not(None)
+        )
+    ).all()
+    return {p: int(v or 0) for p, v in rows}
+
+
+def _set_reason(job: Job, reason: str | None) -> None:
+    if job.waiting_reason != reason:
+        job.waiting_reason = reason
 
 
 def dispatch(session: Session, storage: Storage, settings: Settings, out: list[Message]) -> None:
-    """Give each prepared job without a live attempt a new attempt on a node that fits,
-    writing its run.json; the run messages go to `out`, to be sent after the commit."""
-    free = _free_slots(session)
-    waiting = (
-        session.execute(
-            select(Job)
-            .where(Job.status.in_((JobStatus.QUEUED, JobStatus.PREPARING)), Job.prepared.is_(True))
-            .order_by(Job.created_at)
-        )
-        .scalars()
-        .all()
+    """Give each prepared job without a live attempt a new gang of nodes that fits, writing
+    its run.json; the run messages go to `out`, to be sent after the commit."""
+    cluster = Cluster.load(session)
+    live = set(
+        session.execute(select(Attempt.job_id).where(Attempt.status.in_(ACTIVE_ATTEMPT))).scalars()
     )
-    for job in waiting:
-        busy = session.execute(
-            select(Attempt.id).where(Attempt.job_id == job.id, Attempt.status.in_(ACTIVE_ATTEMPT))
-        ).first()
-        if busy:
+    waiting = [
+        job
+        for job in session.execute(
+            select(Job).where(Job.status.in_(WAITING), Job.prepared.is_(True))
+        ).scalars()
+        if job.id not in live
+    ]
+    quotas = _quotas(session)
+    blocked: dict[str, int] = {}  # pool -> the best priority that could not be placed
+    for job in _ordered(waiting, cluster):
+        pool = job.spec["resources"]["pool"]
+        if job.priority > blocked.get(pool, 100):
+            _set_reason(job, f"waiting behind jobs of priority {blocked[pool]}")
             continue
-        node = _pick_node(session, job, free)
-        if node is None:
+        cap = quotas.get(job.project_id)
+        if cap is not None and cluster.used_by_project[job.project_id] + slots_of(job) > cap:
+            _set_reason(
+                job,
+                f"waiting for the project's running slots quota: "
+                f"{cluster.used_by_project[job.project_id]} of {cap} in use, "
+                f"the job needs {slots_of(job)}",
+            )
             continue
-        number = job.attempt + 1
-        try:
-            config = run_config(storage, settings, job, number, node)
-        except (OSError, ValueError) as exc:
-            fail(session, job, "preparation_failed", f"token shards unusable: {exc}")
+        nodes = cluster.place(job)
+        if nodes is None:
+            reason = why_waiting(cluster, job)
+            if _preempt(session, cluster, job):
+                reason += "; lower-priority jobs are being preempted for it"
+            _set_reason(job, reason)
+            blocked[pool] = min(blocked.get(pool, 100), job.priority)
             continue
-        folder = Path(config.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "run.json").write_text(json.dumps(config.to_dict(), indent=2))
+        _set_reason(job, None)
+        if _launch(session, storage, settings, job, nodes, out):
+            cluster.take(job, nodes)
+
+
+def _preempt(session: Session, cluster: Cluster, job: Job) -> bool:
+    """Stop running jobs of a strictly lower priority (lowest first, newest first) when
+    that makes room for `job`. Returns whether room is being made (also when jobs stopped
+    earlier are still checkpointing, in which case no more are stopped)."""
+    pool = job.spec["resources"]["pool"]
+    rows = session.execute(
+        select(Attempt, Job)
+        .join(Job, Job.id == Attempt.job_id)
+        .where(Attempt.status.in_(ACTIVE_ATTEMPT))
+    ).all()
+    held: dict[str, list[Attempt]] = defaultdict(list)
+    jobs: dict[str, Job] = {}
+    for attempt, owner in rows:
+        if owner.spec["resources"]["pool"] == pool:
+            held[owner.id].append(attempt)
+            jobs[owner.id] = owner
+    free = dict(cluster.free)
+
+    def release(job_id: str) -> None:
+        for attempt in held[job_id]:
+            if attempt.node_id in free:
+                free[attempt.node_id] += attempt.slots
+
+    def fits() -> bool:
+        trial = Cluster(nodes=cluster.nodes, free=free)
+        return trial.place(job) is not None
+
+    stopping = [j for j in jobs.values() if j.status in (JobStatus.PREEMPTED, JobStatus.PAUSED)]
+    for victim in stopping:
+        release(victim.id)
+    if stopping and fits():
+        return True  # room is on its way
+    victims = sorted(
+        (j for j in jobs.values() if j.status == JobStatus.RUNNING and j.priority > job.priority),
+        key=lambda j: (-j.priority, -(j.started_at.timestamp() if j.started_at else 0)),
+    )
+    chosen: list[Job] = []
+    for victim in victims:
+        release(victim.id)
+        chosen.append(victim)
+        if fits():
+            for v in chosen:
+                transition(
+                    session,
+                    v,
+                    JobStatus.PREEMPTED,
+                    f"preempted by job {job.id} (priority {job.priority} over {v.priority}); "
+                    "checkpointing, it resumes when it fits again",
+                    by=job.id,
+                )
+            return True
+    return False
+
+
+def _launch(
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    job: Job,
+    nodes: list[Node],
+    out: list[Message],
+) -> bool:
+    """Mint one attempt row per node rank, all in the caller's transaction."""
+    number = job.attempt + 1
+    try:
+        config = run_config(storage, settings, job, number, nodes[0])
+    except (OSError, ValueError) as exc:
+        fail(session, job, "preparation_failed", f"token shards unusable: {exc}")
+        return False
+    folder = Path(config.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps(config.to_dict(), indent=2))
+    slots = job.spec["resources"]["processes_per_node"]
+    for rank, node in enumerate(nodes):
         token = secrets.token_urlsafe(32)
-        slots = job.spec["resources"]["processes_per_node"]
         attempt = Attempt(
             id=new_id("att"),
             job_id=job.id,
             number=number,
+            rank=rank,
+            nodes=len(nodes),
             node_id=node.id,
             slots=slots,
             status=AttemptStatus.STARTING.value,
             token_hash=hash_secret(token),
         )
         session.add(attempt)
-        job.attempt = number
-        free[node.id] -= slots
-        record(
-            session,
-            job,
-            "scheduled",
-            f"attempt {number} assigned to node {node.name}",
-            node=node.name,
-            attempt=number,
-        )
         out.append(
             (
                 RUN_ATTEMPT,
@@ -106,7 +291,23 @@ def dispatch(session: Session, storage: Storage, settings: Settings, out: list[M
                     "token": token,
                     "run_config": str(folder / "run.json"),
                     "nproc": slots,
+                    "nnodes": len(nodes),
+                    "node_rank": rank,
                 },
                 node.queue,
             )
         )
+    job.attempt = number
+    names = [n.name for n in nodes]
+    record(
+        session,
+        job,
+        "scheduled",
+        f"attempt {number} assigned to node{'s' if len(names) > 1 else ''} {', '.join(names)}",
+        node=names[0],
+        nodes=names,
+        attempt=number,
+    )
+    if job.status == JobStatus.PREEMPTED:
+        record(session, job, "resumed", f"attempt {number} resumes the preempted job")
+    return True

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from domain import datasets
+from domain import datasets, quotas
 from domain.access import owned
 from domain.errors import Conflict, Invalid, NotFound
 from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transition
@@ -177,6 +177,23 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
         )
 
 
+def _check_nodes(session: Session, resolved: dict[str, Any]) -> None:
+    """Refuse a gang larger than the pool: it could never start."""
+    res = resolved["resources"]
+    if res["nodes"] == 1:
+        return
+    registered = int(
+        session.execute(select(func.count(Node.id)).where(Node.pool == res["pool"])).scalar() or 0
+    )
+    if res["nodes"] > registered:
+        raise Invalid(
+            "invalid_request",
+            f"resources.nodes ({res['nodes']}) exceeds the {registered} nodes registered in "
+            f"pool {res['pool']!r}",
+            [{"field": "resources.nodes", "message": f"at most {registered}"}],
+        )
+
+
 def create(
     *,
     session: Session,
@@ -210,12 +227,15 @@ def create(
         tokenizer_key, vocab_size = _tokenizer(session, project_id, spec)
     resolved["tokenizer"]["vocab_size"] = vocab_size
     _check_memory(session, resolved, default_gpu_bytes)
+    _check_nodes(session, resolved)
+    quotas.check_submit(session=session, project_id=project_id)
     job = Job(
         id=new_id("job"),
         project_id=project_id,
         name=spec.name,
         type=spec.type,
         status=JobStatus.QUEUED.value,
+        priority=resolved["resources"]["priority"],
         spec=resolved,
         dataset_id=spec.dataset_id,
         tokenizer_key=tokenizer_key,
@@ -259,4 +279,35 @@ def cancel(*, session: Session, project_id: str, job_id: str) -> Job:
     else:
         transition(session, job, JobStatus.CANCELLING, "cancel requested by the user")
     session.commit()
+    return job
+
+
+def pause(*, session: Session, project_id: str, job_id: str) -> Job:
+    """Checkpoint a job and free its nodes (status `paused`); idempotent."""
+    job = get(session=session, project_id=project_id, job_id=job_id)
+    if job.status == JobStatus.PAUSED:
+        return job
+    if job.status in TERMINAL or job.status in (JobStatus.CANCELLING, JobStatus.PREPARING):
+        raise Conflict(
+            "job_not_pausable",
+            f"a {job.status} job cannot be paused"
+            + ("; pause it once it is queued or running" if job.status == "preparing" else ""),
+            {"status": job.status},
+        )
+    transition(session, job, JobStatus.PAUSED, "paused by the user; checkpointing")
+    session.commit()
+    return job
+
+
+def resume(*, session: Session, project_id: str, job_id: str) -> Job:
+    """Put a paused job back in the queue; it resumes from its latest checkpoint. A job
+    that is not paused but still active is left as it is (idempotent)."""
+    job = get(session=session, project_id=project_id, job_id=job_id)
+    if job.status in TERMINAL or job.status == JobStatus.CANCELLING:
+        raise Conflict(
+            "job_not_resumable", f"a {job.status} job cannot be resumed", {"status": job.status}
+        )
+    if job.status == JobStatus.PAUSED:
+        transition(session, job, JobStatus.QUEUED, "resumed by the user")
+        session.commit()
     return job

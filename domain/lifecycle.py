@@ -5,7 +5,9 @@ makes a move. Every writer of a job's status goes through `transition` (or `fail
        \\          \\          \\-----> failed
         \\          \\---------------> failed
          any non-terminal --cancel--> cancelling -> cancelled
-     running --node lost / preempted--> queued (attempt + 1, resumes from latest checkpoint)
+     running --node lost / trainer crash--> queued (attempt + 1, resumes from latest checkpoint)
+     running --preempted by a higher priority--> preempted --fits again--> running
+     queued, preempted, running --pause--> paused --resume--> queued
 
 Terminal states never change. A writer that reaches a terminal job late (a cancel that
 raced the trainer's exit) changes nothing, as before; any other move the table does not
@@ -31,6 +33,8 @@ class JobStatus(StrEnum):
     PREPARING = "preparing"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    PREEMPTED = "preempted"  # stopped for a job of higher priority; waits to run again
+    PAUSED = "paused"  # checkpointed and off its nodes until resumed
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -45,26 +49,40 @@ class AttemptStatus(StrEnum):
     FAILED = "failed"
     PREEMPTED = "preempted"
     LOST = "lost"
+    STOPPED = "stopped"  # stopped because another node of its gang failed
     CANCELLED = "cancelled"
 
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 ACTIVE = tuple(s for s in JobStatus if s not in TERMINAL)
 ACTIVE_ATTEMPT = (AttemptStatus.STARTING, AttemptStatus.RUNNING)
+# Jobs the scheduler may place on nodes (once prepared).
+WAITING = (JobStatus.QUEUED, JobStatus.PREPARING, JobStatus.PREEMPTED)
 
 _CANCEL = {JobStatus.CANCELLING, JobStatus.CANCELLED}
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # A requeued job is already prepared: it goes straight from queued to running.
     JobStatus.QUEUED: frozenset(
-        {JobStatus.PREPARING, JobStatus.RUNNING, JobStatus.FAILED, *_CANCEL}
+        {JobStatus.PREPARING, JobStatus.RUNNING, JobStatus.FAILED, JobStatus.PAUSED, *_CANCEL}
     ),
     # An attempt that never started sends a preparing job back to the queue.
     JobStatus.PREPARING: frozenset(
         {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED, *_CANCEL}
     ),
     JobStatus.RUNNING: frozenset(
-        {JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, *_CANCEL}
+        {
+            JobStatus.QUEUED,
+            JobStatus.PREEMPTED,
+            JobStatus.PAUSED,
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            *_CANCEL,
+        }
     ),
+    JobStatus.PREEMPTED: frozenset(
+        {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.FAILED, *_CANCEL}
+    ),
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED, *_CANCEL}),
     JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
@@ -102,11 +120,22 @@ def fail(session: Session, job: Job, code: str, message: str) -> None:
     job.error_code, job.error_message = code, message
 
 
-def requeue(session: Session, job: Job, reason: str, max_attempts: int) -> None:
-    """Put a job back in the queue for a new attempt, or fail it after too many."""
+def requeue(
+    session: Session,
+    job: Job,
+    reason: str,
+    *,
+    tries: int,
+    limit: int,
+    code: str = "node_lost",
+    status: JobStatus = JobStatus.QUEUED,
+    **data: Any,
+) -> None:
+    """Put a job back in the queue for a new attempt (`status` queued or preempted), or fail
+    it with `code` once `tries` has reached `limit`."""
     if job.cancel_requested:
         transition(session, job, JobStatus.CANCELLED, "cancelled by the user")
-    elif job.attempt >= max_attempts:
-        fail(session, job, "node_lost", f"{reason}; gave up after {job.attempt} attempts")
+    elif tries > limit:
+        fail(session, job, code, f"{reason}; gave up after {tries - 1} retries")
     else:
-        transition(session, job, JobStatus.QUEUED, reason)
+        transition(session, job, status, reason, **data)

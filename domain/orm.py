@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -61,6 +62,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # An admin key also sees the cluster (nodes) and sets quotas.
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Dataset(Base):
@@ -127,6 +130,12 @@ class Job(Base):
     tokenizer_key: Mapped[str | None] = mapped_column(String(120), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # Lower runs first (1 to 99); fair share between projects within one priority.
+    priority: Mapped[int] = mapped_column(Integer, default=50, server_default="50")
+    # Attempts that ended in a trainer failure; lost nodes and preemption do not count.
+    restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Why a queued job is not running yet ("waiting for 2 nodes with 1 free slot").
+    waiting_reason: Mapped[str | None] = mapped_column(Text, default=None)
     prepared: Mapped[bool] = mapped_column(Boolean, default=False)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error_code: Mapped[str | None] = mapped_column(String(40), default=None)
@@ -155,6 +164,8 @@ class Node(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     host: Mapped[str] = mapped_column(String(255))
+    # Where the other nodes of a gang reach this one (the rendezvous master's address).
+    address: Mapped[str | None] = mapped_column(String(255), default=None)
     queue: Mapped[str] = mapped_column(String(255))
     pool: Mapped[str] = mapped_column(String(64), default="default")
     accelerator: Mapped[str] = mapped_column(String(8))
@@ -167,10 +178,17 @@ class Node(Base):
 
 
 class Attempt(Base):
+    """One node's part of a job attempt: a gang of `nodes` rows sharing a `number`, one per
+    node rank; rank 0 hosts the rendezvous and runs global rank 0 (the one writing events)."""
+
     __tablename__ = "attempts"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    nodes: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The port rank 0's node reserved for the rendezvous, once it has started.
+    master_port: Mapped[int | None] = mapped_column(Integer, default=None)
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
     slots: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))  # a domain.lifecycle.AttemptStatus
@@ -183,7 +201,7 @@ class Attempt(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (
-        UniqueConstraint("job_id", "number", name="uq_attempt_number"),
+        UniqueConstraint("job_id", "number", "rank", name="uq_attempt_number_rank"),
         Index("ix_attempts_status", "status"),
     )
 
@@ -235,6 +253,19 @@ class Model(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     files: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Quota(Base):
+    """A project's limits, set by an admin; a missing row or a null field means no limit."""
+
+    __tablename__ = "quotas"
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    max_running_slots: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class Lease(Base):

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from domain.db import utcnow
 from domain.dispatch import dispatch
-from domain.lifecycle import ACTIVE_ATTEMPT, AttemptStatus, JobStatus, requeue, transition
+from domain.gang import settle
+from domain.lifecycle import ACTIVE_ATTEMPT, AttemptStatus, JobStatus, transition
 from domain.orm import Attempt, Job, Node
 from domain.preparation import resend_prep, start_preparing
 from trainyard.messaging import Message, send
@@ -22,8 +23,9 @@ from trainyard.storage import Storage
 
 
 def reconcile(session: Session, settings: Settings) -> None:
-    """Mark quiet nodes offline, requeue the jobs of lost attempts, and finish cancels whose
-    attempts have all stopped."""
+    """Mark quiet nodes offline, declare the attempts of silent nodes lost (stopping the
+    rest of their gangs and requeueing their jobs), and finish cancels whose attempts have
+    all stopped."""
     now = utcnow()
     quiet = now - timedelta(seconds=settings.node_timeout_seconds)
     session.execute(
@@ -45,17 +47,20 @@ def reconcile(session: Session, settings: Settings) -> None:
         .scalars()
         .all()
     )
+    gangs: set[tuple[str, int]] = set()
     for attempt in lost:
-        job = session.get(Job, attempt.job_id)
-        was = attempt.status
+        if attempt.status == AttemptStatus.RUNNING:
+            # Its node went silent too, though its agent may have beaten a moment later:
+            # place nothing new there until it heartbeats again.
+            session.execute(update(Node).where(Node.id == attempt.node_id).values(status="offline"))
         attempt.status, attempt.finished_at = AttemptStatus.LOST.value, now
+        gangs.add((attempt.job_id, attempt.number))
+    # A gang whose other nodes have all stopped is settled now; else when the last one
+    # reports its end (they are told to stop on their next report).
+    for job_id, number in sorted(gangs):
+        job = session.get(Job, job_id)
         if job is not None:
-            reason = (
-                "node stopped reporting"
-                if was == AttemptStatus.RUNNING
-                else "node never started it"
-            )
-            requeue(session, job, f"attempt {attempt.number} lost: {reason}", settings.max_attempts)
+            settle(session, job, number, max_lost_attempts=settings.max_lost_attempts)
     for job in session.execute(select(Job).where(Job.status == JobStatus.CANCELLING)).scalars():
         live = session.execute(
             select(Attempt.id).where(Attempt.job_id == job.id, Attempt.status.in_(ACTIVE_ATTEMPT))

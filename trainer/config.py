@@ -221,6 +221,9 @@ class ResourcesConfig:
     strategy: Literal["ddp", "fsdp"] = "ddp"
     nodes: int = 1
     processes_per_node: int = 1
+    # A collective waits this long for a peer before failing (a vanished host otherwise
+    # hangs the survivors for the backend's default of 10 to 30 minutes).
+    dist_timeout_seconds: float = 300.0
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as td
@@ -35,7 +36,9 @@ class Dist:
         return td.is_available() and td.is_initialized()
 
     @classmethod
-    def init(cls, accelerator: str = "auto", *, group: bool = False) -> Dist:
+    def init(
+        cls, accelerator: str = "auto", *, group: bool = False, timeout_s: float = 300.0
+    ) -> Dist:
         """Read torchrun's environment, pick the device and join the process group.
 
         A group is made when there are several ranks, or when `group` asks for one and
@@ -57,10 +60,11 @@ class Dist:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
         want_group = world_size > 1 or (group and "MASTER_ADDR" in os.environ)
         if want_group and not td.is_initialized():
+            timeout = timedelta(seconds=timeout_s)
             if use_cuda:
-                td.init_process_group("nccl", device_id=device)
+                td.init_process_group("nccl", device_id=device, timeout=timeout)
             else:
-                td.init_process_group("gloo")
+                td.init_process_group("gloo", timeout=timeout)
         return cls(rank, local_rank, world_size, local_world_size, device)
 
     def barrier(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
 import sys
 import traceback
 
@@ -15,8 +17,20 @@ from trainer.events import EventWriter
 from trainer.loop import NanLossError, Trainer
 
 
+def _die_with_launcher() -> None:
+    """End with the launcher (torchrun's agent): when the host's supervisor is killed, no
+    rank may keep training unseen. Linux only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the launcher died before the request took effect
+        os._exit(EXIT_FAILED)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, build, train; map the outcome to an exit code."""
+    _die_with_launcher()
     parser = argparse.ArgumentParser(prog="trainer.train", description=__doc__)
     parser.add_argument("--config", required=True, help="path to run.json")
     args = parser.parse_args(argv)
@@ -27,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer: invalid config: {e}", file=sys.stderr)
         return EXIT_FAILED
 
-    dist = Dist.init(cfg.resources.accelerator, group=cfg.resources.strategy == "fsdp")
+    res = cfg.resources
+    dist = Dist.init(
+        res.accelerator, group=res.strategy == "fsdp", timeout_s=res.dist_timeout_seconds
+    )
     events = EventWriter(cfg.output_dir, enabled=dist.is_main)
     trainer: Trainer | None = None
     try:

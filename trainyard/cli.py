@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 
 def _db(args: argparse.Namespace) -> int:
@@ -23,8 +24,9 @@ def _keys(args: argparse.Namespace) -> int:
     from domain.keys import create_key
 
     with session_scope() as session:
-        key = create_key(session=session, project_name=args.project)
-    print(f"Created an API key for project {args.project!r}. It is shown only once:")
+        key = create_key(session=session, project_name=args.project, admin=args.admin)
+    kind = "an admin API key" if args.admin else "an API key"
+    print(f"Created {kind} for project {args.project!r}. It is shown only once:")
     print(key)
     return 0
 
@@ -101,6 +103,49 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_client(args: argparse.Namespace) -> Any:
+    from trainyard.client import Client
+    from trainyard.settings import get_settings
+
+    key = args.key or os.environ.get("TRAINYARD_API_KEY")
+    if not key:
+        raise SystemExit("trainyard: give an admin key with --key or TRAINYARD_API_KEY")
+    return Client(args.url or get_settings().api_url, key)
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    with _admin_client(args) as client:
+        nodes = client.nodes()
+    print(f"{'NAME':<20} {'STATUS':<8} {'ADDRESS':<16} {'SLOTS':>5} {'FREE':>5}  RUNNING")
+    for n in nodes:
+        running = ", ".join(
+            f"{a['job_id']}#{a['attempt']}" + (f" rank {a['rank']}" if a["nodes"] > 1 else "")
+            for a in n["attempts"]
+        )
+        print(
+            f"{n['name']:<20} {n['status']:<8} {n['address'] or '-':<16} "
+            f"{n['slots']:>5} {n['free_slots']:>5}  {running or '-'}"
+        )
+    return 0
+
+
+def _quotas(args: argparse.Namespace) -> int:
+    with _admin_client(args) as client:
+        if args.action == "set":
+            quota = client.set_quota(
+                args.project,
+                max_running_slots=args.max_running_slots,
+                max_queued_jobs=args.max_queued_jobs,
+                max_storage_bytes=args.max_storage_bytes,
+            )
+        else:
+            quota = client.quota(args.project)
+    for name in ("running_slots", "queued_jobs", "storage_bytes"):
+        limit = quota[f"max_{name}"]
+        print(f"{name:<14} {quota[name]} of {'unlimited' if limit is None else limit}")
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from trainyard.up import up
 
@@ -126,7 +171,22 @@ def parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API keys")
     keys.add_argument("action", choices=["create"])
     keys.add_argument("--project", required=True)
+    keys.add_argument("--admin", action="store_true", help="may see nodes and set quotas")
     keys.set_defaults(func=_keys)
+
+    admin = argparse.ArgumentParser(add_help=False)
+    admin.add_argument("--url", help="API URL (default: TRAINYARD_API_URL)")
+    admin.add_argument("--key", help="admin API key (default: TRAINYARD_API_KEY)")
+    nodes = sub.add_parser("nodes", parents=[admin], help="the cluster's nodes (admin key)")
+    nodes.set_defaults(func=_nodes)
+
+    quotas = sub.add_parser("quotas", parents=[admin], help="project quotas (admin key)")
+    quotas.add_argument("action", choices=["show", "set"])
+    quotas.add_argument("--project", required=True)
+    quotas.add_argument("--max-running-slots", type=int)
+    quotas.add_argument("--max-queued-jobs", type=int)
+    quotas.add_argument("--max-storage-bytes", type=int)
+    quotas.set_defaults(func=_quotas)
 
     api = sub.add_parser("api", help="serve the HTTP API")
     api.add_argument("--host", default="127.0.0.1")

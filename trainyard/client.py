@@ -108,6 +108,14 @@ class Client:
         """Cancel a job."""
         return dict(self.request("POST", f"/v1/jobs/{job_id}/cancel"))
 
+    def pause_job(self, job_id: str) -> dict[str, Any]:
+        """Checkpoint a job and free its nodes (idempotent)."""
+        return dict(self.request("POST", f"/v1/jobs/{job_id}/pause"))
+
+    def resume_job(self, job_id: str) -> dict[str, Any]:
+        """Put a paused job back in the queue (idempotent)."""
+        return dict(self.request("POST", f"/v1/jobs/{job_id}/resume"))
+
     def events(self, job_id: str, after: int | None = None, limit: int = 100) -> dict[str, Any]:
         """One page of the job's event log."""
         params: dict[str, Any] = {"limit": limit}
@@ -162,3 +170,17 @@ class Client:
         """Sample a continuation of the prompt."""
         body = {"prompt": prompt, **options}
         return str(self.request("POST", f"/v1/models/{model_id}/generate", json=body)["text"])
+
+    # cluster (admin keys)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes, their free slots and running attempts."""
+        return list(self.request("GET", "/v1/nodes")["data"])
+
+    def quota(self, project: str) -> dict[str, Any]:
+        """A project's quota and use."""
+        return dict(self.request("GET", f"/v1/quotas/{project}"))
+
+    def set_quota(self, project: str, **limits: int | None) -> dict[str, Any]:
+        """Set a project's quota (max_running_slots, max_queued_jobs, max_storage_bytes)."""
+        return dict(self.request("PUT", f"/v1/quotas/{project}", json=limits))

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,13 +21,8 @@ import httpx
 
 from trainyard import corpus
 from trainyard.client import Client
+from trainyard.net import free_port
 from trainyard.settings import get_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_ready(url: str, up: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
@@ -196,7 +190,7 @@ def local_platform(data_dir: Path, log_path: Path) -> Iterator[tuple[str, str]]:
 
     The platform is stopped (SIGTERM, then SIGKILL) when the block ends.
     """
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TRAINYARD_DATA_DIR": str(data_dir.resolve())}
     log = log_path.open("wb")

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     node_secret: str | None = None
     node_name: str = Field(default_factory=socket.gethostname)
     node_slots: int | None = None
+    # Where the other nodes of a gang reach this node; default: this host's address on the
+    # interface that reaches the API (127.0.0.1 when the API is local).
+    node_address: str | None = None
+    # The timeout of the trainer's process group: a peer that vanished fails the collective
+    # after this long instead of the backends' 10 to 30 minutes.
+    dist_timeout_seconds: float = Field(300.0, gt=0)
     # Where the API runs model generation: "auto" takes a GPU when the API's host has one.
     generate_device: Literal["auto", "cpu", "cuda"] = "auto"
     queue_prefix: str = ""
@@ -47,7 +53,9 @@ class Settings(BaseSettings):
     node_timeout_seconds: float = 30.0
     attempt_timeout_seconds: float = 60.0
     prep_timeout_seconds: float = 900.0
-    max_attempts: int = 3
+    # Attempts a job may lose to vanished nodes before it fails (trainer failures count
+    # against the job's own `resources.max_restarts`; preemption never counts).
+    max_lost_attempts: int = 10
     control_interval_seconds: float = 0.5
     keep_checkpoints: int = 3
 

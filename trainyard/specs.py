@@ -141,11 +141,16 @@ class TrainingSpec(Strict):
 
 
 class ResourcesSpec(Strict):
-    nodes: int = Field(1, ge=1, le=1)
+    # Up to the number of nodes registered in the pool (checked when the job is created).
+    nodes: int = Field(1, ge=1, le=256)
     processes_per_node: int = Field(1, ge=1, le=64)
     accelerator: Literal["auto", "gpu", "cpu"] = "auto"
     strategy: Literal["ddp", "fsdp"] = "ddp"
     pool: str = Field("default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    # Lower runs first; within one priority, the project using the fewest slots goes next.
+    priority: int = Field(50, ge=1, le=99)
+    # New attempts after a trainer failure; a lost node or a preemption costs none.
+    max_restarts: int = Field(3, ge=0, le=100)
 
 
 class LoraSpec(Strict):

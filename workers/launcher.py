@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -12,6 +13,17 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO
+
+PR_SET_PDEATHSIG = 1
+# Resolved once here: the child between fork and exec must not load libraries.
+_prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere), so a node
+    worker killed with -9 takes torchrun, and torchrun its trainers, with it."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 class EventFollower:
@@ -43,24 +55,55 @@ class EventFollower:
         return events
 
 
-class Launch:
-    """One torchrun process group for one attempt on this node."""
+def rendezvous_args(nnodes: int, node_rank: int, master: tuple[str, int] | None) -> list[str]:
+    """torchrun's rendezvous flags: standalone on one node; for a gang, a static rendezvous
+    at rank 0's address and port with no restarts (the platform restarts the whole gang)."""
+    if nnodes == 1 or master is None:
+        return ["--nnodes", "1", "--standalone"]
+    addr, port = master
+    return [
+        "--nnodes",
+        str(nnodes),
+        "--node-rank",
+        str(node_rank),
+        "--rdzv-backend",
+        "static",
+        "--master-addr",
+        addr,
+        "--master-port",
+        str(port),
+        "--max-restarts",
+        "0",
+    ]
 
-    def __init__(self, run_config: Path, nproc: int, env: dict[str, str] | None = None) -> None:
+
+class Launch:
+    """One torchrun process group for one attempt (one node of its gang) on this node."""
+
+    def __init__(
+        self,
+        run_config: Path,
+        nproc: int,
+        env: dict[str, str] | None = None,
+        *,
+        nnodes: int = 1,
+        node_rank: int = 0,
+        master: tuple[str, int] | None = None,
+    ) -> None:
         self.run_config = run_config
         self.folder = run_config.parent
-        self.log_path = self.folder / "train.log"
+        # Every node of a gang writes into the same shared attempt folder: one log each.
+        suffix = f"-node{node_rank}" if node_rank else ""
+        self.log_path = self.folder / f"train{suffix}.log"
         cmd = [
             sys.executable,
             "-m",
             "torch.distributed.run",
-            "--nnodes",
-            "1",
+            *rendezvous_args(nnodes, node_rank, master),
             "--nproc_per_node",
             str(nproc),
-            "--standalone",
             "--log-dir",
-            str(self.folder / "logs"),
+            str(self.folder / f"logs{suffix}"),
             "--tee",
             "3",
             "-m",
@@ -78,6 +121,7 @@ class Launch:
             start_new_session=True,
             env=child_env,
             cwd=str(self.folder),
+            preexec_fn=die_with_parent,
         )
         self.events = EventFollower(self.folder / "events.jsonl")
 

@@ -20,6 +20,7 @@ from celery.signals import worker_shutting_down
 from pydantic import BaseModel
 
 from trainyard.messaging import RUN_ATTEMPT, get_app
+from trainyard.net import address_towards, free_port
 from trainyard.settings import Settings, get_settings
 from workers.launcher import Launch
 from workers.reporter import Conflict, Reporter
@@ -35,6 +36,8 @@ class AttemptPayload(BaseModel):
     token: str
     run_config: str
     nproc: int
+    nnodes: int = 1
+    node_rank: int = 0
 
 
 def detect_devices(settings: Settings) -> tuple[str, int, list[str], int | None]:
@@ -89,6 +92,7 @@ class Agent:
             "slots": slots,
             "devices": devices,
             "memory_bytes": memory,
+            "address": self.settings.node_address or address_towards(self.settings.api_url),
         }
         response = self.client.post("/internal/nodes", json=body)
         response.raise_for_status()
@@ -126,13 +130,27 @@ def _on_shutdown(**_: Any) -> None:
 def supervise(payload: AttemptPayload, settings: Settings) -> None:
     """Run one attempt to its end, forwarding events and enforcing cancel."""
     reporter = Reporter(settings.api_url, payload.attempt_id, payload.token)
+    gang = payload.nnodes > 1
+    # Rank 0 of a gang hosts the rendezvous on a port it reserves now.
+    port = free_port("0.0.0.0") if gang and payload.node_rank == 0 else None
     try:
-        reporter.start()
+        master = reporter.start(master_port=port)
     except Conflict as exc:
         log.info("attempt %s not started: %s", payload.attempt_id, exc)
         reporter.close()
         return
-    launch = Launch(Path(payload.run_config), payload.nproc)
+    launch = Launch(
+        Path(payload.run_config),
+        payload.nproc,
+        nnodes=payload.nnodes,
+        node_rank=payload.node_rank,
+        master=master,
+    )
+
+    def read_events() -> list[dict[str, Any]]:
+        # Global rank 0, on node rank 0, writes the events; the other nodes only heartbeat.
+        return launch.events.read() if payload.node_rank == 0 else []
+
     code: int | None = None
     reason = None
     last_report = 0.0
@@ -140,7 +158,7 @@ def supervise(payload: AttemptPayload, settings: Settings) -> None:
     try:
         while True:
             code = launch.poll()
-            new = launch.events.read()
+            new = read_events()
             reporter.add(new)
             now = time.monotonic()
             final = [e["type"] for e in new if e.get("type") in FINAL_EVENTS]
@@ -173,7 +191,7 @@ def supervise(payload: AttemptPayload, settings: Settings) -> None:
                 code = launch.stop(settings.cancel_grace_seconds)
                 break
             time.sleep(0.2)
-        reporter.add(launch.events.read())
+        reporter.add(read_events())
     except BaseException as exc:  # worker shutdown: stop training, report, re-raise
         code = launch.stop(settings.cancel_grace_seconds)
         reason = f"node worker stopped: {type(exc).__name__}"
@@ -188,5 +206,5 @@ def supervise(payload: AttemptPayload, settings: Settings) -> None:
 
 @app.task(name=RUN_ATTEMPT, acks_late=False)
 def run_attempt(payload: dict[str, Any]) -> None:
-    """Run node 0 of one job attempt; the database (through the API) decides if it may."""
+    """Run one node of one job attempt; the database (through the API) decides if it may."""
     supervise(AttemptPayload.model_validate(payload), get_settings())

@@ -40,15 +40,27 @@ class Reporter:
             raise Conflict(f"{response.status_code} {response.text[:500]}")
         return dict(response.json())
 
-    def start(self) -> None:
-        """Claim the attempt; raises Conflict when it is not ours to run (duplicate, cancelled)."""
+    def start(self, master_port: int | None = None) -> tuple[str, int] | None:
+        """Claim the attempt; raises Conflict when it is not ours to run (duplicate, cancelled).
+
+        Rank 0 of a gang brings the port it reserved; the other ranks wait here until rank 0
+        has started, and get the rendezvous (master address, port). None for one node.
+        """
+        body = {"master_port": master_port} if master_port else {}
         while True:
             try:
-                self._post("/start", {})
-                return
+                state = self._post("/start", body)
             except ApiUnavailable as exc:
                 log.warning("API unavailable, retrying start: %s", exc)
                 time.sleep(2)
+                continue
+            if state.get("cancel"):
+                raise Conflict(f"the attempt is {state.get('status')}")
+            if state.get("status") == "running":
+                if state.get("master_port"):
+                    return str(state["master_addr"]), int(state["master_port"])
+                return None
+            time.sleep(0.5)  # waiting for rank 0 of the gang
 
     def add(self, events: list[dict[str, Any]]) -> None:
         """Queue trainer events; each gets the next sequence number."""

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header
 
 from api.deps import SessionDep, SettingsDep, StorageDep, bearer
 from api.errors import ApiError
-from api.schemas import AttemptState, EventsIn, FinishIn, NodeOut, NodeRegisterIn
+from api.schemas import AttemptState, EventsIn, FinishIn, NodeOut, NodeRegisterIn, StartIn
 from domain import attempts, nodes
 from domain.orm import Attempt
 
@@ -46,9 +46,13 @@ def node_heartbeat(node_id: str, session: SessionDep) -> object:
 
 
 @router.post("/attempts/{attempt_id}/start", response_model=AttemptState)
-def start_attempt(attempt: AttemptDep, session: SessionDep) -> attempts.AttemptState:
-    """Claim an attempt before launching it; a second claim is a 409."""
-    return attempts.start(session=session, attempt=attempt)
+def start_attempt(
+    attempt: AttemptDep, session: SessionDep, body: StartIn | None = None
+) -> attempts.AttemptState:
+    """Claim an attempt before launching it; a second claim is a 409. Rank 0 of a gang
+    brings its rendezvous port; the other ranks ask until rank 0 has started."""
+    port = body.master_port if body else None
+    return attempts.start(session=session, attempt=attempt, master_port=port)
 
 
 @router.post("/attempts/{attempt_id}/events", response_model=AttemptState)
@@ -77,5 +81,5 @@ def finish_attempt(
         log_tail=body.log_tail,
         reason=body.reason,
         preempted=body.preempted,
-        max_attempts=settings.max_attempts,
+        max_lost_attempts=settings.max_lost_attempts,
     )

@@ -76,6 +76,18 @@ def cancel_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> JobO
     return job_out(jobs.cancel(session=session, project_id=project_id, job_id=job_id))
 
 
+@router.post("/{job_id}/pause", response_model=JobOut)
+def pause_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> JobOut:
+    """Checkpoint a job and free its nodes (status `paused`); idempotent."""
+    return job_out(jobs.pause(session=session, project_id=project_id, job_id=job_id))
+
+
+@router.post("/{job_id}/resume", response_model=JobOut)
+def resume_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> JobOut:
+    """Put a paused job back in the queue, to resume from its latest checkpoint; idempotent."""
+    return job_out(jobs.resume(session=session, project_id=project_id, job_id=job_id))
+
+
 def _events_after(job_id: str, after: int, limit: int) -> list[Event]:
     with get_sessionmaker()() as session:
         query = select(Event).where(Event.job_id == job_id)

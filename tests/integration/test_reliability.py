@@ -3,7 +3,6 @@ torchrun) whose reconciler gives up on a silent node after 5 seconds."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import signal
@@ -141,13 +140,11 @@ def resumed(own_stack: Stack, client: Client, dataset_id: str) -> dict[str, Any]
 
     wait_for(checkpointed, 180, "the first checkpoint", interval=0.05)
     lost_at = time.monotonic()
-    # Lose the host at once: the node worker first (so nothing reports the trainers' end),
-    # then the trainers it started, each whole process group by its id.
+    # Lose the host: kill -9 of the node worker alone. Its torchrun and trainers die with
+    # it (nobody else kills them), so nothing keeps training unseen.
+    assert processes_of(job_id)
     own_stack.stop("node", signal.SIGKILL)
-    for pid in processes_of(job_id):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-    wait_for(lambda: not processes_of(job_id), 10, "the trainers to die")
+    wait_for(lambda: not processes_of(job_id), 10, "the trainers to die with their node")
     saved = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*"))
     assert saved and saved[-1] < 30, saved
 

@@ -112,17 +112,28 @@ def test_fail_keeps_the_code_and_message() -> None:
 
 
 @pytest.mark.parametrize(
-    ("attempt", "cancel", "expected", "code"),
+    ("tries", "cancel", "expected", "code"),
     [
         (1, False, JobStatus.QUEUED, None),
-        (3, False, JobStatus.FAILED, "node_lost"),
+        (3, False, JobStatus.QUEUED, None),
+        (4, False, JobStatus.FAILED, "node_lost"),
         (1, True, JobStatus.CANCELLED, None),
     ],
 )
 def test_requeue_retries_gives_up_or_honours_a_cancel(
-    attempt: int, cancel: bool, expected: JobStatus, code: str | None
+    tries: int, cancel: bool, expected: JobStatus, code: str | None
 ) -> None:
     session, j = Recorder(), job(JobStatus.RUNNING)
-    j.attempt, j.cancel_requested = attempt, cancel
-    requeue(session, j, "attempt lost", max_attempts=3)
+    j.cancel_requested = cancel
+    requeue(session, j, "attempt lost", tries=tries, limit=3)
     assert (j.status, j.error_code) == (expected, code)
+    if code:
+        assert j.error_message == "attempt lost; gave up after 3 retries"
+
+
+def test_a_preempted_job_waits_and_runs_again() -> None:
+    session, j = Recorder(), job(JobStatus.RUNNING)
+    requeue(session, j, "preempted by job_2", tries=0, limit=0, status=JobStatus.PREEMPTED)
+    assert j.status == JobStatus.PREEMPTED
+    transition(session, j, JobStatus.RUNNING, "attempt 2 started")
+    assert j.status == JobStatus.RUNNING

@@ -40,6 +40,8 @@ def test_omitted_fields_get_their_documented_defaults() -> None:
         "accelerator": "auto",
         "strategy": "ddp",
         "pool": "default",
+        "priority": 50,
+        "max_restarts": 3,
     }
 
 
@@ -123,7 +125,10 @@ def test_an_explicit_micro_batch_allows_gradient_accumulation() -> None:
         ({"validation": {"fraction": 0.6}}, "fraction"),
         ({"validation": {"fraction": 0.1, "dataset_id": "ds_y"}}, "dataset_id"),
         ({"resources": {"processes_per_node": 0}}, "processes_per_node"),
-        ({"resources": {"nodes": 2}}, "nodes"),
+        ({"resources": {"nodes": 0}}, "nodes"),
+        ({"resources": {"priority": 0}}, "priority"),
+        ({"resources": {"priority": 100}}, "priority"),
+        ({"resources": {"max_restarts": -1}}, "max_restarts"),
         ({"resources": {"pool": "Bad Pool"}}, "pool"),
         ({"type": "rlhf"}, "type"),
     ],
