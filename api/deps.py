@@ -7,12 +7,13 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
+from api.guard import state_project
 from domain.db import get_sessionmaker
 from domain.orm import ApiKey
 from trainyard.ids import hash_secret
@@ -67,13 +68,13 @@ def _lookup_project(key_hash: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-async def current_project(authorization: Annotated[str | None, Header()] = None) -> str:
-    """The id of the project whose API key signed the request."""
+async def authenticate(authorization: str | None) -> tuple[str, str]:
+    """The key's hash and the id of its project, or a 401."""
     key_hash = hash_secret(bearer(authorization))
     now = time.monotonic()
     hit = _key_cache.get(key_hash)
     if hit is not None and hit[1] > now:
-        return hit[0]
+        return key_hash, hit[0]
     project_id = await run_in_threadpool(_lookup_project, key_hash)
     if project_id is None:
         _key_cache.pop(key_hash, None)
@@ -84,7 +85,21 @@ async def current_project(authorization: Annotated[str | None, Header()] = None)
         _key_cache.move_to_end(key_hash)
         while len(_key_cache) > KEY_CACHE_SIZE:
             _key_cache.popitem(last=False)
-    return project_id
+    return key_hash, project_id
+
+
+async def current_project(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> str:
+    """The id of the project whose API key signed the request (checked by api.guard
+    before the body was read)."""
+    checked = state_project(request.scope)
+    if checked is not None:
+        return checked
+    return (await authenticate(authorization))[1]
 
 
 ProjectDep = Annotated[str, Depends(current_project)]
+
+# A paging cursor is an id: letters, digits and underscores (never a NUL for the database).
+CursorQuery = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_]+$")]

@@ -18,6 +18,8 @@ T = TypeVar("T", bound=Owned)
 
 def owned(session: Session, cls: type[T], object_id: str, project_id: str, kind: str) -> T:
     """The object if it exists and belongs to the project, else the same 404 either way."""
+    if len(object_id) > 64 or "\x00" in object_id:  # no such id exists; spare the database
+        raise NotFound(kind, object_id[:64])
     obj = session.get(cls, object_id)
     if obj is None or obj.project_id != project_id:
         raise NotFound(kind, object_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from sqlalchemy import func, select
@@ -125,11 +127,10 @@ def _tokenizer(session: Session, project_id: str, spec: JobSpec) -> tuple[str, i
     return tok.id, vocab
 
 
-def _same_request(stored: Any, asked: Any) -> bool:
-    """Whether a replayed spec asks for what the stored one holds (None: filled in later)."""
-    if isinstance(asked, dict) and isinstance(stored, dict):
-        return all(_same_request(stored.get(k), v) for k, v in asked.items())
-    return asked is None or asked == stored
+def request_hash(asked: dict[str, Any]) -> str:
+    """The hash of a request as the user sent it, in canonical JSON."""
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _gpu_memory(session: Session, pool: str, default: int) -> int:
@@ -187,16 +188,18 @@ def create(
 ) -> tuple[Job, bool]:
     """Validate a spec against the project's data and queue a job; (job, created)."""
     resolved = spec.resolved()
-    asked = spec.model_dump(mode="json", exclude_unset=True)
+    asked = request_hash(spec.model_dump(mode="json", exclude_unset=True))
     if idempotency_key:
         first = session.execute(
             select(Job).where(Job.project_id == project_id, Job.idempotency_key == idempotency_key)
         ).scalar()
         if first is not None:
-            if not _same_request(first.spec, asked):
-                raise Conflict(
+            if first.request_hash != asked:
+                raise Invalid(
                     "idempotency_key_reused",
-                    "this Idempotency-Key was used with a different job spec",
+                    "this Idempotency-Key was used with a different request body; "
+                    "send a new key for a new job",
+                    {"job_id": first.id},
                 )
             return first, False
     _usable_dataset(session, project_id, spec.dataset_id, "dataset_id", spec.type)
@@ -220,11 +223,12 @@ def create(
         dataset_id=spec.dataset_id,
         tokenizer_key=tokenizer_key,
         idempotency_key=idempotency_key,
+        request_hash=asked,
     )
-    session.add(job)
-    session.flush()  # the job row must exist before its first event
-    record(session, job, "status", "job created", status=JobStatus.QUEUED.value)
     try:
+        session.add(job)
+        session.flush()  # the job row must exist before its first event
+        record(session, job, "status", "job created", status=JobStatus.QUEUED.value)
         session.commit()
     except IntegrityError:
         session.rollback()

@@ -30,8 +30,26 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _api(args: argparse.Namespace) -> int:
+    import threading
+
     import uvicorn
 
+    from trainyard.settings import get_settings
+
+    port = get_settings().internal_port
+    if port is not None:
+        # Its own thread, event loop and thread pool: public traffic cannot starve it.
+        internal = uvicorn.Server(
+            uvicorn.Config(
+                "api.app:create_internal_app",
+                factory=True,
+                host=args.host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+            )
+        )
+        threading.Thread(target=internal.run, name="internal-api", daemon=True).start()
     uvicorn.run(
         "api.app:create_app",
         factory=True,

@@ -73,7 +73,7 @@ class Agent:
         self.node_id: str | None = None
         self.stop = threading.Event()
         self.client = httpx.Client(
-            base_url=settings.api_url,
+            base_url=settings.resolved_internal_url,
             headers={"Authorization": f"Bearer {settings.resolved_node_secret}"},
             timeout=10.0,
         )
@@ -125,7 +125,7 @@ def _on_shutdown(**_: Any) -> None:
 
 def supervise(payload: AttemptPayload, settings: Settings) -> None:
     """Run one attempt to its end, forwarding events and enforcing cancel."""
-    reporter = Reporter(settings.api_url, payload.attempt_id, payload.token)
+    reporter = Reporter(settings.resolved_internal_url, payload.attempt_id, payload.token)
     try:
         reporter.start()
     except Conflict as exc:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
-from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
+from api.deps import CursorQuery, ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.schemas import DatasetOut, Page
 from api.uploads import receive
 from domain import datasets
@@ -42,7 +42,7 @@ def list_datasets(
     project_id: ProjectDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: CursorQuery = None,
 ) -> dict[str, object]:
     """List the project's datasets, newest first."""
     query = select(Dataset).where(Dataset.project_id == project_id, Dataset.status != "deleted")
