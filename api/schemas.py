@@ -181,7 +181,9 @@ class NodeRegisterIn(BaseModel):
     accelerator: Literal["cpu", "gpu"]
     slots: int = Field(ge=1, le=1024)
     devices: list[str] = []
-    memory_bytes: int | None = Field(None, ge=0, description="memory of one GPU")
+    memory_bytes: int | None = Field(
+        None, ge=0, description="memory of one GPU, or a CPU node's RAM"
+    )
 
 
 class NodeOut(BaseModel):

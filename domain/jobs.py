@@ -1,4 +1,5 @@
-"""Jobs: create from a JobSpec (checked against the project's data and the GPUs), show, cancel."""
+"""Jobs: create from a JobSpec (checked against the project's data and the nodes' memory),
+show, cancel."""
 
 from __future__ import annotations
 
@@ -133,24 +134,30 @@ def request_hash(asked: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _gpu_memory(session: Session, pool: str, default: int) -> int:
-    """Memory of the largest GPU in the pool (a job runs on one node's GPUs)."""
+def _node_memory(session: Session, pool: str, accelerator: str) -> int | None:
+    """Memory of the pool's largest online node of a kind (a job runs on one node): one
+    GPU's for GPU nodes, the host's RAM for CPU nodes; None while none has said."""
     best = session.execute(
         select(func.max(Node.memory_bytes)).where(
-            Node.pool == pool, Node.accelerator == "gpu", Node.status == "online"
+            Node.pool == pool, Node.accelerator == accelerator, Node.status == "online"
         )
     ).scalar()
-    return int(best or default)
+    return None if best is None else int(best)
+
+
+# What one CPU training process holds beyond the estimate: the interpreter, torch's own
+# libraries and buffers, the data loader.
+CPU_PROCESS_BYTES = 512 * 1024**2
 
 
 def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes: int) -> None:
-    """Refuse a job whose model cannot fit the GPUs it asked for, with the numbers."""
+    """Refuse a job whose model cannot fit the GPUs it asked for, or the RAM of the CPU
+    nodes whose processes share it, with the numbers."""
     res = resolved["resources"]
     has_gpus = session.execute(
         select(Node.id).where(Node.pool == res["pool"], Node.accelerator == "gpu").limit(1)
     ).first()
-    if res["accelerator"] == "cpu" or (res["accelerator"] == "auto" and not has_gpus):
-        return  # host memory is not budgeted per device
+    on_cpu = res["accelerator"] == "cpu" or (res["accelerator"] == "auto" and not has_gpus)
     model, training = resolved["model"], resolved["training"]
     cfg = ModelConfig(
         arch=model["arch"],
@@ -164,10 +171,30 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
         dropout=training["dropout"],
     )
     world = res["nodes"] * res["processes_per_node"]
+    gib = 1024**3
+    if on_cpu:
+        ram = _node_memory(session, res["pool"], "cpu")
+        if ram is None:
+            return  # no CPU node has told its RAM yet: nothing to hold the job against
+        per_process = estimate_memory(
+            cfg, TrainingConfig(**training), world, res["strategy"], "cpu"
+        )
+        need = res["processes_per_node"] * (per_process["total"] + CPU_PROCESS_BYTES)
+        if need > ram:
+            raise Invalid(
+                "insufficient_memory",
+                f"the job needs about {need / gib:.1f} GiB of RAM per node "
+                f"({res['processes_per_node']} processes of {per_process['total'] / gib:.1f} "
+                f"GiB each), more than the {ram / gib:.1f} GiB of the CPU nodes in pool "
+                f"{res['pool']!r}; lower resources.processes_per_node, "
+                "training.micro_batch_size or training.seq_len, turn on "
+                "training.activation_checkpointing, or use resources.strategy 'fsdp'",
+                {"estimate_bytes": per_process, "node_memory_bytes": ram, "needed_bytes": need},
+            )
+        return
     estimate = estimate_memory(cfg, TrainingConfig(**training), world, res["strategy"], "gpu")
-    device = _gpu_memory(session, res["pool"], default_gpu_bytes)
+    device = _node_memory(session, res["pool"], "gpu") or default_gpu_bytes
     if not fits(estimate, device):
-        gib = 1024**3
         raise Invalid(
             "insufficient_memory",
             f"the job needs about {estimate['total'] / gib:.1f} GiB per GPU, more than the "

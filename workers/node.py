@@ -38,8 +38,8 @@ class AttemptPayload(BaseModel):
 
 
 def detect_devices(settings: Settings) -> tuple[str, int, list[str], int | None]:
-    """(accelerator, slots, device names, memory of one GPU): GPUs through nvidia-smi,
-    else CPU slots."""
+    """(accelerator, slots, device names, memory): GPUs through nvidia-smi (the memory of
+    one GPU), else CPU slots (the host's RAM, which all of a job's processes share)."""
     if shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(
@@ -56,7 +56,8 @@ def detect_devices(settings: Settings) -> tuple[str, int, list[str], int | None]
                 return "gpu", settings.node_slots or len(names), names, memory
         except (OSError, ValueError, subprocess.SubprocessError):
             log.warning("nvidia-smi failed; running as a CPU node")
-    return "cpu", settings.node_slots or (os.cpu_count() or 1), [], None
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return "cpu", settings.node_slots or (os.cpu_count() or 1), [], ram
 
 
 def node_queue(settings: Settings) -> str:
