@@ -92,6 +92,13 @@ class ModelPool:
             if self.busy[project_id] <= 0:
                 del self.busy[project_id]
 
+    def close(self) -> None:
+        """Stop the worker processes (at shutdown)."""
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool.join()
+            self._pool = None
+
 
 _pool: ModelPool | None = None
 

@@ -52,7 +52,8 @@ def tight(
         "TRAINYARD_READ_RATE": "1/s:3",
         "TRAINYARD_EVENT_STREAMS_PER_PROJECT": "1",
         "TRAINYARD_MODEL_WORKERS": "1",
-        "TRAINYARD_MODEL_QUEUE": "0",
+        "TRAINYARD_MODEL_QUEUE": "1",
+        "TRAINYARD_MODEL_CALLS_PER_PROJECT": "1",
     }
     with Stack(tmp_path_factory.mktemp("tight"), postgres_db.url, extra_env=extra) as s:
         s.env["TRAINYARD_STORAGE_ROOT"] = stack.env["TRAINYARD_STORAGE_ROOT"]
@@ -274,3 +275,38 @@ def test_event_streams_per_project_are_capped(
         assert second.status_code == 429
         assert second.json()["error"]["code"] == "too_many_streams"
     client.cancel_job(job["id"])
+
+
+def test_model_calls_per_project_are_capped_and_other_projects_still_get_in(
+    tight: Stack, tmp_path: Path
+) -> None:
+    from tests.integration.test_import import hf_folder
+
+    folder = hf_folder(tmp_path, "gpt2")
+    parts = {
+        "config": ("config.json", (folder / "config.json").read_bytes()),
+        "weights": ("model.safetensors", (folder / "model.safetensors").read_bytes()),
+        "tokenizer": ("tokenizer.json", (folder / "tokenizer.json").read_bytes()),
+    }
+    keys = {"a": tight.new_key("model-calls-a"), "b": tight.new_key("model-calls-b")}
+    answers: list[tuple[str, httpx.Response]] = []
+
+    def import_as(project: str) -> None:
+        headers = {"Authorization": f"Bearer {keys[project]}"}
+        r = httpx.post(f"{tight.url}/v1/models/import", files=parts, headers=headers, timeout=120)
+        answers.append((project, r))
+
+    # Each import loads the model once in the single worker (seconds, cold): the two of
+    # project a overlap, so one is refused; project b waits its turn in the queue.
+    threads = [threading.Thread(target=import_as, args=(p,)) for p in ("a", "a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a = sorted(r.status_code for p, r in answers if p == "a")
+    b = [r for p, r in answers if p == "b"]
+    assert a == [201, 429], [r.text for _, r in answers]
+    assert b[0].status_code == 201, b[0].text
+    refused = next(r for _, r in answers if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "too_many_model_calls"
+    assert int(refused.headers["Retry-After"]) >= 1
