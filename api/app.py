@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from api import errors
+from api.deps import key_cache
 from api.guard import Guard
+from api.model_pool import get_pool
 from api.routers import datasets, health, internal, jobs, models, tokenizers
+from domain.db import get_async_engine
 from trainyard.settings import get_settings
 from trainyard.storage import Storage
+
+
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    yield
+    await key_cache.close()
+    if get_async_engine.cache_info().currsize:
+        await get_async_engine().dispose()
+    get_pool().close()
 
 
 def create_app() -> FastAPI:
@@ -21,7 +36,9 @@ def create_app() -> FastAPI:
         title="trainyard",
         version="1.0.0",
         description="Training-as-a-service for language models.",
+        lifespan=_lifespan,
     )
+    key_cache.configure(settings)
     errors.install(app)
     for module in (health, datasets, tokenizers, jobs, models):
         app.include_router(module.router)

@@ -9,10 +9,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from domain import datasets
-from domain.access import owned
+from domain.access import owned, owned_async
 from domain.errors import Conflict, Invalid, NotFound
 from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transition
 from domain.orm import Attempt, Dataset, Job, Node, Tokenizer
@@ -274,6 +275,19 @@ def create(
 def get(*, session: Session, project_id: str, job_id: str) -> Job:
     """A job of the caller's project, or a 404."""
     return owned(session, Job, job_id, project_id, "job")
+
+
+async def get_async(*, session: AsyncSession, project_id: str, job_id: str) -> Job:
+    """get() on an asyncio session: one query."""
+    return await owned_async(session, Job, job_id, project_id, "job")
+
+
+def of_owned_job(query: Any, job_column: Any, *, project_id: str, job_id: str) -> Any:
+    """A query of a job's rows (events, metrics) that also checks the job's project, so the
+    rows and the ownership cost one query; an empty answer still needs get_async for 404."""
+    return query.join(Job, Job.id == job_column).where(
+        job_column == job_id, Job.project_id == project_id
+    )
 
 
 def cancel(*, session: Session, project_id: str, job_id: str) -> Job:

@@ -20,8 +20,18 @@ def _db(args: argparse.Namespace) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     from domain.db import session_scope
-    from domain.keys import create_key
+    from domain.keys import create_key, revoke_key
+    from trainyard.settings import get_settings
 
+    if args.action == "revoke":
+        if not args.key:
+            raise SystemExit("trainyard keys revoke needs --key (its id, prefix or the key)")
+        with session_scope() as session:
+            row = revoke_key(session=session, key=args.key, data_dir=get_settings().data_dir)
+        print(f"Revoked key {row.id} ({row.prefix}...) of project {row.project_id}.")
+        return 0
+    if not args.project:
+        raise SystemExit("trainyard keys create needs --project")
     with session_scope() as session:
         key = create_key(session=session, project_name=args.project)
     print(f"Created an API key for project {args.project!r}. It is shown only once:")
@@ -142,8 +152,9 @@ def parser() -> argparse.ArgumentParser:
     db.set_defaults(func=_db)
 
     keys = sub.add_parser("keys", help="API keys")
-    keys.add_argument("action", choices=["create"])
-    keys.add_argument("--project", required=True)
+    keys.add_argument("action", choices=["create", "revoke"])
+    keys.add_argument("--project", help="create: the project the key belongs to")
+    keys.add_argument("--key", help="revoke: the key's id, its prefix, or the key itself")
     keys.set_defaults(func=_keys)
 
     api = sub.add_parser("api", help="serve the HTTP API")

@@ -41,7 +41,6 @@ class Settings(BaseSettings):
     generate_device: Literal["auto", "cpu", "cuda"] = "auto"
     queue_prefix: str = ""
 
-    key_cache_seconds: float = 5.0
     default_gpu_memory_bytes: int = 80 * 1024**3  # assumed when no GPU node has registered
     max_upload_bytes: int = 2 * 1024**3
     max_model_bytes: int = 32 * 1024**3

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from api.deps import CursorQuery, ProjectDep, SessionDep, SettingsDep
+from api.deps import AsyncSessionDep, CursorQuery, ProjectDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.schemas import CheckpointOut, EventOut, JobOut, MetricPoint, MetricsOut, Page
 from api.views import job_out
@@ -20,7 +20,7 @@ from domain import jobs
 from domain.db import get_sessionmaker
 from domain.lifecycle import TERMINAL, JobStatus
 from domain.orm import Checkpoint, Event, Job, Metric
-from domain.paging import page
+from domain.paging import page, page_async
 from trainyard.specs import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -52,9 +52,9 @@ def create_job(
 
 
 @router.get("", response_model=Page[JobOut])
-def list_jobs(
+async def list_jobs(
     project_id: ProjectDep,
-    session: SessionDep,
+    session: AsyncSessionDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: CursorQuery = None,
@@ -63,14 +63,14 @@ def list_jobs(
     query = select(Job).where(Job.project_id == project_id)
     if status:
         query = query.where(Job.status == status)
-    rows, more = page(session, query, Job.id, limit=limit, after=after)
+    rows, more = await page_async(session, query, Job.id, limit=limit, after=after)
     return {"data": [job_out(j) for j in rows], "has_more": more}
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> JobOut:
+async def get_job(job_id: str, project_id: ProjectDep, session: AsyncSessionDep) -> JobOut:
     """Show a job with its status, progress, attempt, error and model."""
-    return job_out(jobs.get(session=session, project_id=project_id, job_id=job_id))
+    return job_out(await jobs.get_async(session=session, project_id=project_id, job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
@@ -119,19 +119,19 @@ async def _events_live(request: Request, job_id: str, after: int) -> AsyncIterat
 
 
 @router.get("/{job_id}/events", response_model=Page[EventOut])
-def job_events(
+async def job_events(
     job_id: str,
     request: Request,
     project_id: ProjectDep,
-    session: SessionDep,
+    session: AsyncSessionDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0, le=MAX_BIGINT)] = None,
     last_event_id: Annotated[int | None, Header(ge=0, le=MAX_BIGINT)] = None,
 ) -> object:
     """The job's event log, oldest first; `Accept: text/event-stream` follows it live."""
-    job = jobs.get(session=session, project_id=project_id, job_id=job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
+        job = await jobs.get_async(session=session, project_id=project_id, job_id=job_id)
         start = after if after is not None else (last_event_id or 0)
         cap = settings.event_streams_per_project
         if _streams[project_id] >= cap:
@@ -148,16 +148,20 @@ def job_events(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
-    query = select(Event).where(Event.job_id == job.id)
-    rows, more = page(session, query, Event.id, limit=limit, after=after, newest_first=False)
+    query = jobs.of_owned_job(select(Event), Event.job_id, project_id=project_id, job_id=job_id)
+    rows, more = await page_async(
+        session, query, Event.id, limit=limit, after=after, newest_first=False
+    )
+    if not rows:
+        await jobs.get_async(session=session, project_id=project_id, job_id=job_id)  # or 404
     return {"data": rows, "has_more": more}
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut)
-def job_metrics(
+async def job_metrics(
     job_id: str,
     project_id: ProjectDep,
-    session: SessionDep,
+    session: AsyncSessionDep,
     names: Annotated[
         list[Annotated[str, Query(max_length=32, pattern=r"^[A-Za-z0-9_./-]+$")]] | None,
         Query(alias="name", max_length=32),
@@ -167,15 +171,19 @@ def job_metrics(
 ) -> MetricsOut:
     """Time series per metric (loss, val_loss, lr, grad_norm, tokens_per_s, mfu), paged by
     step: at most `limit` points, whole steps only; then ask again with `after_step`."""
-    job = jobs.get(session=session, project_id=project_id, job_id=job_id)
-    query = select(Metric.name, Metric.step, Metric.value).where(
-        Metric.job_id == job.id, Metric.step > after_step
-    )
+    query = jobs.of_owned_job(
+        select(Metric.name, Metric.step, Metric.value),
+        Metric.job_id,
+        project_id=project_id,
+        job_id=job_id,
+    ).where(Metric.step > after_step)
     if names:
         query = query.where(Metric.name.in_(names))
     rows = list(
-        session.execute(query.order_by(Metric.step, Metric.name, Metric.id).limit(limit + 1))
+        await session.execute(query.order_by(Metric.step, Metric.name, Metric.id).limit(limit + 1))
     )
+    if not rows:
+        await jobs.get_async(session=session, project_id=project_id, job_id=job_id)  # or 404
     more = len(rows) > limit
     if more:  # end the page on a whole step, so after_step resumes where it stopped
         cut = rows[limit].step
@@ -184,7 +192,7 @@ def job_metrics(
     for name, step, value in sorted(rows, key=lambda r: (r.name, r.step)):
         series.setdefault(name, []).append(MetricPoint(step=step, value=value))
     last = rows[-1].step if rows else None
-    return MetricsOut(job_id=job.id, series=series, has_more=more, last_step=last)
+    return MetricsOut(job_id=job_id, series=series, has_more=more, last_step=last)
 
 
 @router.get("/{job_id}/checkpoints", response_model=Page[CheckpointOut])

@@ -9,30 +9,31 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.deps import CursorQuery, ProjectDep, SessionDep, SettingsDep, StorageDep
+from api.deps import AsyncSessionDep, CursorQuery, ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.model_pool import get_pool
 from api.schemas import GenerateIn, GenerateOut, ModelOut, Page, Usage
 from api.uploads import receive_files
 from api.views import model_out
 from domain import model_calls, models
+from domain.access import owned_async
 from domain.errors import Invalid
 from domain.orm import Model
-from domain.paging import page
+from domain.paging import page_async
 from trainyard.specs import check_name
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("", response_model=Page[ModelOut])
-def list_models(
+async def list_models(
     project_id: ProjectDep,
-    session: SessionDep,
+    session: AsyncSessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: CursorQuery = None,
 ) -> dict[str, object]:
     """List the project's models, newest first."""
     query = select(Model).where(Model.project_id == project_id)
-    rows, more = page(session, query, Model.id, limit=limit, after=after)
+    rows, more = await page_async(session, query, Model.id, limit=limit, after=after)
     return {"data": [model_out(m) for m in rows], "has_more": more}
 
 
@@ -79,9 +80,9 @@ async def import_model(
 
 
 @router.get("/{model_id}", response_model=ModelOut)
-def get_model(model_id: str, project_id: ProjectDep, session: SessionDep) -> ModelOut:
+async def get_model(model_id: str, project_id: ProjectDep, session: AsyncSessionDep) -> ModelOut:
     """Show a model and its files."""
-    return model_out(models.get(session=session, project_id=project_id, model_id=model_id))
+    return model_out(await owned_async(session, Model, model_id, project_id, "model"))
 
 
 @router.get("/{model_id}/files/{name}")

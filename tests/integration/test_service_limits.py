@@ -310,3 +310,19 @@ def test_model_calls_per_project_are_capped_and_other_projects_still_get_in(
     refused = next(r for _, r in answers if r.status_code == 429)
     assert refused.json()["error"]["code"] == "too_many_model_calls"
     assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_a_revoked_key_stops_at_once_in_every_api_process(stack: Stack, tight: Stack) -> None:
+    key = stack.new_key("revoked")
+    apis = [
+        httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {key}"})
+        for s in (stack, tight)
+    ]
+    for http in apis:  # remembered by both processes
+        assert [http.get("/v1/datasets").status_code for _ in range(3)] == [200] * 3
+    out = stack.cli("keys", "revoke", "--key", key[:10])
+    assert "Revoked key key_" in out
+    for http in apis:
+        r = http.get("/v1/datasets")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert "Revoked" in stack.cli("keys", "revoke", "--key", key)  # again: no change
