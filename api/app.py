@@ -1,23 +1,58 @@
-"""The FastAPI application factory."""
+"""The FastAPI application factories: the public API and the node workers' listener."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from api import errors
+from api.deps import key_cache
+from api.guard import Guard
+from api.model_pool import get_pool
 from api.routers import cluster, datasets, health, internal, jobs, models, tokenizers
+from domain.db import get_async_engine
 from trainyard.settings import get_settings
+from trainyard.storage import Storage
+
+
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    yield
+    await key_cache.close()
+    if get_async_engine.cache_info().currsize:
+        await get_async_engine().dispose()
+    get_pool().close()
 
 
 def create_app() -> FastAPI:
-    """Build the API. The schema must already exist: run `trainyard db upgrade` first."""
+    """Build the API. The schema must already exist: run `trainyard db upgrade` first.
+
+    With `internal_port` set, the node workers' endpoints are left to create_internal_app.
+    """
+    settings = get_settings()
     app = FastAPI(
         title="trainyard",
         version="1.0.0",
         description="Training-as-a-service for language models.",
+        lifespan=_lifespan,
     )
+    key_cache.configure(settings)
     errors.install(app)
-    for module in (health, datasets, tokenizers, jobs, models, cluster, internal):
+    for module in (health, datasets, tokenizers, jobs, models, cluster):
         app.include_router(module.router)
-    get_settings().resolved_storage_root.mkdir(parents=True, exist_ok=True)
+    if settings.internal_port is None:
+        app.include_router(internal.router)
+    app.add_middleware(Guard, settings=settings)
+    settings.resolved_storage_root.mkdir(parents=True, exist_ok=True)
+    Storage.from_settings(settings).sweep_tmp(settings.tmp_max_age_seconds)
+    return app
+
+
+def create_internal_app() -> FastAPI:
+    """The node workers' endpoints alone, served on their own port."""
+    app = FastAPI(title="trainyard internal", openapi_url=None, docs_url=None, redoc_url=None)
+    errors.install(app)
+    app.include_router(internal.router)
     return app

@@ -2,29 +2,128 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Query, Request
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
-from domain.db import get_sessionmaker
+from api.guard import state_project
+from domain.db import get_async_sessionmaker, get_sessionmaker
+from domain.keys import REVOKED_CHANNEL, REVOKED_FILE
 from domain.orm import ApiKey
 from trainyard.ids import hash_secret
 from trainyard.settings import Settings, get_settings
 from trainyard.storage import Storage
 
-# Valid API keys are remembered per process (by key hash) for `key_cache_seconds`, so a
-# status poll costs no key lookup. A revoked key therefore keeps working for at most that long
-# in a process that saw it recently; unknown and revoked keys are never cached (0 turns the
-# cache off).
+log = logging.getLogger(__name__)
+
 KEY_CACHE_SIZE = 4096
-_key_cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+
+class KeyCache:
+    """Valid API keys by hash, remembered by this process so a status poll costs no key
+    lookup; forgotten at once when any key is revoked.
+
+    On PostgreSQL a connection of its own LISTENs on domain.keys.REVOKED_CHANNEL (the
+    revoking transaction NOTIFYs on commit); until it is listening, and after it drops, the
+    cache is not used and every request reads its key. Beside an embedded SQLite database
+    (one host) the revocation marker file's time is compared on each request (one stat).
+    """
+
+    def __init__(self) -> None:
+        self.keys: OrderedDict[str, str] = OrderedDict()
+        self.trusted = False
+        self.marker: Path | None = None
+        self.marker_time = 0
+        self.listener: Any = None
+        self._starting: asyncio.Task[None] | None = None
+
+    def get(self, key_hash: str) -> str | None:
+        """The key's project if remembered and no revocation may have passed unseen."""
+        if self.marker is not None:
+            try:
+                seen = self.marker.stat().st_mtime_ns
+            except FileNotFoundError:
+                seen = 0
+            if seen != self.marker_time:
+                self.keys.clear()
+                self.marker_time = seen
+        elif not self.trusted:
+            self._listen()
+            return None
+        project_id = self.keys.get(key_hash)
+        if project_id is not None:
+            self.keys.move_to_end(key_hash)
+        return project_id
+
+    def put(self, key_hash: str, project_id: str) -> None:
+        """Remember a key just read from the database."""
+        if self.marker is None and not self.trusted:
+            return
+        self.keys[key_hash] = project_id
+        while len(self.keys) > KEY_CACHE_SIZE:
+            self.keys.popitem(last=False)
+
+    def forget(self, key_hash: str | None = None) -> None:
+        """Forget one key (or all)."""
+        if key_hash is None:
+            self.keys.clear()
+        else:
+            self.keys.pop(key_hash, None)
+
+    def configure(self, settings: Settings) -> None:
+        """Pick how revocations are seen, from the database URL."""
+        self.keys.clear()
+        self.marker = None
+        if settings.resolved_database_url.startswith("sqlite"):
+            self.marker = settings.data_dir / REVOKED_FILE
+            self.marker_time = -1  # read on first use
+
+    def _listen(self) -> None:
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        import asyncpg
+
+        url = make_url(get_settings().resolved_database_url).set(drivername="postgresql")
+        try:
+            conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+            await conn.add_listener(REVOKED_CHANNEL, self._on_revoked)
+            conn.add_termination_listener(self._on_lost)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("cannot listen for key revocations (%s); checking every key", exc)
+            await asyncio.sleep(5)  # the next request tries again after this
+            return
+        self.listener = conn
+        self.keys.clear()  # anything revoked before now was not heard
+        self.trusted = True
+
+    def _on_revoked(self, _conn: Any, _pid: int, _channel: str, key_hash: str) -> None:
+        self.forget(key_hash)
+
+    def _on_lost(self, _conn: Any) -> None:
+        self.trusted = False
+        self.listener = None
+        self.keys.clear()
+
+    async def close(self) -> None:
+        """Stop listening (at shutdown)."""
+        if self.listener is not None:
+            await self.listener.close()
+        self.trusted, self.listener = False, None
+
+
+key_cache = KeyCache()
 
 
 async def get_session() -> AsyncIterator[Session]:
@@ -44,7 +143,14 @@ def get_storage() -> Storage:
     return Storage.from_settings(get_settings())
 
 
+async def get_async_session() -> AsyncIterator[AsyncSession]:
+    """An asyncio session per request, for the read paths (no thread hop)."""
+    async with get_async_sessionmaker()() as session:
+        yield session
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
+AsyncSessionDep = Annotated[AsyncSession, Depends(get_async_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
@@ -56,35 +162,41 @@ def bearer(authorization: str | None) -> str:
     return authorization[7:].strip()
 
 
-def _lookup_project(key_hash: str) -> str | None:
+async def _lookup_project(key_hash: str) -> str | None:
     """The project of a live key, from the database."""
-    with get_sessionmaker()() as session:
-        row = session.execute(
-            select(ApiKey.project_id).where(
-                ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
+    async with get_async_sessionmaker()() as session:
+        row = (
+            await session.execute(
+                select(ApiKey.project_id).where(
+                    ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
+                )
             )
         ).first()
     return None if row is None else str(row[0])
 
 
-async def current_project(authorization: Annotated[str | None, Header()] = None) -> str:
-    """The id of the project whose API key signed the request."""
+async def authenticate(authorization: str | None) -> tuple[str, str]:
+    """The key's hash and the id of its project, or a 401."""
     key_hash = hash_secret(bearer(authorization))
-    now = time.monotonic()
-    hit = _key_cache.get(key_hash)
-    if hit is not None and hit[1] > now:
-        return hit[0]
-    project_id = await run_in_threadpool(_lookup_project, key_hash)
+    project_id = key_cache.get(key_hash)
+    if project_id is not None:
+        return key_hash, project_id
+    project_id = await _lookup_project(key_hash)
     if project_id is None:
-        _key_cache.pop(key_hash, None)
         raise ApiError(401, "unauthorized", "invalid or revoked API key")
-    ttl = get_settings().key_cache_seconds
-    if ttl > 0:
-        _key_cache[key_hash] = (project_id, now + ttl)
-        _key_cache.move_to_end(key_hash)
-        while len(_key_cache) > KEY_CACHE_SIZE:
-            _key_cache.popitem(last=False)
-    return project_id
+    key_cache.put(key_hash, project_id)
+    return key_hash, project_id
+
+
+async def current_project(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> str:
+    """The id of the project whose API key signed the request (checked by api.guard
+    before the body was read)."""
+    checked = state_project(request.scope)
+    if checked is not None:
+        return checked
+    return (await authenticate(authorization))[1]
 
 
 ProjectDep = Annotated[str, Depends(current_project)]
@@ -104,3 +216,5 @@ def require_admin(
 
 
 AdminDep = Depends(require_admin)
+# A paging cursor is an id: letters, digits and underscores (never a NUL for the database).
+CursorQuery = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_]+$")]

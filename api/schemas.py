@@ -102,6 +102,8 @@ class MetricPoint(BaseModel):
 class MetricsOut(BaseModel):
     job_id: str
     series: dict[str, list[MetricPoint]]
+    has_more: bool = False
+    last_step: int | None = None  # pass as after_step for the next page
 
 
 class CheckpointOut(BaseModel):
@@ -131,7 +133,7 @@ class ModelOut(BaseModel):
 
 
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=100_000)
 
@@ -139,14 +141,14 @@ class ChatMessageIn(BaseModel):
 class GenerateIn(BaseModel):
     """A plain `prompt`, or chat `messages` for a fine-tuned chat model (exactly one)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     prompt: str | None = Field(None, min_length=1, max_length=100_000)
     messages: list[ChatMessageIn] | None = Field(None, min_length=1, max_length=256)
     max_new_tokens: int = Field(64, ge=1, le=4096)
     temperature: float = Field(1.0, ge=0.0, le=10.0)
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1, le=1_048_576)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
     @model_validator(mode="after")
     def _one(self) -> GenerateIn:
@@ -182,7 +184,9 @@ class NodeRegisterIn(BaseModel):
     accelerator: Literal["cpu", "gpu"]
     slots: int = Field(ge=1, le=1024)
     devices: list[str] = []
-    memory_bytes: int | None = Field(None, ge=0, description="memory of one GPU")
+    memory_bytes: int | None = Field(
+        None, ge=0, description="memory of one GPU, or a CPU node's RAM"
+    )
     address: str | None = Field(None, max_length=255, description="where peers reach it")
 
 

@@ -16,8 +16,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.errors import ApiError
 from domain.uploads import Upload
+from trainyard.settings import get_settings
 
 HEAD_BYTES = 64 * 1024
+# Room for the boundaries and part headers of a form, beyond the cap on its contents.
+FORM_OVERHEAD = 64 * 1024
 
 
 class _FilePart:
@@ -59,9 +62,13 @@ class _FilePart:
 class _Receiver:
     """Callbacks for the multipart parser: named file parts to disk, small fields to memory."""
 
-    def __init__(self, tmp_dir: Path, cap: int, file_names: tuple[str, ...]) -> None:
+    def __init__(
+        self, tmp_dir: Path, cap: int, file_names: tuple[str, ...], max_parts: int
+    ) -> None:
         self.tmp_dir = tmp_dir
         self.cap = cap
+        self.max_parts = max_parts
+        self.parts = 0
         self.file_names = file_names
         self.total = 0
         self.files: dict[str, _FilePart] = {}
@@ -74,15 +81,27 @@ class _Receiver:
         self._value = bytearray()
 
     def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > self.max_parts:
+            raise ApiError(
+                413,
+                "too_many_parts",
+                f"the form has more than {self.max_parts} parts",
+                {"limit_parts": self.max_parts},
+            )
         self._headers = {}
         self._value = bytearray()
         self._name, self._file = None, None
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_field += data[start:end]
+        if len(self._header_field) > 1024:
+            raise ApiError(400, "invalid_upload", "a part header is too long")
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
+        if len(self._header_value) > 4096:
+            raise ApiError(400, "invalid_upload", "a part header is too long")
 
     def on_header_end(self) -> None:
         self._headers[self._header_field.lower()] = self._header_value
@@ -134,18 +153,28 @@ async def receive_files(
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise ApiError(415, "unsupported_media_type", f"send multipart/form-data with {wanted}")
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > cap + 64 * 1024:
+    if length and length.isdigit() and int(length) > cap + FORM_OVERHEAD:
         raise ApiError(
             413,
             "upload_too_large",
             f"file exceeds the upload limit of {cap} bytes",
             {"limit_bytes": cap},
         )
-    receiver = _Receiver(tmp_dir, cap, names)
+    receiver = _Receiver(tmp_dir, cap, names, get_settings().max_form_parts)
     callbacks = {name: getattr(receiver, name) for name in dir(receiver) if name.startswith("on_")}
     parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
+    received = 0
     try:
         async for chunk in request.stream():
+            # Every byte of the body counts, form fields and part headers included.
+            received += len(chunk)
+            if received > cap + FORM_OVERHEAD:
+                raise ApiError(
+                    413,
+                    "upload_too_large",
+                    f"the form exceeds the upload limit of {cap} bytes",
+                    {"limit_bytes": cap},
+                )
             parser.write(chunk)
         parser.finalize()
     except BaseException:

@@ -9,13 +9,14 @@ from sqlalchemy.orm import Session
 
 from domain import quotas
 from domain.access import owned
-from domain.errors import BadInput, Conflict, QuotaExceeded
+from domain.errors import BadInput, Conflict, Invalid, QuotaExceeded
 from domain.lifecycle import ACTIVE
 from domain.orm import Dataset, Job
 from domain.uploads import Upload
 from trainyard import datasets as formats
 from trainyard.ids import new_id
 from trainyard.messaging import VALIDATE_DATASET, send
+from trainyard.specs import NAME_LENGTH, check_name
 from trainyard.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -33,30 +34,55 @@ def create(
     except QuotaExceeded:
         upload.path.unlink(missing_ok=True)
         raise
+    filename = check_name_or_none(upload.filename)
+    name = (upload.fields.get("name") or filename or "dataset").strip()[:NAME_LENGTH]
+    try:
+        check_name(name)
+    except ValueError as exc:
+        upload.path.unlink(missing_ok=True)
+        raise Invalid("invalid_name", f"name: {exc}") from exc
     detected = formats.detect(upload.head, upload.filename)
-    name = (upload.fields.get("name") or upload.filename or "dataset").strip()[:200]
     dataset = Dataset(
         id=new_id("ds"),
         project_id=project_id,
         name=name,
-        filename=upload.filename,
+        filename=filename,
         format=detected.format,
         kind=detected.kind,
         status="validating",
         bytes=upload.size,
         sha256=upload.sha256,
     )
-    target = storage.dataset_source(dataset.id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    upload.path.replace(target)
     try:
         session.add(dataset)
         session.commit()
     except BaseException:
-        storage.remove_dataset(dataset.id)
+        upload.path.unlink(missing_ok=True)
+        raise
+    # Moved into place only once the row that names it is committed: a crash before leaves
+    # a temporary file that the sweep removes, never a folder no row knows.
+    target = storage.dataset_source(dataset.id)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        upload.path.replace(target)
+    except OSError:
+        session.delete(dataset)
+        session.commit()
+        upload.path.unlink(missing_ok=True)
         raise
     send(VALIDATE_DATASET, {"dataset_id": dataset.id}, queue)
     return dataset
+
+
+def check_name_or_none(filename: str | None) -> str | None:
+    """An uploaded file's name as kept (a label only), or None where it has control
+    characters."""
+    if filename is None:
+        return None
+    try:
+        return check_name(filename[:255])
+    except ValueError:
+        return None
 
 
 def get(*, session: Session, project_id: str, dataset_id: str) -> Dataset:
@@ -83,12 +109,44 @@ def delete(*, session: Session, storage: Storage, project_id: str, dataset_id: s
     storage.remove_dataset(dataset.id)
 
 
-def validate(*, session: Session, storage: Storage, dataset_id: str) -> Dataset | None:
+def count_delivery(*, session: Session, dataset_id: str, limit: int) -> bool:
+    """Count one delivery of a dataset's validation; past `limit` (each earlier one died
+    or was killed) mark it invalid instead and answer False."""
+    dataset = session.get(Dataset, dataset_id, with_for_update=True)
+    if dataset is None or dataset.status != "validating":
+        session.rollback()
+        return True  # the task itself sees there is nothing to do
+    dataset.prep_deliveries += 1
+    session.commit()
+    if dataset.prep_deliveries <= limit:
+        return True
+    give_up(
+        session=session,
+        dataset_id=dataset_id,
+        message=f"validation stopped {limit} times before it finished (time limit or crash)",
+    )
+    return False
+
+
+def give_up(*, session: Session, dataset_id: str, message: str) -> None:
+    """Mark a dataset that validation cannot finish as invalid, with the reason."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.status != "validating":
+        return
+    dataset.status, dataset.errors = "invalid", [{"line": None, "message": message}]
+    session.commit()
+
+
+def validate(
+    *, session: Session, storage: Storage, dataset_id: str, max_line_bytes: int = 16 * 1024**2
+) -> Dataset | None:
     """Check a dataset's lines and mark it `ready` or `invalid` (prep worker; idempotent)."""
     dataset = session.get(Dataset, dataset_id)
     if dataset is None or dataset.status != "validating":
         return dataset  # deleted, or a duplicate delivery of a task already done
-    report = formats.validate(storage.dataset_source(dataset.id), dataset.format, dataset.kind)
+    report = formats.validate(
+        storage.dataset_source(dataset.id), dataset.format, dataset.kind, max_line_bytes
+    )
     dataset.errors = report.errors
     if report.ok:
         dataset.status, dataset.records = "ready", report.records

@@ -9,7 +9,13 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from trainyard.settings import get_settings
@@ -51,6 +57,45 @@ def get_engine() -> Engine:
 def get_sessionmaker() -> sessionmaker[Session]:
     """The process-wide session factory."""
     return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+def async_url(url: str) -> str:
+    """The same database through an asyncio driver: asyncpg for PostgreSQL, aiosqlite for
+    SQLite."""
+    parsed = make_url(url)
+    driver = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}.get(parsed.get_backend_name())
+    if driver is None:
+        raise ValueError(f"no asyncio driver for {parsed.get_backend_name()!r}")
+    return parsed.set(drivername=f"{parsed.get_backend_name()}+{driver}").render_as_string(
+        hide_password=False
+    )
+
+
+@lru_cache
+def get_async_engine() -> AsyncEngine:
+    """The process-wide asyncio engine of the API's read paths (one per event loop's life:
+    the API has one loop)."""
+    url = async_url(get_settings().resolved_database_url)
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    # Reads only: no pre-ping round trip; a connection the server dropped is discarded
+    # on its error and the next request gets a fresh one.
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_recycle=300)
+
+
+@lru_cache
+def get_async_sessionmaker() -> async_sessionmaker[AsyncSession]:
+    """The process-wide asyncio session factory."""
+    return async_sessionmaker(get_async_engine(), expire_on_commit=False)
 
 
 @contextmanager

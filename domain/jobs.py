@@ -1,15 +1,19 @@
-"""Jobs: create from a JobSpec (checked against the project's data and the GPUs), show, cancel."""
+"""Jobs: create from a JobSpec (checked against the project's data and the nodes' memory),
+show, cancel."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from domain import datasets, quotas
-from domain.access import owned
+from domain.access import owned, owned_async
 from domain.errors import Conflict, Invalid, NotFound
 from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transition
 from domain.orm import Attempt, Dataset, Job, Node, Tokenizer
@@ -125,31 +129,36 @@ def _tokenizer(session: Session, project_id: str, spec: JobSpec) -> tuple[str, i
     return tok.id, vocab
 
 
-def _same_request(stored: Any, asked: Any) -> bool:
-    """Whether a replayed spec asks for what the stored one holds (None: filled in later)."""
-    if isinstance(asked, dict) and isinstance(stored, dict):
-        return all(_same_request(stored.get(k), v) for k, v in asked.items())
-    return asked is None or asked == stored
+def request_hash(asked: dict[str, Any]) -> str:
+    """The hash of a request as the user sent it, in canonical JSON."""
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _gpu_memory(session: Session, pool: str, default: int) -> int:
-    """Memory of the largest GPU in the pool (a job runs on one node's GPUs)."""
+def _node_memory(session: Session, pool: str, accelerator: str) -> int | None:
+    """Memory of the pool's largest online node of a kind (a job runs on one node): one
+    GPU's for GPU nodes, the host's RAM for CPU nodes; None while none has said."""
     best = session.execute(
         select(func.max(Node.memory_bytes)).where(
-            Node.pool == pool, Node.accelerator == "gpu", Node.status == "online"
+            Node.pool == pool, Node.accelerator == accelerator, Node.status == "online"
         )
     ).scalar()
-    return int(best or default)
+    return None if best is None else int(best)
+
+
+# What one CPU training process holds beyond the estimate: the interpreter, torch's own
+# libraries and buffers, the data loader.
+CPU_PROCESS_BYTES = 512 * 1024**2
 
 
 def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes: int) -> None:
-    """Refuse a job whose model cannot fit the GPUs it asked for, with the numbers."""
+    """Refuse a job whose model cannot fit the GPUs it asked for, or the RAM of the CPU
+    nodes whose processes share it, with the numbers."""
     res = resolved["resources"]
     has_gpus = session.execute(
         select(Node.id).where(Node.pool == res["pool"], Node.accelerator == "gpu").limit(1)
     ).first()
-    if res["accelerator"] == "cpu" or (res["accelerator"] == "auto" and not has_gpus):
-        return  # host memory is not budgeted per device
+    on_cpu = res["accelerator"] == "cpu" or (res["accelerator"] == "auto" and not has_gpus)
     model, training = resolved["model"], resolved["training"]
     cfg = ModelConfig(
         arch=model["arch"],
@@ -163,10 +172,30 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
         dropout=training["dropout"],
     )
     world = res["nodes"] * res["processes_per_node"]
+    gib = 1024**3
+    if on_cpu:
+        ram = _node_memory(session, res["pool"], "cpu")
+        if ram is None:
+            return  # no CPU node has told its RAM yet: nothing to hold the job against
+        per_process = estimate_memory(
+            cfg, TrainingConfig(**training), world, res["strategy"], "cpu"
+        )
+        need = res["processes_per_node"] * (per_process["total"] + CPU_PROCESS_BYTES)
+        if need > ram:
+            raise Invalid(
+                "insufficient_memory",
+                f"the job needs about {need / gib:.1f} GiB of RAM per node "
+                f"({res['processes_per_node']} processes of {per_process['total'] / gib:.1f} "
+                f"GiB each), more than the {ram / gib:.1f} GiB of the CPU nodes in pool "
+                f"{res['pool']!r}; lower resources.processes_per_node, "
+                "training.micro_batch_size or training.seq_len, turn on "
+                "training.activation_checkpointing, or use resources.strategy 'fsdp'",
+                {"estimate_bytes": per_process, "node_memory_bytes": ram, "needed_bytes": need},
+            )
+        return
     estimate = estimate_memory(cfg, TrainingConfig(**training), world, res["strategy"], "gpu")
-    device = _gpu_memory(session, res["pool"], default_gpu_bytes)
+    device = _node_memory(session, res["pool"], "gpu") or default_gpu_bytes
     if not fits(estimate, device):
-        gib = 1024**3
         raise Invalid(
             "insufficient_memory",
             f"the job needs about {estimate['total'] / gib:.1f} GiB per GPU, more than the "
@@ -204,16 +233,18 @@ def create(
 ) -> tuple[Job, bool]:
     """Validate a spec against the project's data and queue a job; (job, created)."""
     resolved = spec.resolved()
-    asked = spec.model_dump(mode="json", exclude_unset=True)
+    asked = request_hash(spec.model_dump(mode="json", exclude_unset=True))
     if idempotency_key:
         first = session.execute(
             select(Job).where(Job.project_id == project_id, Job.idempotency_key == idempotency_key)
         ).scalar()
         if first is not None:
-            if not _same_request(first.spec, asked):
-                raise Conflict(
+            if first.request_hash != asked:
+                raise Invalid(
                     "idempotency_key_reused",
-                    "this Idempotency-Key was used with a different job spec",
+                    "this Idempotency-Key was used with a different request body; "
+                    "send a new key for a new job",
+                    {"job_id": first.id},
                 )
             return first, False
     _usable_dataset(session, project_id, spec.dataset_id, "dataset_id", spec.type)
@@ -240,11 +271,12 @@ def create(
         dataset_id=spec.dataset_id,
         tokenizer_key=tokenizer_key,
         idempotency_key=idempotency_key,
+        request_hash=asked,
     )
-    session.add(job)
-    session.flush()  # the job row must exist before its first event
-    record(session, job, "status", "job created", status=JobStatus.QUEUED.value)
     try:
+        session.add(job)
+        session.flush()  # the job row must exist before its first event
+        record(session, job, "status", "job created", status=JobStatus.QUEUED.value)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -263,6 +295,19 @@ def create(
 def get(*, session: Session, project_id: str, job_id: str) -> Job:
     """A job of the caller's project, or a 404."""
     return owned(session, Job, job_id, project_id, "job")
+
+
+async def get_async(*, session: AsyncSession, project_id: str, job_id: str) -> Job:
+    """get() on an asyncio session: one query."""
+    return await owned_async(session, Job, job_id, project_id, "job")
+
+
+def of_owned_job(query: Any, job_column: Any, *, project_id: str, job_id: str) -> Any:
+    """A query of a job's rows (events, metrics) that also checks the job's project, so the
+    rows and the ownership cost one query; an empty answer still needs get_async for 404."""
+    return query.join(Job, Job.id == job_column).where(
+        job_column == job_id, Job.project_id == project_id
+    )
 
 
 def cancel(*, session: Session, project_id: str, job_id: str) -> Job:

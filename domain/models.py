@@ -1,11 +1,11 @@
-"""Models: show, serve files, and sample text without blocking the event loop."""
+"""Models: show, serve files, and check an imported Hugging Face folder before it is kept."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
-import threading
-from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ from domain.errors import BadInput, Invalid, NotFound
 from domain.orm import Model
 from domain.uploads import Upload
 from trainyard.ids import new_id
-from trainyard.settings import get_settings
 from trainyard.storage import Storage
 
 DOWNLOADABLE = (
@@ -26,9 +25,6 @@ DOWNLOADABLE = (
     "generation_config.json",
     "tokenizer_config.json",
 )
-_CACHE_SIZE = 4
-_cache: OrderedDict[str, Any] = OrderedDict()
-_cache_lock = threading.Lock()
 
 
 def get(*, session: Session, project_id: str, model_id: str) -> Model:
@@ -43,69 +39,9 @@ def file_path(*, storage: Storage, model: Model, name: str) -> Path:
     return storage.model_dir(model.id) / name
 
 
-def _generate_device() -> str:
-    """Where the API runs generation: the setting, with "auto" meaning a GPU if there is one."""
-    wanted = get_settings().generate_device
-    if wanted != "auto":
-        return wanted
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _loaded(storage: Storage, model_id: str) -> Any:
-    from trainer.sample import load_model  # torch loads on first use, not at API start-up
-
-    with _cache_lock:
-        if model_id in _cache:
-            _cache.move_to_end(model_id)
-            return _cache[model_id]
-    loaded = load_model(str(storage.model_dir(model_id)), device=_generate_device())
-    with _cache_lock:
-        _cache[model_id] = loaded
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return loaded
-
-
-def generate(
-    *,
-    storage: Storage,
-    model: Model,
-    prompt: str | None,
-    messages: list[dict[str, str]] | None,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int | None,
-) -> Any:
-    """Sample a continuation of a prompt, or a chat model's reply to messages (blocking:
-    call it from a worker thread); a trainer.sample.Completion."""
-    from trainer import chat
-    from trainer.sample import complete
-
-    loaded = _loaded(storage, model.id)
-    stop = None
-    if messages is not None:
-        if loaded.tokenizer.token_to_id(chat.IM_END) is None:
-            raise Invalid(
-                "not_a_chat_model",
-                f"model {model.id} has no chat template; send a plain prompt instead",
-            )
-        prompt = chat.render(messages, add_generation_prompt=True)
-        stop = chat.stop_ids(loaded.tokenizer)
-    assert prompt is not None
-    return complete(
-        loaded,
-        prompt,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        stop_ids=stop,
-    )
+def folder(*, storage: Storage, model: Model) -> str:
+    """Where the model's files are, for a model worker to load."""
+    return str(storage.model_dir(model.id))
 
 
 IMPORT_PARTS = {
@@ -115,21 +51,62 @@ IMPORT_PARTS = {
 }
 
 
-def import_folder(
-    *,
-    session: Session,
-    storage: Storage,
-    project_id: str,
-    uploads: dict[str, Upload],
-    name: str | None,
-) -> Model:
-    """Check a Hugging Face folder (Llama or GPT-2; safetensors only) and store it as a model.
+MAX_POSITIONS = 131_072  # the longest context a job may train with
 
-    Blocking (it loads the weights once to prove they fit the architecture): call it from a
-    worker thread.
+
+@dataclass
+class Staged:
+    """An import's checked files, waiting in a staging folder for the row that names them."""
+
+    model_id: str
+    folder: Path
+    config: dict[str, Any]
+
+
+def _check_sizes(staging: Path, config: dict[str, Any], max_bytes: int) -> None:
+    """Refuse, before anything is loaded, a config whose sizes the weights do not back.
+
+    The weights' header alone is read (safetensors validates its offsets against the file);
+    a model is built from the config, so its sizes must be bounded and match the weights.
     """
-    from trainer.sample import load_model
+    from safetensors import safe_open
 
+    from trainer.config import model_config_from_hf, param_count
+
+    try:
+        cfg = model_config_from_hf(config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Invalid("invalid_model", f"config: {exc}") from exc
+    if cfg.seq_len > MAX_POSITIONS:
+        raise Invalid(
+            "invalid_model",
+            f"config: {cfg.seq_len} positions; at most {MAX_POSITIONS} are supported",
+        )
+    try:
+        with safe_open(str(staging / "model.safetensors"), framework="numpy") as f:
+            stored = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    except Exception as exc:
+        raise Invalid("invalid_model", f"weights: not a valid safetensors file ({exc})") from exc
+    wanted = param_count(cfg)
+    if wanted * 4 > max_bytes:
+        raise Invalid(
+            "model_too_large",
+            f"config: {wanted:,} parameters need {wanted * 4:,} bytes in float32, more than "
+            f"the limit of {max_bytes:,}",
+            {"parameters": wanted, "limit_bytes": max_bytes},
+        )
+    if wanted > stored * 1.05 + 1024:
+        raise Invalid(
+            "invalid_model",
+            f"config: its sizes make {wanted:,} parameters, but the weights hold {stored:,}",
+            {"config_parameters": wanted, "weight_elements": stored},
+        )
+
+
+def stage_import(*, storage: Storage, uploads: dict[str, Upload], max_bytes: int) -> Staged:
+    """Check a Hugging Face folder's files (Llama or GPT-2; safetensors only) without
+    loading them, in a staging folder. The caller proves them loadable in a model worker,
+    then commits or discards."""
     model_id = new_id("mdl")
     staging = storage.uploads_tmp() / f"import-{model_id}"
     staging.mkdir()
@@ -147,30 +124,48 @@ def import_folder(
             raise Invalid(
                 "invalid_model", f"config: model_type must be 'gpt2' or 'llama', got {kind!r}"
             )
-        try:
-            load_model(str(staging))  # safetensors and JSON only: nothing is unpickled
-        except Exception as exc:
-            raise Invalid(
-                "invalid_model",
-                f"the files do not form a usable model: {exc}",
-            ) from exc
-        target = storage.model_dir(model_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging.replace(target)
+        _check_sizes(staging, config, max_bytes)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     finally:
         for upload in uploads.values():
             upload.path.unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-    files = [{"name": p.name, "bytes": p.stat().st_size} for p in sorted(target.iterdir())]
+    return Staged(model_id, staging, config)
+
+
+def discard(staged: Staged) -> None:
+    """Remove a staged import."""
+    shutil.rmtree(staged.folder, ignore_errors=True)
+
+
+def commit_import(
+    *, session: Session, storage: Storage, project_id: str, staged: Staged, name: str | None
+) -> Model:
+    """Record a checked import, then move its files into place (only after the commit)."""
+    files = [{"name": p.name, "bytes": p.stat().st_size} for p in sorted(staged.folder.iterdir())]
     model = Model(
-        id=model_id,
+        id=staged.model_id,
         project_id=project_id,
         job_id=None,
         name=name,
-        arch=str(config["model_type"]),
-        config=config,
+        arch=str(staged.config["model_type"]),
+        config=staged.config,
         files=files,
     )
     session.add(model)
-    session.commit()
+    try:
+        session.commit()
+    except BaseException:
+        discard(staged)
+        raise
+    target = storage.model_dir(model.id)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged.folder.replace(target)
+    except OSError:
+        session.delete(model)
+        session.commit()
+        discard(staged)
+        raise
     return model

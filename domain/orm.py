@@ -81,6 +81,7 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     records: Mapped[int | None] = mapped_column(BigInteger, default=None)
     errors: Mapped[list[Any]] = mapped_column(default=list)
+    prep_deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -129,6 +130,8 @@ class Job(Base):
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     tokenizer_key: Mapped[str | None] = mapped_column(String(120), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    prep_deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     # Lower runs first (1 to 99); fair share between projects within one priority.
     priority: Mapped[int] = mapped_column(Integer, default=50, server_default="50")

@@ -201,6 +201,34 @@ def prepare_sft(session: Session, storage: Storage, job: Job) -> dict[str, Any]:
     }
 
 
+def count_delivery(*, session: Session, job_id: str, limit: int) -> bool:
+    """Count one delivery of a job's preparation; past `limit` (each earlier one died or
+    was killed) fail the job instead and answer False."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status != JobStatus.PREPARING or job.prepared:
+        session.rollback()
+        return True  # the task itself sees there is nothing to do
+    job.prep_deliveries += 1
+    session.commit()
+    if job.prep_deliveries <= limit:
+        return True
+    give_up(
+        session=session,
+        job_id=job_id,
+        message=f"preparation stopped {limit} times before it finished (time limit or crash)",
+    )
+    return False
+
+
+def give_up(*, session: Session, job_id: str, message: str) -> None:
+    """Fail a job whose preparation cannot finish, with the reason."""
+    job = session.get(Job, job_id)
+    if job is None or job.status != JobStatus.PREPARING:
+        return
+    fail(session, job, "preparation_failed", message)
+    session.commit()
+
+
 def prepare(*, session: Session, storage: Storage, job_id: str) -> None:
     """Tokenize what a job needs, then mark it prepared (or failed, with the reason)."""
     job = session.get(Job, job_id)

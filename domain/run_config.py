@@ -31,8 +31,8 @@ def _ranges(storage: Storage, job: Job) -> tuple[DataConfig, int]:
     val_id = job.spec["validation"].get("dataset_id")
     if val_id:
         val_dir = storage.tokens_dir(val_id, key)
-        train, _ = shards.split_ranges(index, str(main_dir), 0.0)
-        _, val = shards.split_ranges(shards.load_index(str(val_dir)), str(val_dir), 1.0)
+        train = shards.all_ranges(index, str(main_dir))
+        val = shards.all_ranges(shards.load_index(str(val_dir)), str(val_dir))
     else:
         train, val = shards.split_ranges(index, str(main_dir), job.spec["validation"]["fraction"])
     data = DataConfig(

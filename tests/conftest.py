@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Database, Stack
+from tests.stack import Database, Stack, free_port
 
 UPLOAD_CAP = 4 * 1024 * 1024
+MAX_LINE = 256 * 1024
 WORDS = [
     "the",
     "a",
@@ -66,9 +67,13 @@ def postgres_db() -> Iterator[Database]:
 def stack(tmp_path_factory: pytest.TempPathFactory, postgres_db: Database) -> Iterator[Stack]:
     """The whole platform: uvicorn, control loop, Celery prep and node workers, Redis."""
     workdir = tmp_path_factory.mktemp("stack")
-    with Stack(
-        workdir, postgres_db.url, extra_env={"TRAINYARD_MAX_UPLOAD_BYTES": str(UPLOAD_CAP)}
-    ) as s:
+    env = {
+        "TRAINYARD_MAX_UPLOAD_BYTES": str(UPLOAD_CAP),
+        "TRAINYARD_MAX_LINE_BYTES": str(MAX_LINE),
+        # Node workers report on a listener of their own, as in production.
+        "TRAINYARD_INTERNAL_PORT": str(free_port()),
+    }
+    with Stack(workdir, postgres_db.url, extra_env=env) as s:
         s.up()
         yield s
 

@@ -54,6 +54,9 @@ def load_model(folder: str, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model, tok, cfg, tokmod.eot_id(tok), dev)
 
 
+GREEDY_BELOW = 1e-4  # temperatures this small sample as greedy
+
+
 def _pick(
     logits: torch.Tensor,
     temperature: float,
@@ -62,7 +65,7 @@ def _pick(
     g: torch.Generator,
 ) -> torch.Tensor:
     """Choose the next token (1, 1) from last-position logits (1, V)."""
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:  # dividing by a vanishing temperature overflows
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
@@ -74,6 +77,7 @@ def _pick(
         # Drop a token once the tokens ranked above it already cover top_p of the mass;
         # the most likely token is always kept.
         drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[:, 0] = False  # rounding must not drop it for a vanishing top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)

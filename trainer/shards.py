@@ -164,6 +164,15 @@ def load_index(out_dir: str) -> dict[str, Any]:
         return dict(json.load(f))
 
 
+def all_ranges(index: dict[str, Any], out_dir: str) -> list[dict[str, Any]]:
+    """Every token of the shards as ranges, as run.json expects (a split of its own)."""
+    return [
+        {"path": os.path.abspath(os.path.join(out_dir, s["path"])), "start": 0, "end": s["tokens"]}
+        for s in index["shards"]
+        if int(s["tokens"]) > 0
+    ]
+
+
 def split_ranges(
     index: dict[str, Any], out_dir: str, val_fraction: float
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

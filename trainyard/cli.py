@@ -21,8 +21,18 @@ def _db(args: argparse.Namespace) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     from domain.db import session_scope
-    from domain.keys import create_key
+    from domain.keys import create_key, revoke_key
+    from trainyard.settings import get_settings
 
+    if args.action == "revoke":
+        if not args.key:
+            raise SystemExit("trainyard keys revoke needs --key (its id, prefix or the key)")
+        with session_scope() as session:
+            row = revoke_key(session=session, key=args.key, data_dir=get_settings().data_dir)
+        print(f"Revoked key {row.id} ({row.prefix}...) of project {row.project_id}.")
+        return 0
+    if not args.project:
+        raise SystemExit("trainyard keys create needs --project")
     with session_scope() as session:
         key = create_key(session=session, project_name=args.project, admin=args.admin)
     kind = "an admin API key" if args.admin else "an API key"
@@ -32,8 +42,26 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _api(args: argparse.Namespace) -> int:
+    import threading
+
     import uvicorn
 
+    from trainyard.settings import get_settings
+
+    port = get_settings().internal_port
+    if port is not None:
+        # Its own thread, event loop and thread pool: public traffic cannot starve it.
+        internal = uvicorn.Server(
+            uvicorn.Config(
+                "api.app:create_internal_app",
+                factory=True,
+                host=args.host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+            )
+        )
+        threading.Thread(target=internal.run, name="internal-api", daemon=True).start()
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -169,9 +197,10 @@ def parser() -> argparse.ArgumentParser:
     db.set_defaults(func=_db)
 
     keys = sub.add_parser("keys", help="API keys")
-    keys.add_argument("action", choices=["create"])
-    keys.add_argument("--project", required=True)
-    keys.add_argument("--admin", action="store_true", help="may see nodes and set quotas")
+    keys.add_argument("action", choices=["create", "revoke"])
+    keys.add_argument("--project", help="create: the project the key belongs to")
+    keys.add_argument("--admin", action="store_true", help="create: may see nodes and set quotas")
+    keys.add_argument("--key", help="revoke: the key's id, its prefix, or the key itself")
     keys.set_defaults(func=_keys)
 
     admin = argparse.ArgumentParser(add_help=False)

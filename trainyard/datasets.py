@@ -55,21 +55,45 @@ def detect(head: bytes, filename: str | None) -> Detected:
     return Detected("text", "pretrain")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+class LineTooLong(Exception):
+    """A line longer than the limit: reading stops there."""
+
+    def __init__(self, number: int, limit: int) -> None:
+        super().__init__(f"line {number} is longer than the limit of {limit} bytes")
+        self.number = number
+
+
+def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines, none held longer than `limit` bytes (a file with no newline is one
+    line)."""
     with path.open("rb") as f:
-        yield from enumerate(f, start=1)
+        number = 0
+        while raw := f.readline(limit + 1):
+            number += 1
+            if len(raw) > limit and not (len(raw) == limit + 1 and raw.endswith(b"\n")):
+                raise LineTooLong(number, limit)
+            yield number, raw
 
 
 def _utf8_error(raw: bytes, exc: UnicodeDecodeError) -> str:
     return f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
 
 
-def validate(path: Path, fmt: str, kind: str) -> Report:
-    """Check every line of a dataset; count records (lines of text, or JSON objects)."""
+def validate(path: Path, fmt: str, kind: str, max_line_bytes: int = 16 * 1024**2) -> Report:
+    """Check every line of a dataset; count records (lines of text, or JSON objects). A
+    line over `max_line_bytes` ends the check with its line number."""
     report = Report()
+    try:
+        return _validate(path, fmt, kind, max_line_bytes, report)
+    except LineTooLong as exc:
+        report.add(exc.number, str(exc))
+        return report
+
+
+def _validate(path: Path, fmt: str, kind: str, limit: int, report: Report) -> Report:
     if fmt == "text":
         nonblank = False
-        for number, raw in _lines(path):
+        for number, raw in _lines(path, limit):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -80,7 +104,7 @@ def validate(path: Path, fmt: str, kind: str) -> Report:
         if not nonblank and report.ok:
             report.add(None, "the file holds no text")
         return report
-    for number, raw in _lines(path):
+    for number, raw in _lines(path, limit):
         if not raw.strip():
             continue
         try:

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     storage_root: Path | None = None
 
     api_url: str = "http://127.0.0.1:8000"
+    # The node workers' endpoints (/internal) get a listener of their own on this port, so
+    # public traffic can never starve heartbeats; None serves them beside the public API
+    # (embedded runs). Node workers then reach it at `internal_url`.
+    internal_port: int | None = None
+    internal_url: str | None = None
     node_secret: str | None = None
     node_name: str = Field(default_factory=socket.gethostname)
     node_slots: int | None = None
@@ -42,7 +47,6 @@ class Settings(BaseSettings):
     generate_device: Literal["auto", "cpu", "cuda"] = "auto"
     queue_prefix: str = ""
 
-    key_cache_seconds: float = 5.0
     default_gpu_memory_bytes: int = 80 * 1024**3  # assumed when no GPU node has registered
     max_upload_bytes: int = 2 * 1024**3
     max_model_bytes: int = 32 * 1024**3
@@ -58,6 +62,25 @@ class Settings(BaseSettings):
     max_lost_attempts: int = 10
     control_interval_seconds: float = 0.5
     keep_checkpoints: int = 3
+
+    # What one client may ask of a shared service.
+    max_json_bytes: int = 1024 * 1024
+    max_form_parts: int = 8
+    max_line_bytes: int = 16 * 1024 * 1024  # one line of a dataset
+    prep_max_deliveries: int = 3  # a prep task redelivered more often fails its job
+    model_workers: int = 2  # processes that load models and generate
+    model_queue: int = 4  # calls that may wait for a model worker before a 429
+    model_calls_per_project: int = 2
+    model_worker_memory_bytes: int = 16 * 1024**3
+    model_call_seconds: float = 120.0
+    # Token buckets per API key and process: "rate/s:burst" for reads, writes and uploads;
+    # `TRAINYARD_RATE_LIMITS=off` turns them off (benchmarks).
+    rate_limits: Literal["on", "off"] = "on"
+    read_rate: str = "50/s:200"
+    write_rate: str = "10/s:50"
+    upload_rate: str = "1/s:10"
+    event_streams_per_project: int = 16
+    tmp_max_age_seconds: float = 6 * 3600  # the API sweeps older leftovers at start-up
 
     @property
     def resolved_database_url(self) -> str:
@@ -94,6 +117,16 @@ class Settings(BaseSettings):
             tmp.chmod(0o600)
             tmp.replace(path)
         return path.read_text().strip()
+
+    @property
+    def resolved_internal_url(self) -> str:
+        """Where node workers reach the internal endpoints."""
+        if self.internal_url:
+            return self.internal_url
+        if self.internal_port is None:
+            return self.api_url
+        host = self.api_url.split("://", 1)[-1].rsplit(":", 1)[0]
+        return f"http://{host}:{self.internal_port}"
 
     def queue(self, name: str) -> str:
         """A Celery queue name, prefixed so several deployments can share one broker."""

@@ -6,26 +6,43 @@ what it ran.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from trainer.config import PRESETS
 
 BYTE_VOCAB = 257  # 256 byte values and <|endoftext|>
+NAME_LENGTH = 200  # the names' columns
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(value: str) -> str:
+    """A name without NUL or other control characters (they have no place in a label)."""
+    found = _CONTROL.search(value)
+    if found:
+        raise ValueError(
+            f"control character {found.group()!r} at position {found.start()} is not allowed"
+        )
+    return value
+
+
+ObjectId = Annotated[str, Field(max_length=64, pattern=r"^[a-z]+_[0-9a-z]+$")]
+Name = Annotated[str, Field(max_length=NAME_LENGTH), AfterValidator(check_name)]
 
 
 class Strict(BaseModel):
-    """A request model that rejects fields it does not know."""
+    """A request model that rejects fields it does not know, and Infinity or NaN anywhere."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ValidationSpec(Strict):
     """Hold out a fraction of the training data, or validate on another dataset."""
 
     fraction: float | None = Field(None, gt=0.0, lt=0.5)
-    dataset_id: str | None = None
+    dataset_id: ObjectId | None = None
 
     @model_validator(mode="after")
     def _one(self) -> ValidationSpec:
@@ -42,7 +59,7 @@ class TokenizerSpec(Strict):
 
     type: Literal["byte", "bpe", "uploaded", "model"] | None = None
     vocab_size: int | None = Field(None, ge=257, le=1_048_576)
-    tokenizer_id: str | None = None
+    tokenizer_id: ObjectId | None = None
 
     @model_validator(mode="after")
     def _size(self) -> TokenizerSpec:
@@ -70,8 +87,8 @@ class TokenizerSpec(Strict):
 class ModelSpec(Strict):
     """A preset, explicit architecture fields, or a preset with some fields overridden."""
 
-    preset: str | None = None
-    base_model_id: str | None = None
+    preset: str | None = Field(None, max_length=64)
+    base_model_id: ObjectId | None = None
     arch: Literal["gpt2", "llama"] | None = None
     n_layer: int | None = Field(None, ge=1, le=256)
     n_head: int | None = Field(None, ge=1, le=256)
@@ -157,7 +174,9 @@ class LoraSpec(Strict):
     rank: int = Field(8, ge=1, le=1024)
     alpha: float = Field(16.0, gt=0.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | None = Field(None, min_length=1)
+    target_modules: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, min_length=1, max_length=64
+    )
 
 
 class SftSpec(Strict):
@@ -186,9 +205,9 @@ LORA_LR = 1e-3
 class JobSpec(Strict):
     """A job as submitted to `POST /v1/jobs`: pretraining, or fine-tuning a base model."""
 
-    name: str | None = Field(None, max_length=200)
+    name: Name | None = None
     type: Literal["pretrain", "sft"] = "pretrain"
-    dataset_id: str
+    dataset_id: ObjectId
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(preset="tiny"))
@@ -203,6 +222,8 @@ class JobSpec(Strict):
         elif self.sft is not None or self.model.base_model_id is not None:
             raise ValueError("sft settings and model.base_model_id need type 'sft'")
         t = self.training
+        if "warmup_steps" not in t.model_fields_set:
+            t.warmup_steps = min(t.warmup_steps, t.max_steps)  # a default follows the others
         if t.min_lr is None:
             t.min_lr = t.lr / 10
         if t.min_lr > t.lr:

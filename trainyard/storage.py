@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,24 @@ class Storage:
         path = self.root / "tmp"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def sweep_tmp(self, older_than_seconds: float) -> int:
+        """Remove what a crash left in the temporary folder (untouched for that long);
+        how many entries went. A live upload keeps its file's time fresh."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for entry in self.uploads_tmp().iterdir():
+            try:
+                if entry.lstat().st_mtime >= cutoff:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed += 1
+            except FileNotFoundError:
+                continue  # another process swept or committed it first
+        return removed
 
     def remove_dataset(self, dataset_id: str) -> None:
         """Delete a dataset's files."""

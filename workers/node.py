@@ -41,8 +41,8 @@ class AttemptPayload(BaseModel):
 
 
 def detect_devices(settings: Settings) -> tuple[str, int, list[str], int | None]:
-    """(accelerator, slots, device names, memory of one GPU): GPUs through nvidia-smi,
-    else CPU slots."""
+    """(accelerator, slots, device names, memory): GPUs through nvidia-smi (the memory of
+    one GPU), else CPU slots (the host's RAM, which all of a job's processes share)."""
     if shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(
@@ -59,7 +59,8 @@ def detect_devices(settings: Settings) -> tuple[str, int, list[str], int | None]
                 return "gpu", settings.node_slots or len(names), names, memory
         except (OSError, ValueError, subprocess.SubprocessError):
             log.warning("nvidia-smi failed; running as a CPU node")
-    return "cpu", settings.node_slots or (os.cpu_count() or 1), [], None
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return "cpu", settings.node_slots or (os.cpu_count() or 1), [], ram
 
 
 def node_queue(settings: Settings) -> str:
@@ -76,7 +77,7 @@ class Agent:
         self.node_id: str | None = None
         self.stop = threading.Event()
         self.client = httpx.Client(
-            base_url=settings.api_url,
+            base_url=settings.resolved_internal_url,
             headers={"Authorization": f"Bearer {settings.resolved_node_secret}"},
             timeout=10.0,
         )
@@ -129,7 +130,7 @@ def _on_shutdown(**_: Any) -> None:
 
 def supervise(payload: AttemptPayload, settings: Settings) -> None:
     """Run one attempt to its end, forwarding events and enforcing cancel."""
-    reporter = Reporter(settings.api_url, payload.attempt_id, payload.token)
+    reporter = Reporter(settings.resolved_internal_url, payload.attempt_id, payload.token)
     gang = payload.nnodes > 1
     # Rank 0 of a gang hosts the rendezvous on a port it reserves now.
     port = free_port("0.0.0.0") if gang and payload.node_rank == 0 else None

@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
-from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
+from api.deps import AsyncSessionDep, CursorQuery, ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.schemas import DatasetOut, Page
 from api.uploads import receive
 from domain import datasets
+from domain.access import owned_async
 from domain.errors import NotFound
 from domain.orm import Dataset
-from domain.paging import page
+from domain.paging import page_async
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -38,22 +39,22 @@ async def upload_dataset(
 
 
 @router.get("", response_model=Page[DatasetOut])
-def list_datasets(
+async def list_datasets(
     project_id: ProjectDep,
-    session: SessionDep,
+    session: AsyncSessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: CursorQuery = None,
 ) -> dict[str, object]:
     """List the project's datasets, newest first."""
     query = select(Dataset).where(Dataset.project_id == project_id, Dataset.status != "deleted")
-    rows, more = page(session, query, Dataset.id, limit=limit, after=after)
+    rows, more = await page_async(session, query, Dataset.id, limit=limit, after=after)
     return {"data": rows, "has_more": more}
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, project_id: ProjectDep, session: SessionDep) -> Dataset:
+async def get_dataset(dataset_id: str, project_id: ProjectDep, session: AsyncSessionDep) -> Dataset:
     """Show a dataset with its validation results."""
-    dataset = datasets.get(session=session, project_id=project_id, dataset_id=dataset_id)
+    dataset = await owned_async(session, Dataset, dataset_id, project_id, "dataset")
     if dataset.status == "deleted":
         raise NotFound("dataset", dataset_id)
     return dataset

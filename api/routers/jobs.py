@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -11,17 +12,19 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from api.deps import ProjectDep, SessionDep, SettingsDep
+from api.deps import AsyncSessionDep, CursorQuery, ProjectDep, SessionDep, SettingsDep
+from api.errors import ApiError
 from api.schemas import CheckpointOut, EventOut, JobOut, MetricPoint, MetricsOut, Page
 from api.views import job_out
 from domain import jobs
 from domain.db import get_sessionmaker
 from domain.lifecycle import TERMINAL, JobStatus
 from domain.orm import Checkpoint, Event, Job, Metric
-from domain.paging import page
+from domain.paging import page, page_async
 from trainyard.specs import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+MAX_BIGINT = 2**63 - 1
 
 
 @router.post("", status_code=201, response_model=JobOut)
@@ -49,25 +52,25 @@ def create_job(
 
 
 @router.get("", response_model=Page[JobOut])
-def list_jobs(
+async def list_jobs(
     project_id: ProjectDep,
-    session: SessionDep,
+    session: AsyncSessionDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: CursorQuery = None,
 ) -> dict[str, object]:
     """List the project's jobs, newest first, optionally by status."""
     query = select(Job).where(Job.project_id == project_id)
     if status:
         query = query.where(Job.status == status)
-    rows, more = page(session, query, Job.id, limit=limit, after=after)
+    rows, more = await page_async(session, query, Job.id, limit=limit, after=after)
     return {"data": [job_out(j) for j in rows], "has_more": more}
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> JobOut:
+async def get_job(job_id: str, project_id: ProjectDep, session: AsyncSessionDep) -> JobOut:
     """Show a job with its status, progress, attempt, error and model."""
-    return job_out(jobs.get(session=session, project_id=project_id, job_id=job_id))
+    return job_out(await jobs.get_async(session=session, project_id=project_id, job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
@@ -95,7 +98,21 @@ def _events_after(job_id: str, after: int, limit: int) -> list[Event]:
         return rows
 
 
-async def _follow(request: Request, job_id: str, after: int) -> AsyncIterator[str]:
+# Live event streams open in this process, per project.
+_streams: Counter[str] = Counter()
+
+
+async def _follow(request: Request, project_id: str, job_id: str, after: int) -> AsyncIterator[str]:
+    try:
+        async for chunk in _events_live(request, job_id, after):
+            yield chunk
+    finally:
+        _streams[project_id] -= 1
+        if _streams[project_id] <= 0:
+            del _streams[project_id]
+
+
+async def _events_live(request: Request, job_id: str, after: int) -> AsyncIterator[str]:
     while True:
         rows = await asyncio.to_thread(_events_after, job_id, after, 500)
         for ev in rows:
@@ -114,59 +131,92 @@ async def _follow(request: Request, job_id: str, after: int) -> AsyncIterator[st
 
 
 @router.get("/{job_id}/events", response_model=Page[EventOut])
-def job_events(
+async def job_events(
     job_id: str,
     request: Request,
     project_id: ProjectDep,
-    session: SessionDep,
+    session: AsyncSessionDep,
+    settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: int | None = None,
-    last_event_id: Annotated[int | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_BIGINT)] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_BIGINT)] = None,
 ) -> object:
     """The job's event log, oldest first; `Accept: text/event-stream` follows it live."""
-    job = jobs.get(session=session, project_id=project_id, job_id=job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
+        job = await jobs.get_async(session=session, project_id=project_id, job_id=job_id)
         start = after if after is not None else (last_event_id or 0)
+        cap = settings.event_streams_per_project
+        if _streams[project_id] >= cap:
+            raise ApiError(
+                429,
+                "too_many_streams",
+                f"this project already follows {cap} event streams; close one first",
+                {"limit": cap},
+                headers={"Retry-After": "5"},
+            )
+        _streams[project_id] += 1
         return StreamingResponse(
-            _follow(request, job.id, start),
+            _follow(request, project_id, job.id, start),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
-    query = select(Event).where(Event.job_id == job.id)
-    rows, more = page(session, query, Event.id, limit=limit, after=after, newest_first=False)
+    query = jobs.of_owned_job(select(Event), Event.job_id, project_id=project_id, job_id=job_id)
+    rows, more = await page_async(
+        session, query, Event.id, limit=limit, after=after, newest_first=False
+    )
+    if not rows:
+        await jobs.get_async(session=session, project_id=project_id, job_id=job_id)  # or 404
     return {"data": rows, "has_more": more}
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut)
-def job_metrics(
+async def job_metrics(
     job_id: str,
     project_id: ProjectDep,
-    session: SessionDep,
-    names: Annotated[list[str] | None, Query(alias="name")] = None,
-    after_step: int = 0,
+    session: AsyncSessionDep,
+    names: Annotated[
+        list[Annotated[str, Query(max_length=32, pattern=r"^[A-Za-z0-9_./-]+$")]] | None,
+        Query(alias="name", max_length=32),
+    ] = None,
+    after_step: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
+    limit: Annotated[int, Query(ge=100, le=10_000)] = 5000,
 ) -> MetricsOut:
-    """Time series per metric (loss, val_loss, lr, grad_norm, tokens_per_s, mfu)."""
-    job = jobs.get(session=session, project_id=project_id, job_id=job_id)
-    query = select(Metric.name, Metric.step, Metric.value).where(
-        Metric.job_id == job.id, Metric.step > after_step
-    )
+    """Time series per metric (loss, val_loss, lr, grad_norm, tokens_per_s, mfu), paged by
+    step: at most `limit` points, whole steps only; then ask again with `after_step`."""
+    query = jobs.of_owned_job(
+        select(Metric.name, Metric.step, Metric.value),
+        Metric.job_id,
+        project_id=project_id,
+        job_id=job_id,
+    ).where(Metric.step > after_step)
     if names:
         query = query.where(Metric.name.in_(names))
+    rows = list(
+        await session.execute(query.order_by(Metric.step, Metric.name, Metric.id).limit(limit + 1))
+    )
+    if not rows:
+        await jobs.get_async(session=session, project_id=project_id, job_id=job_id)  # or 404
+    more = len(rows) > limit
+    if more:  # end the page on a whole step, so after_step resumes where it stopped
+        cut = rows[limit].step
+        rows = [r for r in rows[:limit] if r.step < cut] or rows[:limit]
     series: dict[str, list[MetricPoint]] = {}
-    for name, step, value in session.execute(query.order_by(Metric.name, Metric.step, Metric.id)):
+    for name, step, value in sorted(rows, key=lambda r: (r.name, r.step)):
         series.setdefault(name, []).append(MetricPoint(step=step, value=value))
-    return MetricsOut(job_id=job.id, series=series)
+    last = rows[-1].step if rows else None
+    return MetricsOut(job_id=job_id, series=series, has_more=more, last_step=last)
 
 
 @router.get("/{job_id}/checkpoints", response_model=Page[CheckpointOut])
-def job_checkpoints(job_id: str, project_id: ProjectDep, session: SessionDep) -> dict[str, object]:
-    """The job's checkpoints with their step and metrics."""
+def job_checkpoints(
+    job_id: str,
+    project_id: ProjectDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: CursorQuery = None,
+) -> dict[str, object]:
+    """The job's checkpoints with their step and metrics, oldest first."""
     job = jobs.get(session=session, project_id=project_id, job_id=job_id)
-    rows = (
-        session.execute(
-            select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step)
-        )
-        .scalars()
-        .all()
-    )
-    return {"data": rows, "has_more": False}
+    query = select(Checkpoint).where(Checkpoint.job_id == job.id)
+    rows, more = page(session, query, Checkpoint.id, limit=limit, after=after, newest_first=False)
+    return {"data": rows, "has_more": more}

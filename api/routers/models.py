@@ -9,27 +9,31 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
+from api.deps import AsyncSessionDep, CursorQuery, ProjectDep, SessionDep, SettingsDep, StorageDep
+from api.model_pool import get_pool
 from api.schemas import GenerateIn, GenerateOut, ModelOut, Page, Usage
 from api.uploads import receive_files
 from api.views import model_out
-from domain import models
+from domain import model_calls, models
+from domain.access import owned_async
+from domain.errors import Invalid
 from domain.orm import Model
-from domain.paging import page
+from domain.paging import page_async
+from trainyard.specs import check_name
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("", response_model=Page[ModelOut])
-def list_models(
+async def list_models(
     project_id: ProjectDep,
-    session: SessionDep,
+    session: AsyncSessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: CursorQuery = None,
 ) -> dict[str, object]:
     """List the project's models, newest first."""
     query = select(Model).where(Model.project_id == project_id)
-    rows, more = page(session, query, Model.id, limit=limit, after=after)
+    rows, more = await page_async(session, query, Model.id, limit=limit, after=after)
     return {"data": [model_out(m) for m in rows], "has_more": more}
 
 
@@ -47,21 +51,38 @@ async def import_model(
         request, storage.uploads_tmp(), settings.max_model_bytes, tuple(models.IMPORT_PARTS)
     )
     name = next(iter(uploads.values())).fields.get("name")
+    try:
+        name = check_name(name) if name is not None else None
+    except ValueError as exc:
+        for upload in uploads.values():
+            upload.path.unlink(missing_ok=True)
+        raise Invalid("invalid_name", f"name: {exc}") from exc
+    staged = await run_in_threadpool(
+        models.stage_import, storage=storage, uploads=uploads, max_bytes=settings.max_model_bytes
+    )
+    try:
+        problem = await get_pool().run(project_id, model_calls.check_loadable, str(staged.folder))
+    except BaseException:
+        models.discard(staged)
+        raise
+    if problem is not None:
+        models.discard(staged)
+        raise Invalid("invalid_model", f"the files do not form a usable model: {problem}")
     model = await run_in_threadpool(
-        models.import_folder,
+        models.commit_import,
         session=session,
         storage=storage,
         project_id=project_id,
-        uploads=uploads,
+        staged=staged,
         name=name,
     )
     return model_out(model)
 
 
 @router.get("/{model_id}", response_model=ModelOut)
-def get_model(model_id: str, project_id: ProjectDep, session: SessionDep) -> ModelOut:
+async def get_model(model_id: str, project_id: ProjectDep, session: AsyncSessionDep) -> ModelOut:
     """Show a model and its files."""
-    return model_out(models.get(session=session, project_id=project_id, model_id=model_id))
+    return model_out(await owned_async(session, Model, model_id, project_id, "model"))
 
 
 @router.get("/{model_id}/files/{name}")
@@ -81,31 +102,34 @@ async def generate(
     project_id: ProjectDep,
     session: SessionDep,
     storage: StorageDep,
+    settings: SettingsDep,
 ) -> GenerateOut:
     """Sample a continuation of a prompt from the model."""
-    model = models.get(session=session, project_id=project_id, model_id=model_id)
-    messages = [m.model_dump() for m in body.messages] if body.messages else None
-    done = await run_in_threadpool(
-        models.generate,
-        storage=storage,
-        model=model,
-        prompt=body.prompt,
-        messages=messages,
-        max_new_tokens=body.max_new_tokens,
-        temperature=body.temperature,
-        top_k=body.top_k,
-        top_p=body.top_p,
-        seed=body.seed,
+    model = await run_in_threadpool(
+        models.get, session=session, project_id=project_id, model_id=model_id
     )
+    request = body.model_dump(exclude={"messages"})
+    request["messages"] = [m.model_dump() for m in body.messages] if body.messages else None
+    done = await get_pool().run(
+        project_id,
+        model_calls.generate,
+        models.folder(storage=storage, model=model),
+        settings.generate_device,
+        request,
+    )
+    if done.get("error") == "not_a_chat_model":
+        raise Invalid(
+            "not_a_chat_model", f"model {model.id} has no chat template; send a plain prompt"
+        )
     return GenerateOut(
         model_id=model.id,
         prompt=body.prompt,
         messages=body.messages,
-        text=done.text,
-        finish_reason=done.finish_reason,
+        text=done["text"],
+        finish_reason=done["finish_reason"],
         usage=Usage(
-            prompt_tokens=done.prompt_tokens,
-            completion_tokens=done.completion_tokens,
-            total_tokens=done.prompt_tokens + done.completion_tokens,
+            prompt_tokens=done["prompt_tokens"],
+            completion_tokens=done["completion_tokens"],
+            total_tokens=done["prompt_tokens"] + done["completion_tokens"],
         ),
     )

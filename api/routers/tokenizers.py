@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.deps import ProjectDep, SessionDep, StorageDep
+from api.deps import CursorQuery, ProjectDep, SessionDep, StorageDep
 from api.schemas import Page, TokenizerOut
 from api.uploads import receive
 from domain import tokenizers
@@ -33,7 +33,7 @@ def list_tokenizers(
     project_id: ProjectDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: CursorQuery = None,
 ) -> dict[str, object]:
     """List the project's tokenizers (uploaded, and BPE trained on its datasets)."""
     query = select(Tokenizer).where(Tokenizer.project_id == project_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -180,3 +181,30 @@ def test_a_model_too_big_for_the_gpus_is_refused_with_the_numbers(
     job = client.create_job(fitting)
     assert job["spec"]["training"]["activation_checkpointing"] is True
     client.cancel_job(job["id"])
+
+
+def test_a_model_too_big_for_a_cpu_nodes_ram_is_refused_with_the_numbers(
+    client: Client, tmp_path: Path
+) -> None:
+    path = tmp_path / "small.txt"
+    path.write_text("some text to train on\n" * 50)
+    ds = client.wait_dataset(client.upload_dataset(path)["id"])
+    # About 155 thousand million parameters: more RAM than any host has, on 2 processes.
+    huge = {
+        "dataset_id": ds["id"],
+        "model": {"arch": "gpt2", "n_layer": 48, "n_head": 64, "d_model": 16384},
+        "training": {"seq_len": 64, "batch_size": 2},
+        "resources": {"accelerator": "cpu", "processes_per_node": 2},
+    }
+    with pytest.raises(TrainyardError) as err:
+        client.create_job(huge)
+    assert err.value.status == 422 and err.value.code == "insufficient_memory"
+    assert "RAM" in err.value.message and "processes_per_node" in err.value.message
+    numbers = err.value.details
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # the stack's node is here
+    assert numbers["node_memory_bytes"] == ram
+    assert numbers["needed_bytes"] > ram
+    assert numbers["needed_bytes"] > 2 * numbers["estimate_bytes"]["total"]  # both processes
+    # A small model on the same node is queued.
+    small = {**huge, "model": {"preset": "tiny"}, "training": {"max_steps": 1}}
+    client.cancel_job(client.create_job(small)["id"])

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, inspect
 
 from api.app import create_app
 from domain import migrate
-from domain.db import get_engine, get_sessionmaker
+from domain.db import get_async_engine, get_async_sessionmaker, get_engine, get_sessionmaker
 from domain.orm import Base
 from tests.stack import Database
 from trainyard.messaging import get_app
@@ -110,7 +110,14 @@ def app_env(empty_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     def clear() -> None:
         if get_engine.cache_info().currsize:
             get_engine().dispose()
-        for cached in (get_settings, get_engine, get_sessionmaker, get_app):
+        for cached in (
+            get_settings,
+            get_engine,
+            get_sessionmaker,
+            get_async_engine,
+            get_async_sessionmaker,
+            get_app,
+        ):
             cached.cache_clear()
 
     clear()

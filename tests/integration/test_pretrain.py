@@ -202,3 +202,27 @@ def test_events_stream_follows_until_the_end(
                 seen.append(line[7:])
     assert seen[0] == "status" and seen[-1] == "end"
     assert "done" in seen
+
+
+def test_pretraining_validates_on_a_dataset_of_its_own(
+    client: Client, dataset: dict[str, object], tmp_path: Path
+) -> None:
+    from tests.conftest import corpus
+
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text(corpus(lines=200, seed=7))
+    val = client.wait_dataset(str(client.upload_dataset(held_out, name="held-out")["id"]))
+    training = {**TINY["training"], "max_steps": 6, "eval_interval": 3, "checkpoint_interval": 6}
+    job = client.create_job(
+        {
+            "dataset_id": dataset["id"],
+            "validation": {"dataset_id": val["id"]},
+            **TINY,
+            "training": training,
+            "resources": {"processes_per_node": 1, "accelerator": "cpu"},
+        }
+    )
+    done = client.wait_job(job["id"], timeout=300)
+    assert done["status"] == "succeeded", done
+    assert [p["step"] for p in client.metrics(job["id"])["val_loss"]] == [3, 6]
+    assert done["progress"]["val_loss"] is not None

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from domain import migrate
-from domain.db import get_engine, get_sessionmaker
+from domain.db import get_async_engine, get_async_sessionmaker, get_engine, get_sessionmaker
 from domain.keys import create_key
 from trainyard.messaging import get_app
 from trainyard.settings import get_settings
@@ -21,7 +21,14 @@ from trainyard.settings import get_settings
 def clear_caches() -> None:
     if get_engine.cache_info().currsize:
         get_engine().dispose()
-    for cached in (get_settings, get_engine, get_sessionmaker, get_app):
+    for cached in (
+        get_settings,
+        get_engine,
+        get_sessionmaker,
+        get_async_engine,
+        get_async_sessionmaker,
+        get_app,
+    ):
         cached.cache_clear()
 
 

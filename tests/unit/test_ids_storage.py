@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -100,3 +101,19 @@ def test_remove_dataset_refuses_a_path_outside_the_root(tmp_path: Path) -> None:
 def test_storage_refuses_an_id_with_a_trailing_newline(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Storage(tmp_path).dataset_dir("ds_x\n")
+
+
+def test_sweep_removes_only_old_leftovers_in_tmp(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    tmp = storage.uploads_tmp()
+    old_file, old_dir, fresh = tmp / "upload-old", tmp / "import-mdl_old", tmp / "upload-new"
+    old_file.write_bytes(b"x")
+    old_dir.mkdir()
+    (old_dir / "model.safetensors").write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    hours_ago = time.time() - 7 * 3600
+    for path in (old_file, old_dir):
+        os.utime(path, (hours_ago, hours_ago))
+    assert storage.sweep_tmp(6 * 3600) == 2
+    assert sorted(p.name for p in tmp.iterdir()) == ["upload-new"]
+    assert storage.sweep_tmp(6 * 3600) == 0  # a live upload (fresh) stays
