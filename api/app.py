@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, ui
 from api.routers import datasets, health, internal, jobs, models, tokenizers
 from trainyard.settings import get_settings
 
@@ -19,5 +19,6 @@ def create_app() -> FastAPI:
     errors.install(app)
     for module in (health, datasets, tokenizers, jobs, models, internal):
         app.include_router(module.router)
+    ui.install(app)
     get_settings().resolved_storage_root.mkdir(parents=True, exist_ok=True)
     return app
