@@ -161,11 +161,7 @@ class Client:
             asked = _retry_after(exc.response)
             if asked is not None:
                 return min(asked, self.max_backoff)
-        return float(
-            wait_exponential_jitter(
-                initial=self.backoff, max=self.max_backoff, jitter=self.backoff
-            )(state)
-        )
+        return float(wait_random_exponential(multiplier=self.backoff, max=self.max_backoff)(state))
 
     def send(
         self,
