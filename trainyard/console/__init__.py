@@ -13,6 +13,11 @@ import typer
 from trainyard.client import Client, TrainyardError
 from trainyard.console import config, datasets, jobs, models, output
 
+# click's error for bad usage (typer may vendor click, so take it from typer's own class).
+UsageProblem: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+
 app = typer.Typer(
     name="trainyard",
     help="Train language models on a trainyard platform.",
@@ -65,11 +70,7 @@ def run(argv: list[str]) -> int:
         return 1
     except typer.Abort:
         return 130
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except UsageProblem as exc:
+        exc.show()  # type: ignore[attr-defined]
+        return int(exc.exit_code)  # type: ignore[attr-defined]
     return code if isinstance(code, int) else 0
