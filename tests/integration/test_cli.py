@@ -223,6 +223,7 @@ def _spec(steps: int) -> dict[str, Any]:
             "max_steps": steps,
             "seq_len": 32,
             "batch_size": 8,
+            "warmup_steps": 1,
             "eval_interval": steps,
             "eval_batches": 2,
             "checkpoint_interval": steps,

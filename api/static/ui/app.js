@@ -104,6 +104,9 @@ async function jobsPage() {
   every(2000, () => refresh().catch(() => {}));
 }
 
+// Axis labels that stay readable for a learning rate of 3e-4 and for 20,000 tokens/s.
+const tick = (v) => (v !== 0 && Math.abs(v) < 0.01 ? v.toExponential(1) : +v.toPrecision(3));
+
 const CHARTS = [
   ["loss", "loss"],
   ["val_loss", "val_loss"],
@@ -123,7 +126,7 @@ function makeChart(name, title, holder) {
       legend: { show: false },
       scales: { x: { time: false } },
       series: [{ label: "step" }, { label: title, stroke: "#2f6fde", width: 1.5, spanGaps: true }],
-      axes: [{}, { size: 60 }],
+      axes: [{}, { size: 60, values: (u, ticks) => ticks.map(tick) }],
     },
     [[], []],
     box,
