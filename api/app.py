@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, ui
 from api.deps import key_cache
 from api.guard import Guard
 from api.model_pool import get_pool
@@ -44,6 +44,7 @@ def create_app() -> FastAPI:
         app.include_router(module.router)
     if settings.internal_port is None:
         app.include_router(internal.router)
+    ui.install(app)
     app.add_middleware(Guard, settings=settings)
     settings.resolved_storage_root.mkdir(parents=True, exist_ok=True)
     Storage.from_settings(settings).sweep_tmp(settings.tmp_max_age_seconds)

@@ -1,4 +1,6 @@
-"""The `trainyard` command: run the platform's processes and administer it."""
+"""The `trainyard` command: the platform's processes and administration (db, keys, api,
+control, worker, up, demo) here, and the user's commands (login, datasets, jobs, models) in
+trainyard.console."""
 
 from __future__ import annotations
 
@@ -7,6 +9,23 @@ import logging
 import os
 import sys
 from typing import Any
+
+# What the platform's commands need beyond the client install (`pip install trainyard`).
+SERVER_PACKAGES = {
+    "fastapi",
+    "uvicorn",
+    "sqlalchemy",
+    "alembic",
+    "celery",
+    "psycopg",
+    "pydantic_settings",
+    "torch",
+    "tokenizers",
+    "numpy",
+    "safetensors",
+    "prometheus_client",
+    "multipart",
+}
 
 
 def _db(args: argparse.Namespace) -> int:
@@ -247,16 +266,38 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _platform_commands(p: argparse.ArgumentParser) -> set[str]:
+    actions = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(actions[0].choices) if actions else set()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `trainyard` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    platform = parser()
+    if not argv or argv[0] not in _platform_commands(platform):
+        from trainyard.console import run
+
+        return run(argv)
     logging.basicConfig(
         level=os.environ.get("TRAINYARD_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    args = platform.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ImportError as exc:
+        if exc.name and exc.name.split(".")[0] in SERVER_PACKAGES:
+            print(
+                f"error: `trainyard {args.command}` runs the platform, which needs more than "
+                f"the client install ({exc.name} is missing): "
+                "pip install 'trainyard[platform,trainer]'",
+                file=sys.stderr,
+            )
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ import httpx
 from trainyard import corpus
 from trainyard.client import Client
 from trainyard.net import free_port
+from trainyard.console import output
+from trainyard.console.datasets import report
+from trainyard.console.jobs import follow
+from trainyard.results import Job
 from trainyard.settings import get_settings
 
 
@@ -39,42 +43,25 @@ def _wait_ready(url: str, up: subprocess.Popen[bytes], timeout: float = 120.0) -
     raise TimeoutError("the platform did not become ready")
 
 
-def _bar(job: dict[str, Any], width: int = 28) -> str:
-    p = job["progress"]
-    done = p["step"] / max(1, p["max_steps"])
-    filled = int(done * width)
-    parts = [
-        f"[{'#' * filled}{'.' * (width - filled)}]",
-        f"step {p['step']}/{p['max_steps']}",
-        job["status"],
-    ]
-    if p["loss"] is not None:
-        parts.append(f"loss {p['loss']:.3f}")
-    if p["val_loss"] is not None:
-        parts.append(f"val {p['val_loss']:.3f}")
-    if p["tokens_per_s"]:
-        parts.append(f"{p['tokens_per_s'] / 1000:.1f}k tok/s")
-    if p["eta_seconds"] is not None:
-        parts.append(f"ETA {p['eta_seconds']:.0f}s")
-    return "  ".join(parts)
+def _watch(client: Client, job_id: str) -> Job:
+    """The live view `trainyard jobs watch` draws, then the job as it ended."""
+    follow(client, job_id, as_json=False, interval=0.5)
+    return client.jobs.get(job_id)
 
 
 def run(url: str, key: str, workdir: Path, steps: int, processes: int) -> int:
     """Drive the whole flow through the API; 0 when the model trained and sampled."""
+    print(f"   Dashboard (live while the demo runs): {url}/ui/  API key: {key}")
     with Client(url, key) as client:
         path = corpus.write(workdir / "corpus.txt")
         print(f"1. Uploading a generated corpus ({path.stat().st_size / 1e6:.1f} MB) ...")
-        ds = client.wait_dataset(client.upload_dataset(path, name="demo-corpus")["id"])
-        print(
-            f"   dataset {ds['id']}: {ds['status']}, {ds['records']} lines, "
-            f"sha256 {ds['sha256'][:12]}..."
-        )
-        if ds["status"] != "ready":
-            print(f"   validation failed: {ds['errors']}")
+        ds = client.datasets.upload(path, name="demo-corpus")
+        report(ds)
+        if ds.status != "ready":
             return 1
-        spec = {
+        spec: dict[str, Any] = {
             "name": "demo-pretrain",
-            "dataset_id": ds["id"],
+            "dataset_id": ds.id,
             "tokenizer": {"type": "byte"},
             "model": {"preset": "shakespeare"},
             "training": {
@@ -89,31 +76,28 @@ def run(url: str, key: str, workdir: Path, steps: int, processes: int) -> int:
             },
             "resources": {"processes_per_node": processes, "accelerator": "cpu"},
         }
-        job = client.create_job(spec, idempotency_key=f"demo-{ds['id']}")
+        job = client.jobs.create(spec, idempotency_key=f"demo-{ds.id}")
         print(
-            f"2. Job {job['id']}: pretraining a {spec['model']['preset']} model on "
-            f"{processes} processes (torchrun, gloo)"
+            f"2. Job {job.id}: pretraining a {spec['model']['preset']} model on "
+            f"{processes} processes (torchrun, gloo); `trainyard jobs watch {job.id}` shows:"
         )
-        for state in client.watch(job["id"], interval=0.5):
-            print("\r   " + _bar(state), end="", flush=True)
-        job = state
-        print()
-        if job["status"] != "succeeded":
-            print(f"   job {job['status']}: {job['error']}")
+        job = _watch(client, job.id)
+        if job.status != "succeeded" or not job.model_id:
+            print(f"   job {job.status}: {job.error}")
             return 1
-        model = client.model(job["model_id"])
+        model = client.models.get(job.model_id)
         print(
-            f"3. Model {model['id']}: {job['params']:,} parameters, "
-            f"val_loss {job['progress']['val_loss']:.3f}"
+            f"3. Model {model.id}: {job.params or 0:,} parameters, "
+            f"val_loss {output.text(job.progress.val_loss)}"
         )
         prompt = "The old sailor"
-        text = client.generate(
-            model["id"], prompt, max_new_tokens=120, temperature=0.8, top_k=20, seed=1
-        )
+        text = client.models.generate(
+            model.id, prompt, max_new_tokens=120, temperature=0.8, top_k=20, seed=1
+        ).text
         print(f"4. Sample: {prompt}{text}")
-        folder = get_settings().resolved_storage_root / "models" / model["id"]
-        print(f"   Files: {folder}  ({', '.join(f['name'] for f in model['files'])})")
-        return fine_tune(client, workdir, model["id"], processes)
+        folder = get_settings().resolved_storage_root / "models" / model.id
+        print(f"   Files: {folder}  ({', '.join(f.name for f in model.files)})")
+        return fine_tune(client, workdir, model.id, processes)
 
 
 def _accuracy(client: Client, model_id: str, held_out: list[dict[str, Any]], chat: bool) -> float:
@@ -125,15 +109,11 @@ def _accuracy(client: Client, model_id: str, held_out: list[dict[str, Any]], cha
         question = example["messages"][:-1]
         answer = example["messages"][-1]["content"]
         if chat:
-            body: dict[str, Any] = {"messages": question}
+            reply = client.models.chat(model_id, question, max_new_tokens=8, temperature=0.0)
         else:  # the base model has no chat template: give it the same text by hand
-            body = {"prompt": render(question, add_generation_prompt=True)}
-        reply = client.request(
-            "POST",
-            f"/v1/models/{model_id}/generate",
-            json={**body, "max_new_tokens": 8, "temperature": 0.0},
-        )
-        right += reply["text"].split(IM_END)[0].strip() == answer
+            prompt = render(question, add_generation_prompt=True)
+            reply = client.models.generate(model_id, prompt, max_new_tokens=8, temperature=0.0)
+        right += reply.text.split(IM_END)[0].strip() == answer
     return right / len(held_out)
 
 
@@ -145,12 +125,12 @@ def fine_tune(client: Client, workdir: Path, base_id: str, processes: int) -> in
     path = workdir / "reverse.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in train))
     print(f"5. Fine-tuning: teach it to reverse words ({len(train)} chat examples)")
-    ds = client.wait_dataset(client.upload_dataset(path, name="reverse-words")["id"])
+    ds = client.datasets.upload(path, name="reverse-words")
     before = _accuracy(client, base_id, held_out, chat=False)
     spec = {
         "name": "demo-sft",
         "type": "sft",
-        "dataset_id": ds["id"],
+        "dataset_id": ds.id,
         "model": {"base_model_id": base_id},
         "sft": {"method": "full", "eval_prompts": 3},
         "training": {
@@ -164,22 +144,20 @@ def fine_tune(client: Client, workdir: Path, base_id: str, processes: int) -> in
         },
         "resources": {"processes_per_node": processes, "accelerator": "cpu"},
     }
-    job = client.create_job(spec, idempotency_key=f"demo-sft-{ds['id']}")
-    print(f"   Job {job['id']}: SFT, loss on answers only, packed examples")
-    for state in client.watch(job["id"], interval=0.5):
-        print("\r   " + _bar(state), end="", flush=True)
-    print()
-    if state["status"] != "succeeded":
-        print(f"   job {state['status']}: {state['error']}")
+    job = client.jobs.create(spec, idempotency_key=f"demo-sft-{ds.id}")
+    print(f"   Job {job.id}: SFT, loss on answers only, packed examples")
+    job = _watch(client, job.id)
+    if job.status != "succeeded" or not job.model_id:
+        print(f"   job {job.status}: {job.error}")
         return 1
-    for event in client.events(job["id"], limit=1000)["data"]:
-        if event["type"] == "sample":
-            asked = event["data"]["messages"][-1]["content"]
-            print(f"   sample: {asked!r} -> {event['data']['completion']!r}")
-    after = _accuracy(client, state["model_id"], held_out, chat=True)
+    for event in client.jobs.events(job.id, limit=1000).data:
+        if event.type == "sample":
+            asked = event.data["messages"][-1]["content"]
+            print(f"   sample: {asked!r} -> {event.data['completion']!r}")
+    after = _accuracy(client, job.model_id, held_out, chat=True)
     print(
         f"6. Exact match on {len(held_out)} held-out words: {before:.0%} before, "
-        f"{after:.0%} after fine-tuning (model {state['model_id']})"
+        f"{after:.0%} after fine-tuning (model {job.model_id})"
     )
     return 0
 

@@ -102,9 +102,22 @@ def _events_after(job_id: str, after: int, limit: int) -> list[Event]:
 _streams: Counter[str] = Counter()
 
 
-async def _follow(request: Request, project_id: str, job_id: str, after: int) -> AsyncIterator[str]:
+def _metrics_after(job_id: str, after: int, after_step: int) -> list[tuple[int, str, int, float]]:
+    with get_sessionmaker()() as session:
+        query = (
+            select(Metric.id, Metric.name, Metric.step, Metric.value)
+            .where(Metric.job_id == job_id, Metric.id > after, Metric.step > after_step)
+            .order_by(Metric.id)
+            .limit(5000)
+        )
+        return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
+
+
+async def _follow(
+    request: Request, project_id: str, job_id: str, after: int, metrics_after_step: int | None
+) -> AsyncIterator[str]:
     try:
-        async for chunk in _events_live(request, job_id, after):
+        async for chunk in _events_live(request, job_id, after, metrics_after_step):
             yield chunk
     finally:
         _streams[project_id] -= 1
@@ -112,14 +125,29 @@ async def _follow(request: Request, project_id: str, job_id: str, after: int) ->
             del _streams[project_id]
 
 
-async def _events_live(request: Request, job_id: str, after: int) -> AsyncIterator[str]:
+async def _events_live(
+    request: Request, job_id: str, after: int, metrics_after_step: int | None
+) -> AsyncIterator[str]:
+    last_metric = 0
     while True:
         rows = await asyncio.to_thread(_events_after, job_id, after, 500)
         for ev in rows:
             after = ev.id
             body = EventOut.model_validate(ev).model_dump_json()
             yield f"id: {ev.id}\nevent: {ev.type}\ndata: {body}\n\n"
-        if not rows:
+        points = []
+        if metrics_after_step is not None:
+            # Metric points carry no event id: a reconnect asks for them by step instead.
+            points = await asyncio.to_thread(
+                _metrics_after, job_id, last_metric, metrics_after_step
+            )
+            if points:
+                last_metric = points[-1][0]
+                body = json.dumps(
+                    {"points": [{"name": n, "step": s, "value": v} for _, n, s, v in points]}
+                )
+                yield f"event: metrics\ndata: {body}\n\n"
+        if not rows and not points:
             with get_sessionmaker()() as session:
                 status = session.execute(select(Job.status).where(Job.id == job_id)).scalar()
             if status in TERMINAL:
@@ -140,8 +168,10 @@ async def job_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0, le=MAX_BIGINT)] = None,
     last_event_id: Annotated[int | None, Header(ge=0, le=MAX_BIGINT)] = None,
+    metrics_after_step: Annotated[int | None, Query(ge=0, le=MAX_BIGINT)] = None,
 ) -> object:
-    """The job's event log, oldest first; `Accept: text/event-stream` follows it live."""
+    """The job's event log, oldest first; `Accept: text/event-stream` follows it live (with
+    `metrics_after_step`, the stream also carries `metrics` frames of the points past it)."""
     if "text/event-stream" in request.headers.get("accept", ""):
         job = await jobs.get_async(session=session, project_id=project_id, job_id=job_id)
         start = after if after is not None else (last_event_id or 0)
@@ -156,7 +186,7 @@ async def job_events(
             )
         _streams[project_id] += 1
         return StreamingResponse(
-            _follow(request, project_id, job.id, start),
+            _follow(request, project_id, job.id, start, metrics_after_step),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
