@@ -211,4 +211,5 @@ def clean_file(
             out.write(line)
             report.bytes_out += len(line.encode("utf-8"))
     tmp.replace(target)
+    report.bytes_in = source.stat().st_size  # separators too: the whole file was read
     return report
