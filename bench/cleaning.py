@@ -79,9 +79,9 @@ def main() -> None:
         print("| configuration | MB/s per core | CPU s | wall s | peak RSS MB | docs in/out |")
         print("|---|---|---|---|---|---|")
         for name, options in CONFIGS.items():
+            command = [sys.executable, __file__, "--format", args.format, "--child"]
             out = subprocess.run(
-                [sys.executable, __file__, "--format", args.format, "--child", str(source)]
-                + [json.dumps(options)],
+                [*command, str(source), json.dumps(options)],
                 check=True,
                 capture_output=True,
                 text=True,
