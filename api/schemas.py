@@ -33,6 +33,9 @@ class DatasetOut(BaseModel):
     sha256: str
     records: int | None
     errors: list[ValidationIssue]
+    source_dataset_id: str | None = None
+    cleaning: dict[str, Any] | None = None
+    cleaning_report: dict[str, Any] | None = None
     created_at: datetime
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from domain import quotas
 from domain.access import owned
-from domain.errors import BadInput, Conflict, Invalid, QuotaExceeded
+from domain.errors import BadInput, Conflict, Invalid, NotFound, QuotaExceeded
 from domain.lifecycle import ACTIVE
 from domain.orm import Dataset, Job
 from domain.uploads import Upload
@@ -155,3 +156,18 @@ def validate(
     session.commit()
     log.info("dataset %s is %s (%s records)", dataset.id, dataset.status, report.records)
     return dataset
+
+
+def content(*, session: Session, storage: Storage, project_id: str, dataset_id: str) -> Path:
+    """The file holding a dataset's text (a cleaned one's once it is written)."""
+    dataset = get(session=session, project_id=project_id, dataset_id=dataset_id)
+    if dataset.status == "deleted":
+        raise NotFound("dataset", dataset_id)
+    path = storage.dataset_source(dataset.id)
+    if dataset.status == "cleaning" or not path.exists():
+        raise Conflict(
+            "dataset_not_ready",
+            f"dataset {dataset.id} is {dataset.status}; its text is not written yet",
+            {"status": dataset.status},
+        )
+    return path

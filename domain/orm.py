@@ -82,6 +82,11 @@ class Dataset(Base):
     records: Mapped[int | None] = mapped_column(BigInteger, default=None)
     errors: Mapped[list[Any]] = mapped_column(default=list)
     prep_deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A cleaned dataset: the dataset it was cleaned from (no foreign key: the source may be
+    # deleted and this one kept), the resolved options and the report.
+    source_dataset_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    cleaning: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    cleaning_report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

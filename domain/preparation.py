@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from domain.db import utcnow
 from domain.lifecycle import JobStatus, fail, record, transition
 from domain.orm import Dataset, DatasetTokens, Job, Tokenizer
-from trainyard.messaging import PREPARE_JOB, VALIDATE_DATASET, Message
+from trainyard.messaging import CLEAN_DATASET, PREPARE_JOB, VALIDATE_DATASET, Message
 from trainyard.settings import Settings
 
 
@@ -79,3 +79,9 @@ def resend_prep(session: Session, settings: Settings, out: list[Message]) -> Non
     ).scalars():
         dataset.updated_at = utcnow()
         out.append((VALIDATE_DATASET, {"dataset_id": dataset.id}, settings.queue("prep")))
+    # A cleaning pass touches its dataset as it goes: a quiet one has lost its task.
+    for dataset in session.execute(
+        select(Dataset).where(Dataset.status == "cleaning", Dataset.updated_at < stale)
+    ).scalars():
+        dataset.updated_at = utcnow()
+        out.append((CLEAN_DATASET, {"dataset_id": dataset.id}, settings.queue("prep")))

@@ -228,6 +228,22 @@ class Client:
         """One dataset."""
         return dict(self.request("GET", f"/v1/datasets/{dataset_id}"))
 
+    def clean_dataset(self, dataset_id: str, **options: Any) -> dict[str, Any]:
+        """Start cleaning a dataset into a new one (options as `POST .../clean` takes them)."""
+        return dict(self.request("POST", f"/v1/datasets/{dataset_id}/clean", json=options))
+
+    def dataset_content(self, dataset_id: str, target: str | Path) -> Path:
+        """Download a dataset's text to a file, streamed."""
+        path = Path(target)
+        with self.http.stream("GET", f"/v1/datasets/{dataset_id}/content") as response:
+            if response.status_code >= 400:
+                response.read()
+                self._check(response)
+            with path.open("wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+        return path
+
     def wait_dataset(self, dataset_id: str, timeout: float = 300.0) -> dict[str, Any]:
         """Poll until the dataset is validated (ready or invalid)."""
         return self.datasets.wait(dataset_id, timeout=timeout).model_dump(mode="json")
@@ -364,7 +380,7 @@ class Datasets:
         deadline = time.monotonic() + timeout
         while True:
             dataset = self.get(dataset_id)
-            if dataset.status != "validating":
+            if dataset.status not in ("validating", "cleaning"):
                 return dataset
             if time.monotonic() > deadline:
                 raise TimeoutError(f"dataset {dataset_id} still validating after {timeout}s")

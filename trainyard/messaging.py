@@ -12,6 +12,7 @@ from trainyard.settings import Settings, get_settings
 
 VALIDATE_DATASET = "trainyard.prep.validate_dataset"
 PREPARE_JOB = "trainyard.prep.prepare_job"
+CLEAN_DATASET = "trainyard.prep.clean_dataset"
 RUN_ATTEMPT = "trainyard.node.run_attempt"
 
 # A task to send once the transaction that decided it has committed: (name, payload, queue).

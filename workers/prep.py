@@ -1,4 +1,4 @@
-"""Prep worker tasks: validate an upload, and prepare a job's token shards."""
+"""Prep worker tasks: validate an upload, clean a dataset, and prepare a job's token shards."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel
 
-from domain import datasets, prepare
+from domain import cleaning, datasets, prepare
 from domain.db import session_scope
-from trainyard.messaging import PREPARE_JOB, VALIDATE_DATASET, get_app
+from trainyard.messaging import CLEAN_DATASET, PREPARE_JOB, VALIDATE_DATASET, get_app
 from trainyard.settings import get_settings
 from trainyard.storage import Storage
 
@@ -77,3 +77,15 @@ def prepare_job(payload: dict[str, Any]) -> None:
                 job_id=msg.job_id,
                 message=f"preparation took longer than its limit of {SOFT_LIMIT:g} s",
             )
+
+
+@app.task(name=CLEAN_DATASET)
+def clean_dataset(payload: dict[str, Any]) -> None:
+    """Clean a dataset's source into a new dataset in one streaming pass."""
+    msg = DatasetPayload.model_validate(payload)
+    with session_scope() as session:
+        cleaning.run(
+            session=session,
+            storage=Storage.from_settings(get_settings()),
+            dataset_id=msg.dataset_id,
+        )

@@ -1,20 +1,22 @@
-"""`/v1/datasets`: upload, list, show, delete."""
+"""`/v1/datasets`: upload, list, show, delete, clean, and read the text."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from api.deps import AsyncSessionDep, CursorQuery, ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.schemas import DatasetOut, Page
 from api.uploads import receive
-from domain import datasets
+from domain import cleaning, datasets
 from domain.access import owned_async
 from domain.errors import NotFound
 from domain.orm import Dataset
-from domain.paging import page_async
+from domain.paging import page, page_async
+from trainyard.cleaning.spec import CleaningSpec
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -67,3 +69,34 @@ def delete_dataset(
     """Delete a dataset that no active job uses."""
     datasets.delete(session=session, storage=storage, project_id=project_id, dataset_id=dataset_id)
     return Response(status_code=204)
+
+
+@router.post("/{dataset_id}/clean", status_code=201, response_model=DatasetOut)
+def clean_dataset(
+    dataset_id: str,
+    project_id: ProjectDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    spec: Annotated[CleaningSpec | None, Body()] = None,
+) -> Dataset:
+    """Start cleaning a dataset into a new one (`{}` or no body: every step, defaults)."""
+    return cleaning.create(
+        session=session,
+        project_id=project_id,
+        source_id=dataset_id,
+        spec=spec or CleaningSpec(),
+        queue=settings.queue("prep"),
+    )
+
+
+@router.get("/{dataset_id}/content", response_class=FileResponse)
+def dataset_content(
+    dataset_id: str, project_id: ProjectDep, session: SessionDep, storage: StorageDep
+) -> FileResponse:
+    """Stream a dataset's text as stored (a cleaned dataset's once it is ready)."""
+    dataset = datasets.get(session=session, project_id=project_id, dataset_id=dataset_id)
+    path = datasets.content(
+        session=session, storage=storage, project_id=project_id, dataset_id=dataset_id
+    )
+    media = "application/jsonl" if dataset.format == "jsonl" else "text/plain; charset=utf-8"
+    return FileResponse(path, media_type=media)
