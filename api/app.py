@@ -5,7 +5,17 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api import errors
-from api.routers import datasets, health, internal, jobs, models, tokenizers
+from api.routers import (
+    datasets,
+    health,
+    internal,
+    jobs,
+    models,
+    openai_chat,
+    openai_files,
+    openai_jobs,
+    tokenizers,
+)
 from trainyard.settings import get_settings
 
 
@@ -17,7 +27,17 @@ def create_app() -> FastAPI:
         description="Training-as-a-service for language models.",
     )
     errors.install(app)
-    for module in (health, datasets, tokenizers, jobs, models, internal):
+    for module in (
+        health,
+        datasets,
+        tokenizers,
+        jobs,
+        models,
+        openai_files,
+        openai_jobs,
+        openai_chat,
+        internal,
+    ):
         app.include_router(module.router)
     get_settings().resolved_storage_root.mkdir(parents=True, exist_ok=True)
     return app

@@ -65,7 +65,8 @@ def authorize(*, session: Session, attempt_id: str, token: str) -> Attempt:
 
 def _state(session: Session, attempt: Attempt) -> AttemptState:
     job = session.get(Job, attempt.job_id)
-    cancel = bool(job and job.cancel_requested) or attempt.status not in ACTIVE_ATTEMPT
+    stop = bool(job and (job.cancel_requested or job.pause_requested))
+    cancel = stop or attempt.status not in ACTIVE_ATTEMPT
     return AttemptState(status=attempt.status, cancel=cancel, last_seq=attempt.last_seq)
 
 
@@ -80,6 +81,11 @@ def start(*, session: Session, attempt: Attempt) -> AttemptState:
         transition(session, job, JobStatus.CANCELLED, "cancelled before training started")
         session.commit()
         raise Conflict("attempt_not_startable", "the job was cancelled")
+    if job.pause_requested:
+        attempt.status, attempt.finished_at = AttemptStatus.PREEMPTED.value, utcnow()
+        requeue(session, job, "paused before training started", max_attempts=job.attempt + 1)
+        session.commit()
+        raise Conflict("attempt_not_startable", "the job was paused")
     attempt.status = AttemptStatus.RUNNING.value
     attempt.started_at = attempt.heartbeat_at = utcnow()
     transition(
@@ -112,6 +118,8 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
         if value is not None:
             session.add(Metric(job_id=job.id, step=step, name="val_loss", value=value))
             job.val_loss = value
+        # The training loss beside it, so the event alone tells the step's story.
+        ev = {"train_loss": job.loss, "total_steps": job.spec["training"]["max_steps"], **ev}
     elif kind == "start":
         steps = ev.get("max_steps")
         if isinstance(steps, int) and steps != job.spec["training"]["max_steps"]:
@@ -125,6 +133,8 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
         ).first()
         if not exists:
             metrics = {k: ev[k] for k in ("loss", "val_loss") if _finite(ev.get(k)) is not None}
+            if job.loss is not None:
+                metrics.setdefault("loss", job.loss)
             session.add(
                 Checkpoint(
                     id=new_id("ckpt"),

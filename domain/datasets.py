@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 
 
 def create(
-    *, session: Session, storage: Storage, project_id: str, upload: Upload, queue: str
+    *, session: Session, storage: Storage, project_id: str, upload: Upload, queue: str | None
 ) -> Dataset:
-    """Move a received upload into place, record it, and queue its validation."""
+    """Move a received upload into place, record it, and queue its validation (or, with no
+    queue, validate it here before answering: blocking, call it from a worker thread)."""
     if upload.size == 0:
         upload.path.unlink(missing_ok=True)
         raise BadInput("empty_file", "the uploaded file is empty")
@@ -49,7 +50,10 @@ def create(
     except BaseException:
         storage.remove_dataset(dataset.id)
         raise
-    send(VALIDATE_DATASET, {"dataset_id": dataset.id}, queue)
+    if queue is None:
+        validate(session=session, storage=storage, dataset_id=dataset.id)
+    else:
+        send(VALIDATE_DATASET, {"dataset_id": dataset.id}, queue)
     return dataset
 
 

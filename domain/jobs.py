@@ -184,8 +184,10 @@ def create(
     spec: JobSpec,
     idempotency_key: str | None,
     default_gpu_bytes: int = 80 * 1024**3,
+    columns: dict[str, Any] | None = None,
 ) -> tuple[Job, bool]:
-    """Validate a spec against the project's data and queue a job; (job, created)."""
+    """Validate a spec against the project's data and queue a job; (job, created).
+    `columns` sets further fields of the new row (the OpenAI route's id, name, metadata)."""
     resolved = spec.resolved()
     asked = spec.model_dump(mode="json", exclude_unset=True)
     if idempotency_key:
@@ -210,17 +212,18 @@ def create(
         tokenizer_key, vocab_size = _tokenizer(session, project_id, spec)
     resolved["tokenizer"]["vocab_size"] = vocab_size
     _check_memory(session, resolved, default_gpu_bytes)
-    job = Job(
-        id=new_id("job"),
-        project_id=project_id,
-        name=spec.name,
-        type=spec.type,
-        status=JobStatus.QUEUED.value,
-        spec=resolved,
-        dataset_id=spec.dataset_id,
-        tokenizer_key=tokenizer_key,
-        idempotency_key=idempotency_key,
-    )
+    fields: dict[str, Any] = {
+        "id": new_id("job"),
+        "project_id": project_id,
+        "name": spec.name,
+        "type": spec.type,
+        "status": JobStatus.QUEUED.value,
+        "spec": resolved,
+        "dataset_id": spec.dataset_id,
+        "tokenizer_key": tokenizer_key,
+        "idempotency_key": idempotency_key,
+    }
+    job = Job(**{**fields, **(columns or {})})
     session.add(job)
     session.flush()  # the job row must exist before its first event
     record(session, job, "status", "job created", status=JobStatus.QUEUED.value)
@@ -235,6 +238,7 @@ def create(
                 spec=spec,
                 idempotency_key=idempotency_key,
                 default_gpu_bytes=default_gpu_bytes,
+                columns=columns,
             )
         raise
     return job, True
@@ -258,5 +262,42 @@ def cancel(*, session: Session, project_id: str, job_id: str) -> Job:
         transition(session, job, JobStatus.CANCELLED, "cancelled by the user")
     else:
         transition(session, job, JobStatus.CANCELLING, "cancel requested by the user")
+    session.commit()
+    return job
+
+
+def pause(*, session: Session, project_id: str, job_id: str) -> Job:
+    """Stop a job at a checkpoint and free its nodes; idempotent. A job with no running
+    attempt pauses at once; a running one checkpoints first, then shows `paused`."""
+    job = get(session=session, project_id=project_id, job_id=job_id)
+    if job.status == JobStatus.PAUSED:
+        return job
+    if job.status in TERMINAL or job.status == JobStatus.CANCELLING:
+        raise Conflict(
+            "job_not_pausable", f"job {job.id} is {job.status} and cannot be paused", None
+        )
+    live = session.execute(
+        select(Attempt).where(Attempt.job_id == job.id, Attempt.status.in_(ACTIVE_ATTEMPT))
+    ).scalar()
+    if live is None:
+        transition(session, job, JobStatus.PAUSED, "paused by the user")
+    else:
+        job.pause_requested = True
+        record(session, job, "log", "pause requested by the user; checkpointing")
+    session.commit()
+    return job
+
+
+def resume(*, session: Session, project_id: str, job_id: str) -> Job:
+    """Queue a paused job again (it resumes from its latest checkpoint); a pause still
+    pending is withdrawn."""
+    job = get(session=session, project_id=project_id, job_id=job_id)
+    if job.status == JobStatus.PAUSED:
+        transition(session, job, JobStatus.QUEUED, "resumed by the user")
+    elif job.pause_requested and job.status not in TERMINAL:
+        job.pause_requested = False
+        record(session, job, "log", "pause withdrawn by the user")
+    else:
+        raise Conflict("job_not_paused", f"job {job.id} is {job.status}, not paused", None)
     session.commit()
     return job

@@ -6,6 +6,7 @@ makes a move. Every writer of a job's status goes through `transition` (or `fail
         \\          \\---------------> failed
          any non-terminal --cancel--> cancelling -> cancelled
      running --node lost / preempted--> queued (attempt + 1, resumes from latest checkpoint)
+     queued, preparing, running --pause--> paused (checkpointed, nodes freed) --resume--> queued
 
 Terminal states never change. A writer that reaches a terminal job late (a cancel that
 raced the trainer's exit) changes nothing, as before; any other move the table does not
@@ -31,6 +32,7 @@ class JobStatus(StrEnum):
     PREPARING = "preparing"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -56,16 +58,18 @@ _CANCEL = {JobStatus.CANCELLING, JobStatus.CANCELLED}
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # A requeued job is already prepared: it goes straight from queued to running.
     JobStatus.QUEUED: frozenset(
-        {JobStatus.PREPARING, JobStatus.RUNNING, JobStatus.FAILED, *_CANCEL}
+        {JobStatus.PREPARING, JobStatus.RUNNING, JobStatus.FAILED, JobStatus.PAUSED, *_CANCEL}
     ),
     # An attempt that never started sends a preparing job back to the queue.
     JobStatus.PREPARING: frozenset(
-        {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED, *_CANCEL}
+        {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED, JobStatus.PAUSED, *_CANCEL}
     ),
     JobStatus.RUNNING: frozenset(
-        {JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, *_CANCEL}
+        {JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.PAUSED, *_CANCEL}
     ),
     JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED}),
+    # A paused job holds no node; resuming queues it for a new attempt from its checkpoint.
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
@@ -103,9 +107,13 @@ def fail(session: Session, job: Job, code: str, message: str) -> None:
 
 
 def requeue(session: Session, job: Job, reason: str, max_attempts: int) -> None:
-    """Put a job back in the queue for a new attempt, or fail it after too many."""
+    """Put a job back in the queue for a new attempt, or fail it after too many; a job
+    asked to pause stops here as `paused` instead."""
     if job.cancel_requested:
         transition(session, job, JobStatus.CANCELLED, "cancelled by the user")
+    elif job.pause_requested:
+        job.pause_requested = False
+        transition(session, job, JobStatus.PAUSED, "paused by the user at its latest checkpoint")
     elif job.attempt >= max_attempts:
         fail(session, job, "node_lost", f"{reason}; gave up after {job.attempt} attempts")
     else:

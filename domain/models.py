@@ -9,6 +9,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from domain.access import owned
@@ -36,6 +37,22 @@ def get(*, session: Session, project_id: str, model_id: str) -> Model:
     return owned(session, Model, model_id, project_id, "model")
 
 
+def resolve(*, session: Session, project_id: str, ref: str) -> Model:
+    """A model of the project by id, or else by name (the newest of that name), or a 404."""
+    by_id = session.get(Model, ref)
+    if by_id is not None and by_id.project_id == project_id:
+        return by_id
+    by_name = session.execute(
+        select(Model)
+        .where(Model.project_id == project_id, Model.name == ref)
+        .order_by(Model.id.desc())
+        .limit(1)
+    ).scalar()
+    if by_name is None:
+        raise NotFound("model", ref)
+    return by_name
+
+
 def file_path(*, storage: Storage, model: Model, name: str) -> Path:
     """The path of one downloadable file; names outside the fixed list are a 404."""
     if name not in DOWNLOADABLE or name not in {f["name"] for f in model.files}:
@@ -53,19 +70,20 @@ def _generate_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _loaded(storage: Storage, model_id: str) -> Any:
+def loaded(storage: Storage, model_id: str) -> Any:
+    """The model ready for sampling, from a small per-process cache."""
     from trainer.sample import load_model  # torch loads on first use, not at API start-up
 
     with _cache_lock:
         if model_id in _cache:
             _cache.move_to_end(model_id)
             return _cache[model_id]
-    loaded = load_model(str(storage.model_dir(model_id)), device=_generate_device())
+    fresh = load_model(str(storage.model_dir(model_id)), device=_generate_device())
     with _cache_lock:
-        _cache[model_id] = loaded
+        _cache[model_id] = fresh
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
-    return loaded
+    return fresh
 
 
 def generate(
@@ -85,19 +103,19 @@ def generate(
     from trainer import chat
     from trainer.sample import complete
 
-    loaded = _loaded(storage, model.id)
+    loaded_model = loaded(storage, model.id)
     stop = None
     if messages is not None:
-        if loaded.tokenizer.token_to_id(chat.IM_END) is None:
+        if loaded_model.tokenizer.token_to_id(chat.IM_END) is None:
             raise Invalid(
                 "not_a_chat_model",
                 f"model {model.id} has no chat template; send a plain prompt instead",
             )
         prompt = chat.render(messages, add_generation_prompt=True)
-        stop = chat.stop_ids(loaded.tokenizer)
+        stop = chat.stop_ids(loaded_model.tokenizer)
     assert prompt is not None
     return complete(
-        loaded,
+        loaded_model,
         prompt,
         max_new_tokens=max_new_tokens,
         temperature=temperature,

@@ -129,6 +129,12 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     prepared: Mapped[bool] = mapped_column(Boolean, default=False)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set by the OpenAI-compatible route: the caller's metadata, the name suffix and the
+    # base model as the caller named it (a model id or a model's name).
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, default=None)
+    suffix: Mapped[str | None] = mapped_column(String(64), default=None)
+    base_model: Mapped[str | None] = mapped_column(String(255), default=None)
     error_code: Mapped[str | None] = mapped_column(String(40), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     step: Mapped[int] = mapped_column(Integer, default=0)

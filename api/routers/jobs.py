@@ -1,4 +1,4 @@
-"""`/v1/jobs`: create, list, show, cancel, events (paged or live), metrics, checkpoints."""
+"""`/v1/jobs`: create, list, show, cancel, pause, resume, events (paged or live), metrics, checkpoints."""
 
 from __future__ import annotations
 
@@ -74,6 +74,18 @@ def get_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> JobOut:
 def cancel_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> JobOut:
     """Cancel a job; cancelling a finished job changes nothing."""
     return job_out(jobs.cancel(session=session, project_id=project_id, job_id=job_id))
+
+
+@router.post("/{job_id}/pause", response_model=JobOut)
+def pause_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> JobOut:
+    """Pause a job: it checkpoints, frees its nodes and waits as `paused`."""
+    return job_out(jobs.pause(session=session, project_id=project_id, job_id=job_id))
+
+
+@router.post("/{job_id}/resume", response_model=JobOut)
+def resume_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> JobOut:
+    """Queue a paused job again; it resumes from its latest checkpoint."""
+    return job_out(jobs.resume(session=session, project_id=project_id, job_id=job_id))
 
 
 def _events_after(job_id: str, after: int, limit: int) -> list[Event]:
