@@ -50,13 +50,27 @@ class FileDeleted(BaseModel):
 
 
 class Hyperparameters(Strict):
-    batch_size: Auto | int | None = Field(None, ge=1, le=1_000_000)
-    learning_rate_multiplier: Auto | float | None = Field(None, gt=0.0, le=1000.0)
-    n_epochs: Auto | int | None = Field(None, ge=1, le=1000)
+    batch_size: Auto | int | None = None
+    learning_rate_multiplier: Auto | float | None = None
+    n_epochs: Auto | int | None = None
+
+    @field_validator("batch_size", "n_epochs")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        if isinstance(value, int) and not 1 <= value <= 100_000:
+            raise ValueError("must be 'auto' or a whole number from 1 to 100000")
+        return value
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if isinstance(value, float) and not 0.0 < value <= 1000.0:
+            raise ValueError("must be 'auto' or a number above 0 and at most 1000")
+        return value
 
 
 class DpoHyperparameters(Hyperparameters):
-    beta: Auto | float | None = Field(None, gt=0.0)
+    beta: Auto | float | None = None
 
 
 class Supervised(Strict):
