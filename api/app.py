@@ -15,6 +15,7 @@ from api.routers import (
     openai_files,
     openai_jobs,
     tokenizers,
+    webhooks,
 )
 from trainyard.settings import get_settings
 
@@ -36,6 +37,7 @@ def create_app() -> FastAPI:
         openai_files,
         openai_jobs,
         openai_chat,
+        webhooks,
         internal,
     ):
         app.include_router(module.router)

@@ -7,6 +7,7 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from domain import webhooks
 from domain.access import owned
 from domain.errors import BadInput, Conflict
 from domain.lifecycle import ACTIVE
@@ -92,6 +93,7 @@ def validate(*, session: Session, storage: Storage, dataset_id: str) -> Dataset 
         dataset.status, dataset.records = "ready", report.records
     else:
         dataset.status = "invalid"
+    webhooks.dataset_checked(session, dataset)
     session.commit()
     log.info("dataset %s is %s (%s records)", dataset.id, dataset.status, report.records)
     return dataset

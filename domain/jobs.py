@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from domain import datasets
+from domain import datasets, webhooks
 from domain.access import owned
 from domain.errors import Conflict, Invalid, NotFound
 from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transition
@@ -227,6 +227,7 @@ def create(
     session.add(job)
     session.flush()  # the job row must exist before its first event
     record(session, job, "status", "job created", status=JobStatus.QUEUED.value)
+    webhooks.job_changed(session, job, JobStatus.QUEUED.value)
     try:
         session.commit()
     except IntegrityError:

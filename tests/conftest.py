@@ -66,9 +66,13 @@ def postgres_db() -> Iterator[Database]:
 def stack(tmp_path_factory: pytest.TempPathFactory, postgres_db: Database) -> Iterator[Stack]:
     """The whole platform: uvicorn, control loop, Celery prep and node workers, Redis."""
     workdir = tmp_path_factory.mktemp("stack")
-    with Stack(
-        workdir, postgres_db.url, extra_env={"TRAINYARD_MAX_UPLOAD_BYTES": str(UPLOAD_CAP)}
-    ) as s:
+    env = {
+        "TRAINYARD_MAX_UPLOAD_BYTES": str(UPLOAD_CAP),
+        # Webhook tests receive on 127.0.0.1 and see a retry within a second.
+        "TRAINYARD_WEBHOOK_ALLOW_PRIVATE": "true",
+        "TRAINYARD_WEBHOOK_RETRY_BASE_SECONDS": "0.3",
+    }
+    with Stack(workdir, postgres_db.url, extra_env=env) as s:
         s.up()
         yield s
 
