@@ -118,7 +118,7 @@ def enqueue(
     hooks = session.execute(select(Webhook).where(Webhook.project_id == project_id)).scalars()
     now = utcnow()
     for hook in hooks:
-        if event_type not in hook.event_types:
+        if event_type not in hook.event_types or _already(session, hook.id, subject_id, event_type):
             continue
         delivery_id = new_id("msg")
         payload = {
@@ -139,6 +139,26 @@ def enqueue(
                 created_at=now,
             )
         )
+
+
+FINAL = ("succeeded", "failed", "cancelled", "invalid", "ready")
+
+
+def _already(session: Session, webhook_id: str, subject_id: str, event_type: str) -> bool:
+    """Whether a final event (a job's end, a dataset's verdict) is already in the outbox:
+    two writers that settle the same job (a node's report and the reconciler) send it once."""
+    if not event_type.endswith(FINAL):
+        return False
+    found = session.execute(
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.webhook_id == webhook_id,
+            WebhookDelivery.subject_id == subject_id,
+            WebhookDelivery.event_type == event_type,
+        )
+        .limit(1)
+    ).first()
+    return found is not None
 
 
 def job_changed(session: Session, job: Job, status: str) -> None:
