@@ -21,8 +21,17 @@ from domain.lifecycle import (
 from domain.orm import Event, Job
 
 
+class _NoRows:
+    def scalars(self) -> list[Any]:
+        return []
+
+
 class Recorder(Session):
-    """A session with no database: it only collects what the writers add."""
+    """A session with no database: it only collects what the writers add (and its project
+    has no webhooks, the one thing a status change looks up)."""
+
+    def execute(self, *_: Any, **__: Any) -> Any:
+        return _NoRows()
 
     @property
     def events(self) -> list[Event]:
@@ -126,3 +135,14 @@ def test_requeue_retries_gives_up_or_honours_a_cancel(
     j.attempt, j.cancel_requested = attempt, cancel
     requeue(session, j, "attempt lost", max_attempts=3)
     assert (j.status, j.error_code) == (expected, code)
+
+
+def test_a_job_asked_to_pause_stops_as_paused_and_resumes_to_the_queue() -> None:
+    session, j = Recorder(), job(JobStatus.RUNNING)
+    j.pause_requested = True
+    requeue(session, j, "preempted", max_attempts=3)
+    assert (j.status, j.pause_requested) == (JobStatus.PAUSED, False)
+    transition(session, j, JobStatus.QUEUED, "resumed by the user")
+    assert j.status == JobStatus.QUEUED
+    with pytest.raises(IllegalTransition):
+        transition(session, job(JobStatus.PAUSED), JobStatus.RUNNING, "no attempt yet")
