@@ -21,9 +21,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("metadata", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("suffix", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("base_model", sa.String(length=255), nullable=True))
+        # The default fills existing rows; the models set the value on every insert.
         batch.add_column(
             sa.Column("pause_requested", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+    with op.batch_alter_table("jobs") as batch:
+        batch.alter_column("pause_requested", server_default=None)
 
 
 def downgrade() -> None:
