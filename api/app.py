@@ -11,7 +11,19 @@ from api import errors, ui
 from api.deps import key_cache
 from api.guard import Guard
 from api.model_pool import get_pool
-from api.routers import cluster, datasets, health, internal, jobs, models, tokenizers
+from api.routers import (
+    cluster,
+    datasets,
+    health,
+    internal,
+    jobs,
+    models,
+    openai_chat,
+    openai_files,
+    openai_jobs,
+    tokenizers,
+    webhooks,
+)
 from domain.db import get_async_engine
 from trainyard.settings import get_settings
 from trainyard.storage import Storage
@@ -40,7 +52,18 @@ def create_app() -> FastAPI:
     )
     key_cache.configure(settings)
     errors.install(app)
-    for module in (health, datasets, tokenizers, jobs, models, cluster):
+    for module in (
+        health,
+        datasets,
+        tokenizers,
+        jobs,
+        models,
+        cluster,
+        openai_files,
+        openai_jobs,
+        openai_chat,
+        webhooks,
+    ):
         app.include_router(module.router)
     if settings.internal_port is None:
         app.include_router(internal.router)

@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from api import openai_errors
 from domain.errors import BadInput, Conflict, DomainError, Invalid, NotFound, QuotaExceeded
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,18 @@ def status_of(exc: DomainError) -> int:
     return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
 
 
-def _body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details}}
+def _respond(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+    kind: str | None = None,
+) -> JSONResponse:
+    """The error response, in the shape the request's path speaks (native or OpenAI)."""
+    status, body = openai_errors.shape(request.url.path, status, code, message, details, kind)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -68,19 +79,16 @@ def install(app: FastAPI) -> None:
     """Register the handlers that turn every failure into the envelope."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(
-            _body(exc.code, exc.message, exc.details),
-            status_code=exc.status,
-            headers=exc.headers,
-        )
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _respond(request, exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(DomainError)
-    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse(_body(exc.code, exc.message, exc.details), status_code=status_of(exc))
+    async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        kind = getattr(exc, "kind", None)
+        return _respond(request, status_of(exc), exc.code, exc.message, exc.details, kind=kind)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = []
         for err in exc.errors():
             msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
@@ -99,12 +107,12 @@ def install(app: FastAPI) -> None:
             if first["field"] == "body"
             else (f"{first['field']}: {first['message']}")
         )
-        return JSONResponse(_body("invalid_request", message, details), status_code=422)
+        return _respond(request, 422, "invalid_request", message, details)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(_body("internal_error", "internal server error"), status_code=500)
+        return _respond(request, 500, "internal_error", "internal server error")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -114,9 +122,7 @@ def install(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(sorted(_allowed_methods(app, request.url.path)))
-        return JSONResponse(
-            _body(code, str(exc.detail)), status_code=exc.status_code, headers=headers
-        )
+        return _respond(request, exc.status_code, code, str(exc.detail), headers=headers)
 
 
 def _allowed_methods(app: FastAPI, path: str) -> set[str]:

@@ -125,6 +125,8 @@ class ModelFile(BaseModel):
 
 
 class ModelOut(BaseModel):
+    """A model; `created` and `owned_by` make it OpenAI's Model as well."""
+
     id: str
     object: Literal["model"] = "model"
     name: str | None
@@ -133,6 +135,14 @@ class ModelOut(BaseModel):
     config: dict[str, Any]
     files: list[ModelFile]
     created_at: datetime
+    created: int
+    owned_by: str
+
+
+class ModelList(Page[ModelOut]):
+    """A page of models that is also OpenAI's model list."""
+
+    object: Literal["list"] = "list"
 
 
 class ChatMessageIn(BaseModel):

@@ -61,4 +61,6 @@ def model_out(model: Model) -> ModelOut:
         config=model.config,
         files=files,
         created_at=model.created_at,
+        created=int(model.created_at.timestamp()),
+        owned_by=model.project_id,
     )

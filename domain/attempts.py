@@ -159,6 +159,8 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
         if value is not None:
             session.add(Metric(job_id=job.id, step=step, name="val_loss", value=value))
             job.val_loss = value
+        # The training loss beside it, so the event alone tells the step's story.
+        ev = {"train_loss": job.loss, "total_steps": job.spec["training"]["max_steps"], **ev}
     elif kind == "start":
         steps = ev.get("max_steps")
         if isinstance(steps, int) and steps != job.spec["training"]["max_steps"]:
@@ -172,6 +174,8 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
         ).first()
         if not exists:
             metrics = {k: ev[k] for k in ("loss", "val_loss") if _finite(ev.get(k)) is not None}
+            if job.loss is not None:
+                metrics.setdefault("loss", job.loss)
             session.add(
                 Checkpoint(
                     id=new_id("ckpt"),

@@ -9,6 +9,7 @@ import socket
 import threading
 from types import FrameType
 
+from domain import webhooks
 from domain.db import get_sessionmaker
 from domain.lease import hold_lease
 from domain.reconcile import tick
@@ -28,6 +29,10 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+    # Webhooks go out from their own thread, so a slow receiver never delays scheduling.
+    threading.Thread(
+        target=webhooks.run, args=(settings, stop), name="webhooks", daemon=True
+    ).start()
     holder = f"{socket.gethostname()}:{os.getpid()}"
     ttl = max(5.0, settings.control_interval_seconds * 10)
     storage = Storage.from_settings(settings)

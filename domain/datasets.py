@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from domain import quotas
+from domain import quotas, webhooks
 from domain.access import owned
 from domain.errors import BadInput, Conflict, Invalid, NotFound, QuotaExceeded
 from domain.lifecycle import ACTIVE
@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def create(
-    *, session: Session, storage: Storage, project_id: str, upload: Upload, queue: str
+    *, session: Session, storage: Storage, project_id: str, upload: Upload, queue: str | None
 ) -> Dataset:
-    """Move a received upload into place, record it, and queue its validation."""
+    """Move a received upload into place, record it, and queue its validation (or, with no
+    queue, validate it here before answering: blocking, call it from a worker thread)."""
     if upload.size == 0:
         upload.path.unlink(missing_ok=True)
         raise BadInput("empty_file", "the uploaded file is empty")
@@ -71,7 +72,10 @@ def create(
         session.commit()
         upload.path.unlink(missing_ok=True)
         raise
-    send(VALIDATE_DATASET, {"dataset_id": dataset.id}, queue)
+    if queue is None:
+        validate(session=session, storage=storage, dataset_id=dataset.id)
+    else:
+        send(VALIDATE_DATASET, {"dataset_id": dataset.id}, queue)
     return dataset
 
 
@@ -153,6 +157,7 @@ def validate(
         dataset.status, dataset.records = "ready", report.records
     else:
         dataset.status = "invalid"
+    webhooks.dataset_checked(session, dataset)
     session.commit()
     log.info("dataset %s is %s (%s records)", dataset.id, dataset.status, report.records)
     return dataset

@@ -25,6 +25,7 @@ class NotFound(DomainError):
 
     def __init__(self, kind: str, object_id: str) -> None:
         super().__init__("not_found", f"{kind} {object_id} not found")
+        self.kind = kind
 
 
 class Conflict(DomainError):

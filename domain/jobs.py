@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from domain import datasets, quotas
+from domain import datasets, quotas, webhooks
 from domain.access import owned, owned_async
 from domain.errors import Conflict, Invalid, NotFound
 from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transition
@@ -230,8 +230,10 @@ def create(
     spec: JobSpec,
     idempotency_key: str | None,
     default_gpu_bytes: int = 80 * 1024**3,
+    columns: dict[str, Any] | None = None,
 ) -> tuple[Job, bool]:
-    """Validate a spec against the project's data and queue a job; (job, created)."""
+    """Validate a spec against the project's data and queue a job; (job, created).
+    `columns` sets further fields of the new row (the OpenAI route's id, name, metadata)."""
     resolved = spec.resolved()
     asked = request_hash(spec.model_dump(mode="json", exclude_unset=True))
     if idempotency_key:
@@ -260,23 +262,25 @@ def create(
     _check_memory(session, resolved, default_gpu_bytes)
     _check_nodes(session, resolved)
     quotas.check_submit(session=session, project_id=project_id)
-    job = Job(
-        id=new_id("job"),
-        project_id=project_id,
-        name=spec.name,
-        type=spec.type,
-        status=JobStatus.QUEUED.value,
-        priority=resolved["resources"]["priority"],
-        spec=resolved,
-        dataset_id=spec.dataset_id,
-        tokenizer_key=tokenizer_key,
-        idempotency_key=idempotency_key,
-        request_hash=asked,
-    )
+    fields: dict[str, Any] = {
+        "id": new_id("job"),
+        "project_id": project_id,
+        "name": spec.name,
+        "type": spec.type,
+        "status": JobStatus.QUEUED.value,
+        "priority": resolved["resources"]["priority"],
+        "spec": resolved,
+        "dataset_id": spec.dataset_id,
+        "tokenizer_key": tokenizer_key,
+        "idempotency_key": idempotency_key,
+        "request_hash": asked,
+    }
+    job = Job(**{**fields, **(columns or {})})
     try:
         session.add(job)
         session.flush()  # the job row must exist before its first event
         record(session, job, "status", "job created", status=JobStatus.QUEUED.value)
+        webhooks.job_changed(session, job, JobStatus.QUEUED.value)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -287,6 +291,7 @@ def create(
                 spec=spec,
                 idempotency_key=idempotency_key,
                 default_gpu_bytes=default_gpu_bytes,
+                columns=columns,
             )
         raise
     return job, True

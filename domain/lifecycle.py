@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from domain import webhooks
 from domain.db import utcnow
 from domain.errors import IllegalTransition
 from domain.orm import Event, Job
@@ -67,7 +68,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     ),
     # An attempt that never started sends a preparing job back to the queue.
     JobStatus.PREPARING: frozenset(
-        {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED, *_CANCEL}
+        {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED, JobStatus.PAUSED, *_CANCEL}
     ),
     JobStatus.RUNNING: frozenset(
         {
@@ -110,14 +111,15 @@ def transition(session: Session, job: Job, status: JobStatus, reason: str, **dat
     if status == JobStatus.RUNNING and job.started_at is None:
         job.started_at = utcnow()
     record(session, job, "status", reason, status=status.value, previous=current.value, **data)
+    webhooks.job_changed(session, job, status.value)
 
 
 def fail(session: Session, job: Job, code: str, message: str) -> None:
     """End a job as `failed` with a machine-readable code and a message a person can act on."""
     if job.status in TERMINAL:
         return
+    job.error_code, job.error_message = code, message  # before the event that reports them
     transition(session, job, JobStatus.FAILED, message, code=code)
-    job.error_code, job.error_message = code, message
 
 
 def requeue(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from domain.access import owned
@@ -16,7 +19,13 @@ from domain.errors import BadInput, Invalid, NotFound
 from domain.orm import Model
 from domain.uploads import Upload
 from trainyard.ids import new_id
+from trainyard.settings import get_settings
 from trainyard.storage import Storage
+
+# Models loaded in this process for chat completions, most recently used last.
+_CACHE_SIZE = 2
+_cache: OrderedDict[str, Any] = OrderedDict()
+_cache_lock = threading.Lock()
 
 DOWNLOADABLE = (
     "model.safetensors",
@@ -32,6 +41,22 @@ def get(*, session: Session, project_id: str, model_id: str) -> Model:
     return owned(session, Model, model_id, project_id, "model")
 
 
+def resolve(*, session: Session, project_id: str, ref: str) -> Model:
+    """A model of the project by id, or else by name (the newest of that name), or a 404."""
+    by_id = session.get(Model, ref)
+    if by_id is not None and by_id.project_id == project_id:
+        return by_id
+    by_name = session.execute(
+        select(Model)
+        .where(Model.project_id == project_id, Model.name == ref)
+        .order_by(Model.id.desc())
+        .limit(1)
+    ).scalar()
+    if by_name is None:
+        raise NotFound("model", ref)
+    return by_name
+
+
 def file_path(*, storage: Storage, model: Model, name: str) -> Path:
     """The path of one downloadable file; names outside the fixed list are a 404."""
     if name not in DOWNLOADABLE or name not in {f["name"] for f in model.files}:
@@ -42,6 +67,32 @@ def file_path(*, storage: Storage, model: Model, name: str) -> Path:
 def folder(*, storage: Storage, model: Model) -> str:
     """Where the model's files are, for a model worker to load."""
     return str(storage.model_dir(model.id))
+
+
+def _generate_device() -> str:
+    """Where the API runs generation: the setting, with "auto" meaning a GPU if there is one."""
+    wanted = get_settings().generate_device
+    if wanted != "auto":
+        return wanted
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def loaded(storage: Storage, model_id: str) -> Any:
+    """The model ready for sampling, from a small per-process cache."""
+    from trainer.sample import load_model  # torch loads on first use, not at API start-up
+
+    with _cache_lock:
+        if model_id in _cache:
+            _cache.move_to_end(model_id)
+            return _cache[model_id]
+    fresh = load_model(str(storage.model_dir(model_id)), device=_generate_device())
+    with _cache_lock:
+        _cache[model_id] = fresh
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return fresh
 
 
 IMPORT_PARTS = {

@@ -146,6 +146,11 @@ class Job(Base):
     waiting_reason: Mapped[str | None] = mapped_column(Text, default=None)
     prepared: Mapped[bool] = mapped_column(Boolean, default=False)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set by the OpenAI-compatible route: the caller's metadata, the name suffix and the
+    # base model as the caller named it (a model id or a model's name).
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, default=None)
+    suffix: Mapped[str | None] = mapped_column(String(64), default=None)
+    base_model: Mapped[str | None] = mapped_column(String(255), default=None)
     error_code: Mapped[str | None] = mapped_column(String(40), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     step: Mapped[int] = mapped_column(Integer, default=0)
@@ -283,3 +288,42 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class Webhook(Base):
+    """A project's subscription: events of these types are POSTed, signed, to the URL."""
+
+    __tablename__ = "webhooks"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[list[Any]] = mapped_column()
+    description: Mapped[str | None] = mapped_column(String(500), default=None)
+    secret: Mapped[str] = mapped_column(String(100))  # needed to sign, so kept as is
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event for one webhook, written with the change that caused it and
+    sent later by the delivery loop until the receiver takes it or a day has passed."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(64))
+    subject_id: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    next_try_at: Mapped[datetime] = mapped_column(default=utcnow)
+    response_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    response_body: Mapped[str | None] = mapped_column(String(1024), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    __table_args__ = (
+        Index("ix_deliveries_due", "status", "next_try_at"),
+        Index("ix_deliveries_webhook", "webhook_id", "id"),
+    )

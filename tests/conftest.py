@@ -72,6 +72,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_db: Database) -> It
         "TRAINYARD_MAX_LINE_BYTES": str(MAX_LINE),
         # Node workers report on a listener of their own, as in production.
         "TRAINYARD_INTERNAL_PORT": str(free_port()),
+        # Webhook tests receive on 127.0.0.1 and see a retry within a second.
+        "TRAINYARD_WEBHOOK_ALLOW_PRIVATE": "true",
+        "TRAINYARD_WEBHOOK_RETRY_BASE_SECONDS": "0.3",
     }
     with Stack(workdir, postgres_db.url, extra_env=env) as s:
         s.up()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -120,7 +120,6 @@ def generate(
     ).text
 
 
-@torch.inference_mode()
 def complete(
     loaded: LoadedModel,
     prompt: str,
@@ -136,7 +135,42 @@ def complete(
     """The completion of prompt (without the prompt); stops early at end-of-text.
 
     stop_ids replaces end-of-text as the tokens that end the completion (a chat model
-    stops at `<|im_end|>`).
+    stops at `<|im_end|>`). See stream() for the sampling options.
+    """
+    prompt_tokens = len(loaded.tokenizer.encode(prompt).ids) or 1
+    new = list(
+        stream(
+            loaded,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            seed,
+            top_p,
+            use_cache=use_cache,
+            stop_ids=stop_ids,
+        )
+    )
+    # Only a stop token ends the stream before max_new_tokens.
+    finish = "length" if len(new) == max_new_tokens else "stop"
+    return Completion(str(loaded.tokenizer.decode(new)), prompt_tokens, len(new), finish)
+
+
+@torch.inference_mode()
+def stream(
+    loaded: LoadedModel,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    top_p: float | None = None,
+    *,
+    use_cache: bool = True,
+    stop_ids: Sequence[int] | None = None,
+) -> Iterator[int]:
+    """The completion's token ids one at a time, as each is sampled; the stop token that
+    ends it is not yielded.
 
     temperature 0 picks the most likely token (greedy); top_k and top_p (nucleus) restrict
     sampling to the likeliest tokens; seed makes sampling repeatable. The prompt is
@@ -153,15 +187,12 @@ def complete(
         g.manual_seed(seed)
     model, seq_len = loaded.model, loaded.config.seq_len
     tokens = loaded.tokenizer.encode(prompt).ids or [loaded.eot_id]  # empty prompt: start fresh
-    prompt_tokens = len(tokens)
     stops = set(stop_ids) if stop_ids is not None else {loaded.eot_id}
     cache = None
     if use_cache:
         dtype = next(model.parameters()).dtype
         cache = KVCache(loaded.config, 1, loaded.device, dtype)
     pending = tokens[-seq_len:]  # tokens not in the cache yet; the model has no positions beyond
-    new: list[int] = []
-    finish = "length"
     for _ in range(max_new_tokens):
         if cache is not None and cache.pos + len(pending) <= seq_len:
             idx = torch.tensor([pending], dtype=torch.long, device=loaded.device)  # (1, T)
@@ -174,9 +205,7 @@ def complete(
         next_id = _pick(logits[:, -1, :].float(), temperature, top_k, top_p, g)  # (1, 1)
         token = int(next_id.item())
         if token in stops:
-            finish = "stop"
-            break
-        new.append(token)
+            return
+        yield token
         tokens.append(token)
         pending = [token]
-    return Completion(str(loaded.tokenizer.decode(new)), prompt_tokens, len(new), finish)

@@ -20,7 +20,7 @@ TEXT_CHUNK_BYTES = 1 << 20
 @dataclass
 class Detected:
     format: str  # "text" | "jsonl"
-    kind: str  # "pretrain" | "sft"
+    kind: str  # "pretrain" | "sft" | "dpo"
 
 
 @dataclass
@@ -51,6 +51,8 @@ def detect(head: bytes, filename: str | None) -> Detected:
             obj = None
         if isinstance(obj, dict) and ("messages" in obj or "prompt" in obj):
             kind = "sft"
+        elif isinstance(obj, dict) and "preferred_output" in obj:
+            kind = "dpo"
         return Detected("jsonl", kind)
     return Detected("text", "pretrain")
 
@@ -135,6 +137,8 @@ def _record_problem(obj: Any, kind: str) -> str | None:
         if not text:
             return 'field "text" is empty'
         return None
+    if kind == "dpo":
+        return _preference_problem(obj)
     if "messages" in obj:
         return _messages_problem(obj["messages"])
     prompt, completion = obj.get("prompt"), obj.get("completion")
@@ -148,26 +152,64 @@ def _record_problem(obj: Any, kind: str) -> str | None:
 ROLES = ("system", "user", "assistant")
 
 
+def _turns_problem(messages: list[Any], field: str) -> str | None:
+    """Why a list of chat turns is unusable, naming the turn: its role and content."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"{field}[{i}] must be an object with role and content"
+        role, content = message.get("role"), message.get("content")
+        if role is None:
+            return f'{field}[{i}] has no "role"'
+        if role not in ROLES:
+            return f"{field}[{i}] has unknown role {role!r} (expected system, user or assistant)"
+        if not isinstance(content, str):
+            return f'{field}[{i}] has no string "content"'
+        if not content.strip():
+            return f"{field}[{i}] ({role}) has empty content"
+        if role == "system" and i != 0:
+            return f"{field}[{i}]: a system message may only come first"
+    return None
+
+
 def _messages_problem(messages: Any) -> str | None:
     """Why a chat record is unusable, naming the message: roles, content, an answer."""
     if not isinstance(messages, list) or not messages:
         return 'field "messages" must be a non-empty list'
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            return f"messages[{i}] must be an object with role and content"
-        role, content = message.get("role"), message.get("content")
-        if role is None:
-            return f'messages[{i}] has no "role"'
-        if role not in ROLES:
-            return f"messages[{i}] has unknown role {role!r} (expected system, user or assistant)"
-        if not isinstance(content, str):
-            return f'messages[{i}] has no string "content"'
-        if not content.strip():
-            return f"messages[{i}] ({role}) has empty content"
-        if role == "system" and i != 0:
-            return f"messages[{i}]: a system message may only come first"
+    problem = _turns_problem(messages, "messages")
+    if problem:
+        return problem
     if not any(m["role"] == "assistant" for m in messages):
         return "no assistant turn: nothing to learn from this example"
+    return None
+
+
+def _preference_problem(obj: dict[str, Any]) -> str | None:
+    """Why a preference pair (OpenAI's DPO format) is unusable: a prompt ending on a user
+    turn, and one assistant answer on each side that differ."""
+    prompt = obj.get("input")
+    if not isinstance(prompt, dict) or not isinstance(prompt.get("messages"), list):
+        return 'field "input" must be an object with a "messages" list'
+    messages = prompt["messages"]
+    if not messages:
+        return 'field "input.messages" must be a non-empty list'
+    problem = _turns_problem(messages, "input.messages")
+    if problem:
+        return problem
+    if messages[-1]["role"] != "user":
+        return "input.messages must end with a user turn"
+    answers = []
+    for side in ("preferred_output", "non_preferred_output"):
+        output = obj.get(side)
+        if not isinstance(output, list) or len(output) != 1 or not isinstance(output[0], dict):
+            return f'field "{side}" must be a list holding one assistant message'
+        if output[0].get("role") != "assistant":
+            return f"{side}[0] must have role 'assistant'"
+        content = output[0].get("content")
+        if not isinstance(content, str) or not content.strip():
+            return f'{side}[0] has no non-empty string "content"'
+        answers.append(content)
+    if answers[0] == answers[1]:
+        return "preferred_output and non_preferred_output are the same answer"
     return None
 
 

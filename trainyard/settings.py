@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     max_lost_attempts: int = 10
     control_interval_seconds: float = 0.5
     keep_checkpoints: int = 3
+    # Webhooks: private, loopback and link-local receivers are refused unless allowed;
+    # a failed delivery is retried with exponential backoff and jitter for up to a day.
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = 5.0
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_give_up_seconds: float = 86400.0
+    webhook_interval_seconds: float = 0.5
 
     # What one client may ask of a shared service.
     max_json_bytes: int = 1024 * 1024

@@ -1,4 +1,4 @@
-"""`/v1/jobs`: create, list, show, cancel, events (paged or live), metrics, checkpoints."""
+"""`/v1/jobs`: create, list, show, cancel, pause, resume, events, metrics, checkpoints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""`/v1/models`: list, show, download files, generate."""
+"""`/v1/models`: list, show, download files, generate.
+
+The path is shared with OpenAI's API: a model object carries OpenAI's `created` and
+`owned_by` beside the native fields, the list is also `{"object": "list"}`, without `limit`
+it holds every model (OpenAI's clients do not page models), and `GET /v1/models/{id}`
+takes a model's id or name (names may hold `/` and `:`, as `ft:...` names do)."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from sqlalchemy import select
 
 from api.deps import AsyncSessionDep, CursorQuery, ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.model_pool import get_pool
-from api.schemas import GenerateIn, GenerateOut, ModelOut, Page, Usage
+from api.schemas import GenerateIn, GenerateOut, ModelList, ModelOut, Usage
 from api.uploads import receive_files
 from api.views import model_out
 from domain import model_calls, models
@@ -24,15 +29,18 @@ from trainyard.specs import check_name
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=Page[ModelOut])
+@router.get("", response_model=ModelList)
 async def list_models(
     project_id: ProjectDep,
     session: AsyncSessionDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: Annotated[int | None, Query(ge=1, le=100)] = None,
     after: CursorQuery = None,
 ) -> dict[str, object]:
-    """List the project's models, newest first."""
+    """List the project's models, newest first: all of them, or a page with `limit`."""
     query = select(Model).where(Model.project_id == project_id)
+    if limit is None:
+        rows = list((await session.execute(query.order_by(Model.id.desc()))).scalars())
+        return {"data": [model_out(m) for m in rows], "has_more": False}
     rows, more = await page_async(session, query, Model.id, limit=limit, after=after)
     return {"data": [model_out(m) for m in rows], "has_more": more}
 
@@ -77,12 +85,6 @@ async def import_model(
         name=name,
     )
     return model_out(model)
-
-
-@router.get("/{model_id}", response_model=ModelOut)
-async def get_model(model_id: str, project_id: ProjectDep, session: AsyncSessionDep) -> ModelOut:
-    """Show a model and its files."""
-    return model_out(await owned_async(session, Model, model_id, project_id, "model"))
 
 
 @router.get("/{model_id}/files/{name}")
@@ -133,3 +135,9 @@ async def generate(
             total_tokens=done["prompt_tokens"] + done["completion_tokens"],
         ),
     )
+
+
+@router.get("/{model_ref:path}", response_model=ModelOut)
+def get_model(model_ref: str, project_id: ProjectDep, session: SessionDep) -> ModelOut:
+    """Show a model (by id or name) and its files."""
+    return model_out(models.resolve(session=session, project_id=project_id, ref=model_ref))

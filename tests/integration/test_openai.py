@@ -1,0 +1,306 @@
+"""The OpenAI-compatible surface on the real stack, driven by the official `openai` SDK:
+files, fine-tuning jobs (create, wait, events, checkpoints, cancel, pause, resume, paging),
+chat completions (plain and streamed), models, and every error class."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.integration.test_sft import BASE, reverse_task
+from tests.stack import Stack
+from trainyard.client import Client
+
+pytestmark = pytest.mark.integration
+
+# Tiny, fast fine-tuning: every option OpenAI lacks goes through `extra_body`.
+FAST = {
+    "training": {
+        "warmup_steps": 2,
+        "eval_interval": 5,
+        "eval_batches": 2,
+        "checkpoint_interval": 5,
+    },
+    "resources": {"accelerator": "cpu"},
+}
+DONE = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def key(stack: Stack) -> str:
+    return stack.new_key("openai")
+
+
+@pytest.fixture(scope="module")
+def native(stack: Stack, key: str) -> Client:
+    return Client(stack.url, key)
+
+
+@pytest.fixture(scope="module")
+def oa(stack: Stack, key: str) -> OpenAI:
+    """A fresh SDK client; no retries, so each error shows as the server sent it."""
+    return OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def base_model(native: Client, corpus_file: Path) -> dict[str, Any]:
+    ds = native.wait_dataset(str(native.upload_dataset(corpus_file)["id"]))
+    job = native.wait_job(native.create_job({"dataset_id": ds["id"], **BASE})["id"], timeout=300)
+    assert job["status"] == "succeeded", job
+    return native.model(job["model_id"])
+
+
+def jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def train_file(oa: OpenAI, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    path = jsonl(tmp_path_factory.mktemp("oa") / "reverse.jsonl", reverse_task(80, 3))
+    with path.open("rb") as f:
+        return oa.files.create(file=f, purpose="fine-tune")
+
+
+def wait(oa: OpenAI, job_id: str, until: Callable[[Any], bool], timeout: float = 300) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = oa.fine_tuning.jobs.retrieve(job_id)
+        if until(job) or time.monotonic() > deadline:
+            return job
+        time.sleep(0.5)
+
+
+def test_files_upload_validate_list_content_delete(
+    oa: OpenAI, native: Client, train_file: Any, tmp_path: Path
+) -> None:
+    assert train_file.status == "processed" and train_file.status_details is None
+    assert train_file.purpose == "fine-tune" and train_file.filename == "reverse.jsonl"
+    assert native.dataset(train_file.id)["records"] == 80  # one row, both APIs
+    assert oa.files.retrieve(train_file.id).bytes == train_file.bytes
+
+    bad = reverse_task(5, 4)
+    bad[2] = {"messages": [{"role": "user", "content": "a question and no answer"}]}
+    with jsonl(tmp_path / "bad.jsonl", bad).open("rb") as f:
+        rejected = oa.files.create(file=f, purpose="fine-tune")
+    assert rejected.status == "error"
+    assert rejected.status_details is not None and "line 3" in rejected.status_details
+
+    pair = {
+        "input": {"messages": [{"role": "user", "content": "abc"}]},
+        "preferred_output": [{"role": "assistant", "content": "cba"}],
+        "non_preferred_output": [{"role": "assistant", "content": "abc"}],
+    }
+    same = {**pair, "non_preferred_output": pair["preferred_output"]}
+    with jsonl(tmp_path / "prefs.jsonl", [pair, same]).open("rb") as f:
+        prefs = oa.files.create(file=f, purpose="fine-tune")
+    assert prefs.status == "error" and "line 2" in (prefs.status_details or "")
+    assert native.dataset(prefs.id)["kind"] == "dpo"
+
+    content = oa.files.content(train_file.id).read()
+    assert len(content) == train_file.bytes and len(content.splitlines()) == 80
+    ids = [f.id for f in oa.files.list(limit=1)]  # pages of one, followed to the end
+    assert {train_file.id, rejected.id, prefs.id} <= set(ids) and ids == sorted(ids, reverse=True)
+    assert [f.id for f in oa.files.list(order="asc")] == sorted(ids)
+
+    gone = oa.files.delete(rejected.id)
+    assert gone.deleted and gone.id == rejected.id
+    with pytest.raises(openai.NotFoundError):
+        oa.files.retrieve(rejected.id)
+    with pytest.raises(openai.BadRequestError) as err:
+        oa.files.create(file=("x.jsonl", b'{"text": "x"}\n'), purpose="assistants")  # type: ignore[arg-type]
+    assert err.value.param == "purpose"
+
+
+def test_fine_tune_then_chat_and_models(
+    oa: OpenAI, native: Client, base_model: dict[str, Any], train_file: Any
+) -> None:
+    job = oa.fine_tuning.jobs.create(
+        model=base_model["id"],
+        training_file=train_file.id,
+        suffix="rev",
+        metadata={"team": "search"},
+        hyperparameters={"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 2},
+        extra_body=FAST,
+    )
+    assert job.object == "fine_tuning.job" and job.status == "queued" and job.error is None
+    assert job.hyperparameters.n_epochs == 1 and job.hyperparameters.batch_size == 8
+    assert job.hyperparameters.learning_rate_multiplier == 2
+    assert native.job(job.id)["spec"]["training"]["lr"] == pytest.approx(2e-4)  # same job
+    assert isinstance(job.seed, int) and job.metadata == {"team": "search"}
+
+    done = wait(oa, job.id, lambda j: j.status in DONE)
+    assert done.status == "succeeded", done
+    assert done.error is None and done.finished_at and done.trained_tokens
+    name = done.fine_tuned_model
+    assert name == f"ft:{base_model['id']}:{done.organization_id}:rev:{job.id}"
+
+    events = list(oa.fine_tuning.jobs.list_events(job.id, limit=5))  # paged, newest first
+    assert [int(e.id) for e in events] == sorted((int(e.id) for e in events), reverse=True)
+    metrics = [e for e in events if e.type == "metrics"]
+    assert metrics and metrics[0].data["total_steps"] == 10
+    assert {"step", "train_loss", "valid_loss"} <= set(metrics[0].data)
+    checkpoints = list(oa.fine_tuning.jobs.checkpoints.list(job.id))
+    assert [c.step_number for c in checkpoints] == [10, 5]
+    assert checkpoints[0].metrics.train_loss is not None
+    assert checkpoints[0].fine_tuned_model_checkpoint.startswith(name)
+
+    assert oa.models.retrieve(name).id == native.job(job.id)["model_id"]  # ':' in the path
+    listed = oa.models.list()
+    assert {base_model["id"], native.job(job.id)["model_id"]} <= {m.id for m in listed}
+
+    ask = [{"role": "user", "content": "abcd"}]
+    reply = oa.chat.completions.create(
+        model=name,
+        messages=ask,
+        max_tokens=6,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason in ("stop", "length") and choice.message.role == "assistant"
+    usage = reply.usage
+    assert usage and usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 6
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    if choice.finish_reason == "length":
+        assert usage.completion_tokens == 6
+
+    chunks = list(
+        oa.chat.completions.create(
+            model=name,
+            messages=ask,  # type: ignore[arg-type]
+            max_completion_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content  # greedy: the same reply either way
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finish[-1] == choice.finish_reason and not any(finish[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage == usage
+
+    two = oa.chat.completions.create(
+        model=name,
+        messages=ask,
+        max_tokens=4,
+        n=2,
+        seed=7,  # type: ignore[arg-type]
+    )
+    assert [c.index for c in two.choices] == [0, 1]
+    if choice.message.content:
+        stop = choice.message.content[-1]
+        cut = oa.chat.completions.create(
+            model=name,
+            messages=ask,
+            max_tokens=6,
+            temperature=0,
+            stop=stop,  # type: ignore[arg-type]
+        )
+        assert cut.choices[0].finish_reason == "stop" and stop not in cut.choices[0].message.content
+
+
+def test_pause_resume_cancel_and_paging(
+    oa: OpenAI, native: Client, base_model: dict[str, Any], train_file: Any
+) -> None:
+    slow = {**FAST, "training": {**FAST["training"], "checkpoint_interval": 2}}
+    job = oa.fine_tuning.jobs.create(
+        model=base_model["id"],
+        training_file=train_file.id,
+        hyperparameters={"n_epochs": 20, "batch_size": 8},
+        metadata={"run": "pause"},
+        extra_body=slow,
+        extra_headers={"Idempotency-Key": "pause-run"},
+    )
+    again = oa.fine_tuning.jobs.create(
+        model=base_model["id"],
+        training_file=train_file.id,
+        hyperparameters={"n_epochs": 20, "batch_size": 8},
+        metadata={"run": "pause"},
+        extra_body=slow,
+        extra_headers={"Idempotency-Key": "pause-run"},
+    )
+    assert again.id == job.id and again.seed == job.seed
+
+    running = wait(
+        oa, job.id, lambda j: j.status == "running" and native.job(j.id)["progress"]["step"] >= 3
+    )
+    assert running.status == "running"
+    oa.fine_tuning.jobs.pause(job.id)
+    paused = wait(oa, job.id, lambda j: j.status in DONE | {"paused"})
+    assert paused.status == "paused", paused
+    at = native.job(job.id)["progress"]["step"]
+    assert oa.fine_tuning.jobs.pause(job.id).status == "paused"  # idempotent
+    assert oa.fine_tuning.jobs.resume(job.id).status == "queued"
+    resumed = wait(oa, job.id, lambda j: native.job(j.id)["attempt"] == 2 and j.status == "running")
+    assert resumed.status == "running"
+    with pytest.raises(openai.BadRequestError) as err:  # 400, not 409, so the SDK won't retry
+        oa.fine_tuning.jobs.resume(job.id)
+    assert err.value.code == "job_not_paused"
+    deadline = time.monotonic() + 120
+    resumed_at: list[str] = []
+    while not resumed_at and time.monotonic() < deadline:  # the trainer's own word
+        logs = [e.message for e in oa.fine_tuning.jobs.list_events(job.id, limit=100)]
+        resumed_at = [m for m in logs if m.startswith("resuming from")]
+        time.sleep(0.3)
+    assert resumed_at and int(resumed_at[0].rsplit(" ", 1)[1]) >= min(at, 3), logs
+
+    cancelled = oa.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    done = wait(oa, job.id, lambda j: j.finished_at is not None)
+    assert done.status == "cancelled" and done.error is None
+    with pytest.raises(openai.BadRequestError):
+        oa.fine_tuning.jobs.pause(job.id)
+
+    listed = [j.id for j in oa.fine_tuning.jobs.list(limit=1)]  # followed page by page
+    assert job.id in listed and len(listed) == len(set(listed)) >= 2
+    by_meta = list(oa.fine_tuning.jobs.list(metadata={"run": "pause"}))
+    assert [j.id for j in by_meta] == [job.id]
+
+
+def test_error_classes(
+    oa: OpenAI, stack: Stack, base_model: dict[str, Any], train_file: Any
+) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI(base_url=stack.url + "/v1", api_key="ty_wrong", max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError) as err:
+        oa.fine_tuning.jobs.retrieve("job_missing")
+    assert err.value.type == "invalid_request_error"
+    with pytest.raises(openai.NotFoundError) as err:
+        oa.models.retrieve("ft:nothing:here")
+    assert err.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as err:
+        oa.chat.completions.create(model="org/missing", messages=[{"role": "user", "content": "x"}])
+    assert err.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as err:  # a base model cannot chat
+        oa.chat.completions.create(
+            model=base_model["id"], messages=[{"role": "user", "content": "x"}]
+        )
+    assert err.value.code == "not_a_chat_model"
+    with pytest.raises(openai.NotFoundError):
+        oa.fine_tuning.jobs.create(model=base_model["id"], training_file="ds_missing")
+
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"extra_body": {"lora_rank": 4}}, "lora_rank"),
+        ({"extra_body": {"sft": {"method": "lora", "lora": {"rank": 0}}}}, "sft.lora.rank"),
+        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}}, "method.type"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        (
+            {"extra_body": {"training": {"batch_size": 8}}, "hyperparameters": {"batch_size": 4}},
+            "training.batch_size",
+        ),
+    ]
+    for kwargs, param in cases:
+        with pytest.raises(openai.BadRequestError) as err:
+            oa.fine_tuning.jobs.create(
+                model=base_model["id"], training_file=train_file.id, **kwargs
+            )
+        assert err.value.param == param, (kwargs, err.value.body)

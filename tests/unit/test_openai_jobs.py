@@ -1,0 +1,74 @@
+"""OpenAI fine-tuning requests mapped onto the native JobSpec: resolved hyperparameters,
+native options through `extra_body`, and errors that name the request field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from domain.errors import Invalid
+from domain.openai_jobs import AUTO_EPOCHS, _seed, spec_for
+
+
+def spec(hyper: dict[str, Any] | None = None, native: dict[str, Any] | None = None) -> Any:
+    return spec_for(
+        base_model_id="mdl_x",
+        training_file="ds_x",
+        validation_file=None,
+        method="supervised",
+        hyperparameters=hyper or {},
+        seed=5,
+        native=native or {},
+    )
+
+
+def test_auto_resolves_to_numbers_and_examples_are_not_packed() -> None:
+    s = spec({"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"})
+    assert s.sft is not None and s.sft.epochs == AUTO_EPOCHS and s.sft.packing is False
+    assert s.training.batch_size == 12 and s.training.lr == pytest.approx(1e-4)
+    assert s.training.seed == 5
+
+
+def test_the_multiplier_scales_the_methods_native_rate() -> None:
+    assert spec({"learning_rate_multiplier": 3}).training.lr == pytest.approx(3e-4)
+    lora = spec({"learning_rate_multiplier": 0.5}, {"sft": {"method": "lora"}})
+    assert lora.training.lr == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize(
+    ("hyper", "native", "field"),
+    [
+        ({}, {"sft": {"epochs": 2}}, "sft.epochs"),
+        ({"batch_size": 4}, {"training": {"batch_size": 8}}, "training.batch_size"),
+        ({}, {"sft": {"lora": {"rank": 4}}}, "sft"),
+        ({}, {"training": {"nonsense": 1}}, "training.nonsense"),
+        ({}, {"resources": {"processes_per_node": 0}}, "resources.processes_per_node"),
+    ],
+)
+def test_bad_options_name_their_field(
+    hyper: dict[str, Any], native: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(Invalid) as err:
+        spec(hyper, native)
+    assert err.value.details[0]["field"] == field
+
+
+def test_dpo_is_refused_by_name() -> None:
+    with pytest.raises(Invalid) as err:
+        spec_for(
+            base_model_id="m",
+            training_file="f",
+            validation_file=None,
+            method="dpo",
+            hyperparameters={},
+            seed=1,
+            native={},
+        )
+    assert err.value.code == "unsupported_method"
+    assert err.value.details[0]["field"] == "method.type"
+
+
+def test_a_retry_with_the_same_key_draws_the_same_seed() -> None:
+    assert _seed(None, "k1") == _seed(None, "k1") != _seed(None, "k2")
+    assert _seed(9, "k1") == 9 and 0 <= _seed(None, None) < 2**31
