@@ -41,6 +41,8 @@ def is_admin(*, session: Session, key: str) -> bool:
         select(ApiKey.admin).where(ApiKey.key_hash == hash_secret(key), ApiKey.revoked_at.is_(None))
     ).first()
     return bool(row and row[0])
+
+
 # Every API process listens on this PostgreSQL channel (or watches REVOKED_FILE beside an
 # embedded SQLite database) and forgets the keys it remembered when a key is revoked.
 REVOKED_CHANNEL = "trainyard_keys_revoked"

@@ -238,7 +238,7 @@ class Client:
         with self.http.stream("GET", f"/v1/datasets/{dataset_id}/content") as response:
             if response.status_code >= 400:
                 response.read()
-                self._check(response)
+                raise TrainyardError.from_response(response)
             with path.open("wb") as f:
                 for chunk in response.iter_bytes():
                     f.write(chunk)

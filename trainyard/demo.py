@@ -21,10 +21,10 @@ import httpx
 
 from trainyard import corpus
 from trainyard.client import Client
-from trainyard.net import free_port
 from trainyard.console import output
 from trainyard.console.datasets import report
 from trainyard.console.jobs import follow
+from trainyard.net import free_port
 from trainyard.results import Job
 from trainyard.settings import get_settings
 

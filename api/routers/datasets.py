@@ -15,7 +15,7 @@ from domain import cleaning, datasets
 from domain.access import owned_async
 from domain.errors import NotFound
 from domain.orm import Dataset
-from domain.paging import page, page_async
+from domain.paging import page_async
 from trainyard.cleaning.spec import CleaningSpec
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])

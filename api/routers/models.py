@@ -20,7 +20,6 @@ from api.schemas import GenerateIn, GenerateOut, ModelList, ModelOut, Usage
 from api.uploads import receive_files
 from api.views import model_out
 from domain import model_calls, models
-from domain.access import owned_async
 from domain.errors import Invalid
 from domain.orm import Model
 from domain.paging import page_async
