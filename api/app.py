@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from fastapi import FastAPI
 
@@ -25,13 +26,42 @@ from api.routers import (
     webhooks,
 )
 from domain.db import get_async_engine
+from domain.lease import serve_api_presence
 from trainyard.settings import get_settings
 from trainyard.storage import Storage
 
 
+@contextmanager
+def _api_presence() -> Iterator[None]:
+    """Keep this process's API liveness lease while it serves the node workers' endpoints."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=serve_api_presence,
+        args=(get_settings().node_timeout_seconds, stop),
+        name="api-presence",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+@asynccontextmanager
+async def _internal_lifespan(_: FastAPI) -> AsyncIterator[None]:
+    with _api_presence():
+        yield
+
+
 @asynccontextmanager
 async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
-    yield
+    if get_settings().internal_port is None:
+        with _api_presence():
+            yield
+    else:
+        yield
     await key_cache.close()
     if get_async_engine.cache_info().currsize:
         await get_async_engine().dispose()
@@ -76,7 +106,13 @@ def create_app() -> FastAPI:
 
 def create_internal_app() -> FastAPI:
     """The node workers' endpoints alone, served on their own port."""
-    app = FastAPI(title="trainyard internal", openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="trainyard internal",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=_internal_lifespan,
+    )
     errors.install(app)
     app.include_router(internal.router)
     return app

@@ -107,10 +107,15 @@ def start(*, session: Session, attempt: Attempt, master_port: int | None = None)
     Rank 0 of a gang brings the port it reserved for the rendezvous; another rank stays
     `starting` (and is told so) until rank 0 has started, then gets the rendezvous.
     """
+    # Two copies of the message may reach two threads at once: one start wins, under a lock.
+    session.refresh(attempt, with_for_update=True)
     job = session.get(Job, attempt.job_id)
     assert job is not None
     if attempt.status != AttemptStatus.STARTING:
         raise Conflict("attempt_not_startable", f"attempt is {attempt.status}")
+    if attempt.outbox is not None:
+        attempt.outbox = None  # the node has the message: the outbox stops re-sending it
+        session.commit()
     if job.cancel_requested or job.status in TERMINAL:
         attempt.status, attempt.finished_at = AttemptStatus.CANCELLED.value, utcnow()
         transition(session, job, JobStatus.CANCELLED, "cancelled before training started")

@@ -11,7 +11,7 @@ from types import FrameType
 
 from domain import webhooks
 from domain.db import get_sessionmaker
-from domain.lease import hold_lease
+from domain.lease import Leadership, hold_lease, release
 from domain.reconcile import tick
 from trainyard.settings import Settings
 from trainyard.storage import Storage
@@ -36,17 +36,22 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     holder = f"{socket.gethostname()}:{os.getpid()}"
     ttl = max(5.0, settings.control_interval_seconds * 10)
     storage = Storage.from_settings(settings)
-    leader = False
+    leader: Leadership | None = None
     factory = get_sessionmaker()
     while not stop.is_set():
         try:
             with factory() as session:
                 now_leader = hold_lease(session, "control", holder, ttl)
-                if now_leader != leader:
-                    log.info("control loop %s leadership", "took" if now_leader else "lost")
-                    leader = now_leader
-                if leader:
-                    tick(session, storage, settings)
+                if (now_leader is None) != (leader is None):
+                    epoch = f" (epoch {now_leader.epoch})" if now_leader else ""
+                    log.info("control loop %s leadership%s", "took" if now_leader else "lost", epoch)
+                leader = now_leader
+                if leader is not None:
+                    tick(session, storage, settings, leader)
         except Exception:
             log.exception("control tick failed")
         stop.wait(settings.control_interval_seconds)
+    if leader is not None:
+        # Hand over at once rather than after the lease runs out.
+        with factory() as session:
+            release(session, "control", holder)

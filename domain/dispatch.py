@@ -13,11 +13,13 @@ import json
 import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from domain.db import utcnow
 from domain.lifecycle import (
     ACTIVE_ATTEMPT,
     WAITING,
@@ -194,6 +196,26 @@ def dispatch(session: Session, storage: Storage, settings: Settings, out: list[M
             cluster.take(job, nodes)
 
 
+def resend_dispatch(session: Session, settings: Settings, out: list[Message]) -> None:
+    """Re-send the run messages that no node has claimed for a while (the broker lost them,
+    restarted without persistence, or was away when they were sent). A copy that arrives
+    twice is refused by the API on its second `start`."""
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.dispatch_resend_seconds)
+    rows = session.execute(
+        select(Attempt, Node.queue)
+        .join(Node, Node.id == Attempt.node_id)
+        .where(
+            Attempt.status == AttemptStatus.STARTING,
+            Attempt.outbox.is_not(None),
+            Attempt.sent_at < stale,
+        )
+    ).all()
+    for attempt, queue in rows:
+        attempt.sent_at = now
+        out.append((RUN_ATTEMPT, dict(attempt.outbox or {}), queue))
+
+
 def _preempt(session: Session, cluster: Cluster, job: Job) -> bool:
     """Stop running jobs of a strictly lower priority (lowest first, newest first) when
     that makes room for `job`. Returns whether room is being made (also when jobs stopped
@@ -267,10 +289,21 @@ def _launch(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "run.json").write_text(json.dumps(config.to_dict(), indent=2))
     slots = job.spec["resources"]["processes_per_node"]
+    now = utcnow()
     for rank, node in enumerate(nodes):
-        token = secrets.token_urlsafe(32)
+        token, attempt_id = secrets.token_urlsafe(32), new_id("att")
+        payload = {
+            "attempt_id": attempt_id,
+            "job_id": job.id,
+            "attempt": number,
+            "token": token,
+            "run_config": str(folder / "run.json"),
+            "nproc": slots,
+            "nnodes": len(nodes),
+            "node_rank": rank,
+        }
         attempt = Attempt(
-            id=new_id("att"),
+            id=attempt_id,
             job_id=job.id,
             number=number,
             rank=rank,
@@ -279,24 +312,11 @@ def _launch(
             slots=slots,
             status=AttemptStatus.STARTING.value,
             token_hash=hash_secret(token),
+            outbox=payload,
+            sent_at=now,
         )
         session.add(attempt)
-        out.append(
-            (
-                RUN_ATTEMPT,
-                {
-                    "attempt_id": attempt.id,
-                    "job_id": job.id,
-                    "attempt": number,
-                    "token": token,
-                    "run_config": str(folder / "run.json"),
-                    "nproc": slots,
-                    "nnodes": len(nodes),
-                    "node_rank": rank,
-                },
-                node.queue,
-            )
-        )
+        out.append((RUN_ATTEMPT, payload, node.queue))
     job.attempt = number
     names = [n.name for n in nodes]
     record(

@@ -50,6 +50,16 @@ def heartbeat(*, session: Session, node_id: str) -> Node:
     return node
 
 
+def leave(*, session: Session, node_id: str) -> Node:
+    """A node shutting down: place nothing more on it (its heartbeat brings it back)."""
+    node = session.get(Node, node_id)
+    if node is None:
+        raise NotFound("node", node_id)
+    node.status = "offline"
+    session.commit()
+    return node
+
+
 @dataclass(frozen=True)
 class RunningAttempt:
     """One node's part of a running job attempt."""

@@ -209,6 +209,10 @@ class Attempt(Base):
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     log_tail: Mapped[str | None] = mapped_column(Text, default=None)
+    # The dispatch outbox: the run message, kept until the node claims the attempt (its
+    # first `start`) and re-sent while unclaimed, so a broker that lost it loses nothing.
+    outbox: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -288,6 +292,9 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime] = mapped_column()
+    # Raised each time the lease changes hands: writes that need leadership check it, so a
+    # stale leader that wakes up cannot overwrite a newer leader's decisions.
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Webhook(Base):

@@ -6,14 +6,16 @@ a crash between the two leaves a record the reconciler will find and settle.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from domain.db import utcnow
-from domain.dispatch import dispatch
+from domain.dispatch import dispatch, resend_dispatch
 from domain.gang import settle
+from domain.lease import Leadership, api_alive, fence
 from domain.lifecycle import ACTIVE_ATTEMPT, AttemptStatus, JobStatus, transition
 from domain.orm import Attempt, Job, Node
 from domain.preparation import resend_prep, start_preparing
@@ -21,11 +23,25 @@ from trainyard.messaging import Message, send
 from trainyard.settings import Settings
 from trainyard.storage import Storage
 
+log = logging.getLogger(__name__)
+
 
 def reconcile(session: Session, settings: Settings) -> None:
-    """Mark quiet nodes offline, declare the attempts of silent nodes lost (stopping the
-    rest of their gangs and requeueing their jobs), and finish cancels whose attempts have
-    all stopped."""
+    """Declare what went quiet lost (while the API can take reports at all), and finish
+    cancels whose attempts have all stopped."""
+    if api_alive(session):
+        _declare_lost(session, settings)
+    for job in session.execute(select(Job).where(Job.status == JobStatus.CANCELLING)).scalars():
+        live = session.execute(
+            select(Attempt.id).where(Attempt.job_id == job.id, Attempt.status.in_(ACTIVE_ATTEMPT))
+        ).first()
+        if not live:
+            transition(session, job, JobStatus.CANCELLED, "cancelled by the user")
+
+
+def _declare_lost(session: Session, settings: Settings) -> None:
+    """Mark quiet nodes offline, and declare lost the attempts of silent nodes and those
+    never started (stopping the rest of their gangs and requeueing their jobs)."""
     now = utcnow()
     quiet = now - timedelta(seconds=settings.node_timeout_seconds)
     session.execute(
@@ -39,8 +55,13 @@ def reconcile(session: Session, settings: Settings) -> None:
             select(Attempt).where(
                 ((Attempt.status == AttemptStatus.RUNNING) & (Attempt.heartbeat_at < quiet))
                 | (
+                    # Minted (or renewed when the API came back) and never started, or
+                    # waiting for a node that has gone.
                     (Attempt.status == AttemptStatus.STARTING)
-                    & (Attempt.created_at < never_started)
+                    & (
+                        (Attempt.heartbeat_at < never_started)
+                        | Attempt.node_id.in_(select(Node.id).where(Node.status == "offline"))
+                    )
                 )
             )
         )
@@ -61,22 +82,24 @@ def reconcile(session: Session, settings: Settings) -> None:
         job = session.get(Job, job_id)
         if job is not None:
             settle(session, job, number, max_lost_attempts=settings.max_lost_attempts)
-    for job in session.execute(select(Job).where(Job.status == JobStatus.CANCELLING)).scalars():
-        live = session.execute(
-            select(Attempt.id).where(Attempt.job_id == job.id, Attempt.status.in_(ACTIVE_ATTEMPT))
-        ).first()
-        if not live:
-            transition(session, job, JobStatus.CANCELLED, "cancelled by the user")
 
 
-def tick(session: Session, storage: Storage, settings: Settings) -> int:
-    """One pass of the control loop; returns how many messages it sent."""
+def tick(session: Session, storage: Storage, settings: Settings, leadership: Leadership) -> int:
+    """One pass of the control loop, fenced by its leadership; returns how many messages it
+    sent (none when the leadership was lost: a stale leader writes and sends nothing)."""
     messages: list[Message] = []
+    if not fence(session, leadership):
+        session.rollback()
+        return 0
     reconcile(session, settings)
     resend_prep(session, settings, messages)
+    resend_dispatch(session, settings, messages)
     start_preparing(session, settings, messages)
     dispatch(session, storage, settings, messages)
     session.commit()
     for name, payload, queue in messages:
-        send(name, payload, queue)
+        try:
+            send(name, payload, queue)
+        except Exception:  # the broker is away: the outbox re-sends it
+            log.exception("sending %s to %s failed", name, queue)
     return len(messages)

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 2.0
     node_timeout_seconds: float = 30.0
     attempt_timeout_seconds: float = 60.0
+    # A run message no node has claimed after this long is sent again (the outbox).
+    dispatch_resend_seconds: float = Field(10.0, gt=0)
     prep_timeout_seconds: float = 900.0
     # Attempts a job may lose to vanished nodes before it fails (trainer failures count
     # against the job's own `resources.max_restarts`; preemption never counts).

@@ -68,6 +68,10 @@ def node_queue(settings: Settings) -> str:
     return settings.queue(f"node.{settings.node_name}")
 
 
+FINAL_EVENTS = ("done", "error", "preempted")
+_shutting_down = threading.Event()
+
+
 class Agent:
     """Keeps this node registered and alive in the API's eyes."""
 
@@ -101,8 +105,12 @@ class Agent:
         log.info("registered node %s (%s, %d slots)", self.settings.node_name, accelerator, slots)
 
     def run(self) -> None:
-        """Register, then heartbeat until stopped; re-register if the API forgot us."""
+        """Register, then heartbeat until stopped; re-register if the API forgot us. On a
+        shutdown, tell the API to place nothing more here."""
         while not self.stop.is_set():
+            if _shutting_down.is_set():
+                self._leave()
+                return
             try:
                 if self.node_id is None:
                     self._register()
@@ -117,8 +125,14 @@ class Agent:
             self.stop.wait(self.settings.heartbeat_seconds)
 
 
-FINAL_EVENTS = ("done", "error", "preempted")
-_shutting_down = threading.Event()
+    def _leave(self) -> None:
+        if self.node_id is None:
+            return
+        try:
+            self.client.post(f"/internal/nodes/{self.node_id}/leave").raise_for_status()
+            log.info("node %s left: nothing more is placed here", self.settings.node_name)
+        except httpx.HTTPError as exc:
+            log.warning("could not tell the API this node is leaving: %s", exc)
 
 
 @worker_shutting_down.connect

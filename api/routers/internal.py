@@ -45,6 +45,12 @@ def node_heartbeat(node_id: str, session: SessionDep) -> object:
     return nodes.heartbeat(session=session, node_id=node_id)
 
 
+@router.post("/nodes/{node_id}/leave", response_model=NodeOut, dependencies=[NodeAuth])
+def node_leave(node_id: str, session: SessionDep) -> object:
+    """A node shutting down: nothing new is placed on it."""
+    return nodes.leave(session=session, node_id=node_id)
+
+
 @router.post("/attempts/{attempt_id}/start", response_model=AttemptState)
 def start_attempt(
     attempt: AttemptDep, session: SessionDep, body: StartIn | None = None
