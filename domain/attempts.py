@@ -113,9 +113,7 @@ def start(*, session: Session, attempt: Attempt, master_port: int | None = None)
     assert job is not None
     if attempt.status != AttemptStatus.STARTING:
         raise Conflict("attempt_not_startable", f"attempt is {attempt.status}")
-    if attempt.outbox is not None:
-        attempt.outbox = None  # the node has the message: the outbox stops re-sending it
-        session.commit()
+    attempt.outbox = None  # the node has the message: the outbox stops re-sending it
     if job.cancel_requested or job.status in TERMINAL:
         attempt.status, attempt.finished_at = AttemptStatus.CANCELLED.value, utcnow()
         transition(session, job, JobStatus.CANCELLED, "cancelled before training started")
@@ -131,6 +129,7 @@ def start(*, session: Session, attempt: Attempt, master_port: int | None = None)
                 raise Conflict("master_port_required", "rank 0 of a gang must bring a port")
             attempt.master_port = master_port
         elif _master(session, attempt) is None:
+            session.commit()
             return _state(session, attempt)  # rank 0 has not started yet: ask again
     attempt.status = AttemptStatus.RUNNING.value
     attempt.started_at = attempt.heartbeat_at = utcnow()

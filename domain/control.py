@@ -44,7 +44,9 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
                 now_leader = hold_lease(session, "control", holder, ttl)
                 if (now_leader is None) != (leader is None):
                     epoch = f" (epoch {now_leader.epoch})" if now_leader else ""
-                    log.info("control loop %s leadership%s", "took" if now_leader else "lost", epoch)
+                    log.info(
+                        "control loop %s leadership%s", "took" if now_leader else "lost", epoch
+                    )
                 leader = now_leader
                 if leader is not None:
                     tick(session, storage, settings, leader)

@@ -124,7 +124,6 @@ class Agent:
                 log.warning("API unreachable from node agent: %s", exc)
             self.stop.wait(self.settings.heartbeat_seconds)
 
-
     def _leave(self) -> None:
         if self.node_id is None:
             return

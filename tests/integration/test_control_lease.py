@@ -51,7 +51,9 @@ def control_lease(engine: Engine) -> tuple[str, int] | None:
     return (str(row[0]), int(row[1])) if row else None
 
 
-def wait_for_holder(engine: Engine, timeout: float, other_than: str | None = None) -> tuple[str, int]:
+def wait_for_holder(
+    engine: Engine, timeout: float, other_than: str | None = None
+) -> tuple[str, int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         lease = control_lease(engine)

@@ -113,9 +113,7 @@ LONG_STEPS, SHORT_STEPS = 400, 2
 @pytest.fixture(scope="module")
 def reference(client: Client, dataset_id: str) -> dict[int, float]:
     """An uninterrupted run's loss at each step (it also tokenizes the dataset once)."""
-    job = client.wait_job(
-        str(client.create_job(spec(dataset_id, LONG_STEPS))["id"]), timeout=300
-    )
+    job = client.wait_job(str(client.create_job(spec(dataset_id, LONG_STEPS))["id"]), timeout=300)
     assert job["status"] == "succeeded", job
     return losses(client, str(job["id"]))
 
@@ -131,7 +129,7 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -
 
 
 def losses(client: Client, job_id: str) -> dict[int, float]:
-    return {p["step"]: p["value"] for p in client.metrics(job_id)["loss"]}
+    return {int(p["step"]): p["value"] for p in client.metrics(job_id)["loss"]}
 
 
 def attempts(db: Engine, job_id: str) -> list[tuple[int, str]]:
@@ -242,9 +240,7 @@ def test_a_redis_restart_loses_no_job_and_no_attempt(
     reference: dict[int, float],
 ) -> None:
     running = [str(client.create_job(spec(dataset_id, LONG_STEPS))["id"]) for _ in range(2)]
-    wait_for(
-        lambda: all(running_at_step(client, j, 1) for j in running), 120, "two jobs to run"
-    )
+    wait_for(lambda: all(running_at_step(client, j, 1) for j in running), 120, "two jobs to run")
     queued = [str(client.create_job(spec(dataset_id, SHORT_STEPS))["id"]) for _ in range(QUEUED)]
     broker.kill()
     # While Redis is away the running jobs finish and the scheduler places queued ones:
@@ -253,8 +249,7 @@ def test_a_redis_restart_loses_no_job_and_no_attempt(
         wait_for(
             lambda: conn.execute(
                 text(
-                    "SELECT count(*) FROM attempts WHERE status = 'starting' "
-                    "AND outbox IS NOT NULL"
+                    "SELECT count(*) FROM attempts WHERE status = 'starting' AND outbox IS NOT NULL"
                 )
             ).scalar(),
             300,
