@@ -141,6 +141,24 @@ def _on_shutdown(**_: Any) -> None:
     _shutting_down.set()
 
 
+def _stop(launch: Launch, reporter: Reporter, grace_s: float) -> int:
+    """Stop the trainer (it checkpoints first) while reports keep the attempt's lease alive:
+    a checkpoint that takes longer than the node timeout must not get it declared lost."""
+    stopped = threading.Event()
+
+    def beat() -> None:
+        while not stopped.wait(1.0):
+            reporter.flush()
+
+    thread = threading.Thread(target=beat, name="stop-heartbeat", daemon=True)
+    thread.start()
+    try:
+        return launch.stop(grace_s)
+    finally:
+        stopped.set()
+        thread.join()
+
+
 def supervise(payload: AttemptPayload, settings: Settings) -> None:
     """Run one attempt to its end, forwarding events and enforcing cancel."""
     reporter = Reporter(settings.resolved_internal_url, payload.attempt_id, payload.token)
@@ -196,18 +214,18 @@ def supervise(payload: AttemptPayload, settings: Settings) -> None:
                     payload.attempt_id,
                     ended[0],
                 )
-                launch.stop(settings.cancel_grace_seconds)
+                _stop(launch, reporter, settings.cancel_grace_seconds)
                 code = 0 if ended[0] == "done" else 1
                 break
             if reporter.cancel or _shutting_down.is_set():
                 reason = "cancelled" if reporter.cancel else "node worker shutting down"
                 log.info("stopping attempt %s: %s", payload.attempt_id, reason)
-                code = launch.stop(settings.cancel_grace_seconds)
+                code = _stop(launch, reporter, settings.cancel_grace_seconds)
                 break
             time.sleep(0.2)
         reporter.add(read_events())
     except BaseException as exc:  # worker shutdown: stop training, report, re-raise
-        code = launch.stop(settings.cancel_grace_seconds)
+        code = _stop(launch, reporter, settings.cancel_grace_seconds)
         reason = f"node worker stopped: {type(exc).__name__}"
         raise
     finally:
