@@ -101,11 +101,11 @@ class Sizes:
                 llama_skip=1,
                 compile=False,
                 precision="auto",
-                resume_steps=250,
-                resume_at=30,
+                resume_steps=150,
+                resume_at=20,
                 sft_steps=10,
                 gen_tokens=16,
-                timeout=240.0,
+                timeout=480.0,
             )
         return cls(
             accelerator="gpu",
