@@ -137,14 +137,14 @@ def fine_tune(client: Client, workdir: Path, base_id: str, processes: int) -> in
         # fixed positions, which this small model picks up within the run.
         "sft": {"method": "full", "packing": False, "eval_prompts": 3},
         "training": {
-            "max_steps": 700,
+            "max_steps": 600,
             "seq_len": 40,
             "batch_size": 16,
             "lr": 2e-3,
             "warmup_steps": 20,
-            "eval_interval": 175,
+            "eval_interval": 200,
             "eval_batches": 4,
-            "checkpoint_interval": 350,
+            "checkpoint_interval": 400,
         },
         "resources": {"processes_per_node": processes, "accelerator": "cpu"},
     }
