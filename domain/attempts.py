@@ -88,6 +88,9 @@ def _state(session: Session, attempt: Attempt) -> AttemptState:
     cancel = (
         bool(job and job.cancel_requested)
         or bool(job and job.status in (JobStatus.PAUSED, JobStatus.PREEMPTED))
+        # Resumed before its node saw the pause: the old attempt still stops (it
+        # checkpoints), and the next one resumes from there.
+        or bool(job and job.status == JobStatus.QUEUED and attempt.status == AttemptStatus.RUNNING)
         or attempt.status not in ACTIVE_ATTEMPT
         or gang.stop_requested(session, attempt)
     )

@@ -14,6 +14,7 @@ message and details. Only httpx, httpx-sse, tenacity and pydantic are needed: no
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import time
 import uuid
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import httpx
-from httpx_sse import connect_sse
+from httpx_sse import EventSource, connect_sse
 from pydantic import BaseModel
 from tenacity import (
     RetryCallState,
@@ -170,6 +171,7 @@ class Client:
         *,
         safe_to_repeat: bool | None = None,
         build: Callable[[], dict[str, Any]] | None = None,
+        stream: bool = False,
         **kwargs: Any,
     ) -> httpx.Response:
         """One API call with retries; returns the response, raises TrainyardError on 4xx/5xx.
@@ -177,6 +179,7 @@ class Client:
         A request is repeated after a 5xx only when it is safe to (GET, DELETE, or a request
         with an Idempotency-Key); 429 and a connection refused are always retried, since the
         server did nothing. `build` makes fresh keyword arguments per try (an upload's file).
+        With `stream` the body is left unread: the caller reads and closes the response.
         """
         if safe_to_repeat is None:
             headers = kwargs.get("headers") or {}
@@ -191,8 +194,10 @@ class Client:
 
         def attempt() -> httpx.Response:
             args = {**kwargs, **(build() if build else {})}
-            response = self.http.request(method, path, **args)
+            request = self.http.build_request(method, path, **args)
+            response = self.http.send(request, stream=stream)
             if response.status_code in RETRY_STATUSES:
+                response.read()
                 raise _Retryable(response)
             return response
 
@@ -206,6 +211,8 @@ class Client:
         except _Retryable as exc:
             response = exc.response
         if response.status_code >= 400:
+            response.read()
+            response.close()
             raise TrainyardError.from_response(response)
         return response
 
@@ -544,6 +551,49 @@ class Models:
             "POST", f"/v1/models/{model_id}/generate", json=body, safe_to_repeat=True
         )
         return Generation.model_validate(reply)
+
+    def chat_stream(
+        self,
+        model: str,
+        messages: builtins.list[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: builtins.list[str] | None = None,
+    ) -> Iterator[str]:
+        """The assistant's reply to a conversation, piece by piece as it is sampled, from a
+        chat model (an id or a name): `POST /v1/chat/completions` with `stream: true`."""
+        options = {
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "stop": stop,
+        }
+        body = {
+            "model": model,
+            "messages": messages,
+            "stream": True,
+            **{name: value for name, value in options.items() if value is not None},
+        }
+        response = self.client.send(
+            "POST", "/v1/chat/completions", json=body, safe_to_repeat=True, stream=True
+        )
+        try:
+            for sse in EventSource(response).iter_sse():
+                if sse.data == "[DONE]":
+                    return
+                chunk = json.loads(sse.data)
+                if "error" in chunk:  # sampling failed after the stream had begun
+                    err = chunk["error"]
+                    raise TrainyardError(response.status_code, err["code"], err["message"])
+                for choice in chunk["choices"]:
+                    if choice["delta"].get("content"):
+                        yield choice["delta"]["content"]
+        finally:
+            response.close()
 
     def chat(
         self, model_id: str, messages: builtins.list[dict[str, str]], **options: Any

@@ -7,6 +7,7 @@ a small model to learn visibly in a few hundred steps on a CPU.
 from __future__ import annotations
 
 import random
+import string
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,17 @@ def write(path: Path, target_bytes: int = 1_000_000, seed: int = 7) -> Path:
     return path
 
 
-def reversal_task(n: int, seed: int) -> list[dict[str, Any]]:
-    """Chat examples of a small skill a base model lacks: spell a word backwards."""
+def reversal_task(n: int, seed: int, length: int = 4) -> list[dict[str, Any]]:
+    """Chat examples of a small skill a base model lacks: spell a word backwards.
+
+    Words have one length, so that each answer letter sits at a fixed distance from its
+    source: a small model learns the skill in a few hundred steps (with lengths mixed, it
+    keeps guessing where the word ends).
+    """
     rng = random.Random(seed)
     examples = []
     for _ in range(n):
-        word = "".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 4)))
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(length))
         examples.append(
             {
                 "messages": [

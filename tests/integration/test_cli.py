@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 SPEC_YAML = """\
 name: cli-tiny
 model: {preset: tiny}
+tokenizer: {type: bpe, vocab_size: 320}  # holds the chat tokens
 training:
   max_steps: 500
   seq_len: 32
@@ -155,6 +156,78 @@ def test_models_show_and_download(cli: Cli, trained: dict[str, Any], tmp_path: P
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["model_type"] in ("llama", "gpt2")
     assert model_id in [m["id"] for m in cli.json("models", "list")["data"]]
+
+
+def test_models_chat_streams_the_reply(
+    cli: Cli, stack: Stack, key: str, trained: dict[str, Any]
+) -> None:
+    """`models chat` prints the streamed reply, the same text the non-streaming call gives
+    (greedy), and sends the whole conversation with each message."""
+    model_id = trained["done"]["model_id"]  # a BPE tokenizer has the chat tokens
+    first = [{"role": "user", "content": "The old sailor"}]
+    with Client(stack.url, key) as client:
+        pieces = list(client.models.chat_stream(model_id, first, max_tokens=8, temperature=0))
+        whole = client.request(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": model_id, "messages": first, "max_tokens": 8, "temperature": 0},
+        )
+        reply = whole["choices"][0]["message"]["content"]
+        assert len(pieces) > 1 and "".join(pieces) == reply  # token by token, same text
+        second = [
+            *first,
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": "and"},
+        ]
+        follow_up = "".join(
+            client.models.chat_stream(model_id, second, max_tokens=8, temperature=0)
+        )
+        with pytest.raises(TrainyardError) as caught:
+            list(client.models.chat_stream("mdl_doesnotexist", first))
+        assert caught.value.status == 404
+
+    chat = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainyard.cli",
+            "models",
+            "chat",
+            model_id,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+        ],
+        input="The old sailor\nand\n\n",
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout == f"{reply}\n{follow_up}\n"  # a line per reply, then the end
+    as_json = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainyard.cli",
+            "models",
+            "chat",
+            model_id,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ],
+        input="The old sailor\n",
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert json.loads(as_json.stdout) == {"model": model_id, "text": reply}
 
 
 def test_cancel_then_watch_exits_3(cli: Cli, dataset: dict[str, Any], tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The dashboard in a real headless Chromium (Debian's) against the real platform: sign in,
-watch a running job's chart gain points, cancel it; user text never runs as HTML; no
-console error anywhere."""
+watch a running job's chart gain points, pause and resume it, find it on the nodes page,
+cancel it; user text never runs as HTML; no console error anywhere."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def test_ui_is_static_with_a_strict_policy(stack: Stack) -> None:
 def test_live_job_page_and_cancel(
     stack: Stack, browser: object, corpus_file: Path, tmp_path: Path
 ) -> None:
-    key = stack.new_key("dashboard")
+    # An admin key: it sees the nodes page too.
+    key = stack.cli("keys", "create", "--project", "dashboard", "--admin").strip().splitlines()[-1]
     with Client(stack.url, key) as client:
         ds = client.datasets.upload(corpus_file, name=HOSTILE, timeout=120)
         job = client.jobs.create(
@@ -114,6 +115,22 @@ def _drive(stack: Stack, browser: object, key: str, job_id: str, dataset_id: str
     if SCREENSHOTS:
         page.wait_for_timeout(3000)
         page.screenshot(path=str(Path(SCREENSHOTS) / "dashboard-job.png"), full_page=False)
+
+    # Pause: the job checkpoints and frees its node; resume: it queues and runs again.
+    page.click("#job-pause")
+    page.locator("#job-status [data-status='paused']").wait_for(timeout=60_000)
+    assert page.locator("#job-resume").is_enabled() and page.locator("#job-pause").is_disabled()
+    page.click("#job-resume")
+    page.locator("#job-status [data-status='running']").wait_for(timeout=180_000)
+    assert page.locator("#job-error").text_content() == ""
+
+    # The nodes page shows the node that runs the job, with a link to it.
+    page.goto(f"{stack.url}/ui/#/nodes")
+    node = page.locator("tr[data-node]", has=page.locator(f"a[href='#/jobs/{job_id}']"))
+    node.wait_for()
+    assert node.locator("[data-status='online']").count() == 1
+    node.locator(f"a[href='#/jobs/{job_id}']").click()
+    page.locator("#job-status [data-status='running']").wait_for()
 
     page.click("#job-cancel")
     page.locator(

@@ -226,3 +226,36 @@ def test_stream_resumes_from_the_last_event_id(server: tuple[str, Script]) -> No
         events = list(client.jobs.stream("job_1"))
     assert [e.id for e in events] == [1, 2, 3]
     assert [s["headers"]["Last-Event-ID"] for s in script.seen] == ["0", "2"]
+
+
+def chat_chunks(deltas: list[str], error: dict[str, Any] | None = None) -> Reply:
+    def reply(h: BaseHTTPRequestHandler) -> None:
+        chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+        chunks += [{"choices": [{"index": 0, "delta": {"content": d}}]} for d in deltas]
+        frames = [json.dumps(c) for c in chunks] + ([json.dumps({"error": error})] if error else [])
+        body = "".join(f"data: {f}\n\n" for f in [*frames, "[DONE]"]).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    return reply
+
+
+def test_chat_stream_waits_out_a_busy_model_then_yields_each_piece(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    busy = {"error": {"code": "model_busy", "message": "busy", "details": None}}
+    script.replies = [send(429, busy, {"Retry-After": "0"}), chat_chunks(["ol", "d s", "ea"])]
+    ask = [{"role": "user", "content": "hi"}]
+    with Client(url, "key", backoff=0.01) as client:
+        assert list(client.models.chat_stream("ft:m", ask, max_tokens=3)) == ["ol", "d s", "ea"]
+        failed = {"message": "sampling failed", "type": "x", "param": None, "code": "model_error"}
+        script.replies = [chat_chunks(["ol"], error=failed)]
+        pieces = []
+        with pytest.raises(TrainyardError) as caught:
+            pieces.extend(client.models.chat_stream("ft:m", ask))
+    assert pieces == ["ol"] and caught.value.code == "model_error"
+    assert [s["path"] for s in script.seen] == ["/v1/chat/completions"] * 3

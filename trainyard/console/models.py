@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -88,14 +89,15 @@ def download(
 
 @app.command()
 def chat(
-    model_id: str,
+    model: Annotated[str, typer.Argument(help="a chat model's id or name")],
     system: Annotated[str | None, typer.Option(help="a system message")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=4096)] = 128,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
     as_json: AsJson = False,
 ) -> None:
-    """Chat with a fine-tuned chat model: one message a line; an empty line, /exit or
-    end of input stops. The whole conversation goes with each message."""
+    """Chat with a fine-tuned chat model, its reply printed as it is sampled: one message a
+    line; an empty line, /exit or end of input stops. The whole conversation goes with each
+    message."""
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     interactive = not output.plain() and not as_json
     with client() as c:
@@ -107,20 +109,20 @@ def chat(
             if not said.strip() or said.strip() == "/exit":
                 break
             messages.append({"role": "user", "content": said})
-            if interactive:
-                with output.console.status("thinking"):
-                    reply = c.models.chat(
-                        model_id, messages, max_new_tokens=max_new_tokens, temperature=temperature
-                    )
-            else:
-                reply = c.models.chat(
-                    model_id, messages, max_new_tokens=max_new_tokens, temperature=temperature
-                )
-            messages.append({"role": "assistant", "content": reply.text})
+            pieces = c.models.chat_stream(
+                model, messages, max_tokens=max_new_tokens, temperature=temperature
+            )
             if as_json:
-                output.emit_json(reply)
-            elif interactive:
-                output.console.print("[bold]model>[/] ", end="")
-                output.console.print(reply.text, markup=False)
+                text = "".join(pieces)
+                output.emit_json({"model": model, "text": text})
             else:
-                print(reply.text, flush=True)
+                if interactive:
+                    output.console.print("[bold]model>[/] ", end="")
+                text = ""
+                for piece in pieces:
+                    text += piece
+                    # Plain text as it comes: no markup, no carriage returns.
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                print(flush=True)
+            messages.append({"role": "assistant", "content": text})

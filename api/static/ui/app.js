@@ -337,23 +337,48 @@ async function modelPage(id) {
   );
 }
 
+const bytes = (n) => (n ? `${+(n / 2 ** 30).toPrecision(3)} GiB` : "-");
+const jobLink = (id) => h("a", { href: `#/jobs/${id}` }, id);
+
 async function nodesPage() {
   main.replaceChildren(h("h1", {}, "Nodes"));
   try {
     const page = await api("GET", "/v1/nodes");
     main.append(
       table(
-        ["Node", "Name", "Status", "Pool", "Slots", "Free", "Heartbeat"],
-        page.data.map((n) => h("tr", {}, h("td", {}, n.id), h("td", {}, n.name), h("td", {}, statusBadge(n.status)), h("td", {}, n.pool ?? "-"), h("td", {}, fmt(n.slots)), h("td", {}, fmt(n.free_slots)), h("td", {}, when(n.heartbeat_at)))),
+        ["Node", "Status", "Pool", "Accelerator", "Free slots", "Devices", "Memory", "Running", "Heartbeat"],
+        page.data.map((n) =>
+          h(
+            "tr",
+            { "data-node": n.id },
+            h("td", { class: "wrap" }, n.name, h("br"), h("span", { class: "muted" }, n.id)),
+            h("td", {}, statusBadge(n.status)),
+            h("td", {}, n.pool),
+            h("td", {}, n.accelerator),
+            h("td", {}, `${n.free_slots} of ${n.slots}`),
+            h("td", { class: "wrap" }, n.devices.join(", ") || "-"),
+            h("td", {}, bytes(n.memory_bytes)),
+            h("td", { class: "node-attempts" }, n.attempts.map((a) => h("div", {}, jobLink(a.job_id), ` attempt ${a.attempt}, node ${a.rank + 1} of ${a.nodes}, ${a.slots} slots, ${a.status}`))),
+            h("td", {}, when(n.last_heartbeat_at)),
+          ),
+        ),
       ),
     );
   } catch (err) {
-    main.append(h("p", { class: "muted" }, err.status === 404 || err.status === 403 ? "Nodes and the queue are shown to admin keys." : err.message));
+    if (err.status !== 403) throw err;
+    main.append(h("p", { class: "muted", id: "nodes-admin-only" }, "Nodes are shown to admin keys (trainyard keys create --admin)."));
   }
-  const queued = await api("GET", "/v1/jobs?status=queued&limit=100");
+  const waiting = await Promise.all(
+    ["queued", "preparing", "paused"].map((s) => api("GET", `/v1/jobs?status=${s}&limit=100`)),
+  );
+  const jobs = waiting.flatMap((p) => p.data).sort((a, b) => (a.created_at < b.created_at ? -1 : 1));
   main.append(
     h("h2", {}, "Queue"),
-    table(["Job", "Name", "Created"], queued.data.map((j) => h("tr", {}, h("td", {}, h("a", { href: `#/jobs/${j.id}` }, j.id)), h("td", { class: "wrap" }, j.name ?? ""), h("td", {}, when(j.created_at))))),
+    h("p", { class: "muted" }, "This project's jobs waiting for a node, oldest first."),
+    table(
+      ["Job", "Name", "Status", "Priority", "Why it waits", "Created"],
+      jobs.map((j) => h("tr", { "data-job": j.id }, h("td", {}, jobLink(j.id)), h("td", { class: "wrap" }, j.name ?? ""), h("td", {}, statusBadge(j.status)), h("td", {}, j.spec?.resources?.priority ?? "-"), h("td", { class: "wrap" }, j.status_reason ?? ""), h("td", {}, when(j.created_at)))),
+    ),
   );
 }
 
