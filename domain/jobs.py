@@ -17,13 +17,9 @@ from domain.access import owned, owned_async
 from domain.errors import Conflict, Invalid, NotFound
 from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transition
 from domain.orm import Attempt, Dataset, Job, Node, Tokenizer
-from trainer.config import (
-    ModelConfig,
-    TrainingConfig,
-    estimate_memory,
-    fits,
-    model_config_from_hf,
-)
+from trainer.config import ModelConfig, TrainingConfig
+from trainer.hf_config import model_config_from_hf
+from trainer.sizing import estimate_memory, fits
 from trainyard.ids import new_id
 from trainyard.specs import BYTE_VOCAB, JobSpec
 

@@ -122,7 +122,8 @@ def _check_sizes(staging: Path, config: dict[str, Any], max_bytes: int) -> None:
     """
     from safetensors import safe_open
 
-    from trainer.config import model_config_from_hf, param_count
+    from trainer.hf_config import model_config_from_hf
+    from trainer.sizing import param_count
 
     try:
         cfg = model_config_from_hf(config)

@@ -16,20 +16,13 @@ import torch
 from trainer import checkpoint as ckpt
 from trainer import parallel
 from trainer import tokenizer as tokmod
-from trainer.config import (
-    EXIT_OK,
-    EXIT_PREEMPTED,
-    DataConfig,
-    RunConfig,
-    TrainingConfig,
-    flops_per_token,
-    param_count,
-)
+from trainer.config import EXIT_OK, EXIT_PREEMPTED, DataConfig, RunConfig, TrainingConfig
 from trainer.data import TokenData
 from trainer.distributed import Dist
 from trainer.events import EventWriter
 from trainer.export import export_model
 from trainer.model import CausalLM, build_model, configure_optimizer
+from trainer.sizing import flops_per_token, param_count
 
 # Dense bf16 tensor-core peak FLOP/s per GPU, from NVIDIA datasheets (no sparsity).
 # MFU is reported against these; unknown GPUs and CPUs report null.
