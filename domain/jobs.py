@@ -3,6 +3,7 @@ show, cancel."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -73,6 +74,7 @@ def _resolve_base_model(
         "d_model": cfg.d_model,
         "n_kv_head": cfg.n_kv_head,
         "d_ff": cfg.d_ff,
+        "moe": dataclasses.asdict(cfg.moe) if cfg.moe is not None else None,
     }
     resolved["model"].update(arch)
     training = resolved["training"]
@@ -163,6 +165,7 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
         d_model=model["d_model"],
         n_kv_head=model.get("n_kv_head"),
         d_ff=model.get("d_ff"),
+        moe=model.get("moe"),
         vocab_size=resolved["tokenizer"]["vocab_size"],
         seq_len=training["seq_len"],
         dropout=training["dropout"],

@@ -56,7 +56,10 @@ def test_full_sft_section() -> None:
         (lambda c: c["data"].update(format="csv"), "format"),
         (lambda c: c["sft"].update(method="qlora"), "method: .*got 'qlora'"),
         (lambda c: c["sft"].update(epochs=0), "sft.epochs: .*greater than or equal to 1, got 0"),
-        (lambda c: c["sft"].update(lora={"rank": 0}), "lora.rank: .*greater than or equal to 1, got 0"),
+        (
+            lambda c: c["sft"].update(lora={"rank": 0}),
+            "lora.rank: .*or equal to 1, got 0",
+        ),
         (lambda c: c["sft"].update(base_model_dir="rel/dir"), "absolute"),
         (lambda c: c["data"].update(train="rel"), "absolute"),
         (lambda c: c["sft"].update(eval_prompts=[[{"role": "bot", "content": "x"}]]), "role"),
