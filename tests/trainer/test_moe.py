@@ -11,7 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.trainer.trainer_testkit import make_dataset, read_events, run_config
+from tests.trainer.trainer_testkit import (
+    make_dataset,
+    read_events,
+    run_config,
+    run_trainer,
+    write_config,
+)
 from trainer import tokenizer as tokmod
 from trainer.config import EXIT_OK, PRESETS, ModelConfig, MoEConfig, RunConfig, TrainingConfig
 from trainer.distributed import Dist
@@ -221,3 +227,15 @@ def test_trains_and_reports_router_metrics(tmp_path: Path) -> None:
             assert len(shares) == 4 and sum(shares) == pytest.approx(1.0)
     done = read_events(cfg.output_dir)[-1]
     assert done["type"] == "done" and load_model(done["export_dir"]).config.moe is not None
+
+
+def test_fsdp_over_two_processes(tmp_path: Path) -> None:
+    tok, data = make_dataset(tmp_path, n_docs=40)
+    raw = run_config(tmp_path, "fsdp", tok, data, preset="tiny-moe", max_steps=3, eval_interval=3)
+    raw["resources"]["strategy"] = "fsdp"
+    assert run_trainer(write_config(raw, tmp_path / "run.json"), nproc=2) == EXIT_OK
+    events = read_events(raw["output_dir"])
+    steps = [e for e in events if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3] and all(e["aux_loss"] > 0 for e in steps)
+    assert events[-1]["type"] == "done"
+    assert load_model(events[-1]["export_dir"]).config.moe is not None  # gathered on rank 0
