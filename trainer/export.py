@@ -99,9 +99,8 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> d
         else:  # a dense layer written as identical experts: any one of them is the MLP
             proj = {v: k for k, v in _DENSE_AS_EXPERT.items()}[name]
             state[f"{layer_prefix}.mlp.{proj}.weight"] = per_expert[0]
-            state.pop(f"{moe_prefix}.gate.weight", None)
     for layer in range(cfg.n_layer):
-        if not cfg.is_moe_layer(layer):
+        if not cfg.is_moe_layer(layer):  # its zero router has no counterpart
             state.pop(f"model.layers.{layer}.block_sparse_moe.gate.weight", None)
     if cfg.tie_embeddings:
         embed = "transformer.wte.weight" if cfg.arch == "gpt2" else "model.embed_tokens.weight"
