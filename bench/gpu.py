@@ -52,7 +52,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from trainer.config import ModelConfig, TrainingConfig, estimate_memory  # noqa: E402
+from trainer.config import ModelConfig, TrainingConfig  # noqa: E402
+from trainer.sizing import estimate_memory  # noqa: E402
 from trainyard import corpus as corpora  # noqa: E402
 from trainyard.client import Client  # noqa: E402
 from trainyard.demo import local_platform  # noqa: E402

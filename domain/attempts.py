@@ -41,7 +41,12 @@ STEP_METRICS = (
     "mfu",
     "step_time",
     "peak_memory_bytes",
+    "aux_loss",  # a mixture of experts' load-balancing loss
+    "z_loss",  # and its router z-loss
 )
+
+
+MAX_EXPERTS = 1024  # as trainer.config.MoEConfig allows
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,21 @@ def _finite(value: Any) -> float | None:
     return None
 
 
+def _expert_loads(loads: Any) -> list[tuple[str, float]]:
+    """`expert_load.{layer}.{expert}` series from a step's {layer: [share per expert]}."""
+    if not isinstance(loads, dict):
+        return []
+    out = []
+    for layer, shares in loads.items():
+        if not (str(layer).isdigit() and isinstance(shares, list)):
+            continue
+        for expert, share in enumerate(shares[:MAX_EXPERTS]):
+            value = _finite(share)
+            if value is not None:
+                out.append((f"expert_load.{int(layer)}.{expert}", value))
+    return out
+
+
 def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> None:
     kind = str(ev.get("type", "log"))
     step = int(ev.get("step") or 0)
@@ -157,6 +177,8 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
             value = _finite(ev.get(name))
             if value is not None:
                 session.add(Metric(job_id=job.id, step=step, name=name, value=value))
+        for name, value in _expert_loads(ev.get("expert_load")):
+            session.add(Metric(job_id=job.id, step=step, name=name, value=value))
         job.step, job.tokens = step, int(ev.get("tokens") or job.tokens)
         job.loss = _finite(ev.get("loss"))
         job.tokens_per_s = _finite(ev.get("tokens_per_s"))

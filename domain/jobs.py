@@ -3,6 +3,7 @@ show, cancel."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -17,13 +18,9 @@ from domain.access import owned, owned_async
 from domain.errors import Conflict, Invalid, NotFound
 from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transition
 from domain.orm import Attempt, Dataset, Job, Node, Tokenizer
-from trainer.config import (
-    ModelConfig,
-    TrainingConfig,
-    estimate_memory,
-    fits,
-    model_config_from_hf,
-)
+from trainer.config import ModelConfig, TrainingConfig
+from trainer.hf_config import model_config_from_hf
+from trainer.sizing import estimate_memory, fits
 from trainyard.ids import new_id
 from trainyard.specs import BYTE_VOCAB, JobSpec
 
@@ -77,6 +74,7 @@ def _resolve_base_model(
         "d_model": cfg.d_model,
         "n_kv_head": cfg.n_kv_head,
         "d_ff": cfg.d_ff,
+        "moe": dataclasses.asdict(cfg.moe) if cfg.moe is not None else None,
     }
     resolved["model"].update(arch)
     training = resolved["training"]
@@ -167,6 +165,7 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
         d_model=model["d_model"],
         n_kv_head=model.get("n_kv_head"),
         d_ff=model.get("d_ff"),
+        moe=model.get("moe"),
         vocab_size=resolved["tokenizer"]["vocab_size"],
         seq_len=training["seq_len"],
         dropout=training["dropout"],

@@ -103,6 +103,7 @@ IMPORT_PARTS = {
 
 
 MAX_POSITIONS = 131_072  # the longest context a job may train with
+MODEL_TYPES = ("gpt2", "llama", "mixtral")  # the config.json model_type values we can load
 
 
 @dataclass
@@ -122,7 +123,8 @@ def _check_sizes(staging: Path, config: dict[str, Any], max_bytes: int) -> None:
     """
     from safetensors import safe_open
 
-    from trainer.config import model_config_from_hf, param_count
+    from trainer.hf_config import model_config_from_hf
+    from trainer.sizing import param_count
 
     try:
         cfg = model_config_from_hf(config)
@@ -170,10 +172,11 @@ def stage_import(*, storage: Storage, uploads: dict[str, Upload], max_bytes: int
             config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise Invalid("invalid_model", f"config: not valid JSON ({exc})") from exc
-        if not isinstance(config, dict) or config.get("model_type") not in ("gpt2", "llama"):
+        if not isinstance(config, dict) or config.get("model_type") not in MODEL_TYPES:
             kind = config.get("model_type") if isinstance(config, dict) else None
             raise Invalid(
-                "invalid_model", f"config: model_type must be 'gpt2' or 'llama', got {kind!r}"
+                "invalid_model",
+                f"config: model_type must be 'gpt2', 'llama' or 'mixtral', got {kind!r}",
             )
         _check_sizes(staging, config, max_bytes)
     except BaseException:

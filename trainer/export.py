@@ -1,7 +1,9 @@
 """Export a trained model as a Hugging Face folder (safetensors + config + tokenizer).
 
-The folder loads with `transformers` (GPT2LMHeadModel or LlamaForCausalLM) and with
-trainer.sample, which needs no transformers at all.
+The folder loads with `transformers` (GPT2LMHeadModel, LlamaForCausalLM or, with
+experts, MixtralForCausalLM) and with trainer.sample, which needs no transformers at all.
+config.json comes from trainer.hf_config; the weights' names and layouts are mapped here,
+both ways.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from safetensors.torch import save_file
 
 from trainer.chat import CHAT_TEMPLATE
 from trainer.config import ModelConfig
+from trainer.hf_config import hf_config
 from trainer.tokenizer import EOT, IM_END
 
 # GPT-2's Conv1D layers store weights as (in, out), the transpose of nn.Linear.
@@ -33,64 +36,76 @@ def is_conv1d_key(key: str) -> bool:
     return key.endswith(_CONV1D_SUFFIXES) and key.startswith("transformer.h.")
 
 
+_EXPERT_WEIGHTS = ("w1", "w2", "w3")  # Mixtral's gate, down and up projections
+_DENSE_AS_EXPERT = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+
+
 def to_hf_state_dict(model_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, Any]:
-    """Our state dict in HF layout: same names, Conv1D transposed, tied head dropped."""
+    """Our state dict in HF layout: same names, Conv1D transposed, tied head dropped.
+
+    With experts (Mixtral): stacked expert weights split into one tensor per expert, and
+    a dense layer's MLP repeated as every expert of its layer under a zero router, which
+    gives each expert the same weight, so the layer computes that MLP exactly.
+    """
     out: dict[str, torch.Tensor] = {}
+
+    def put(key: str, t: torch.Tensor) -> None:
+        out[key] = t.detach().to("cpu", torch.float32).contiguous().clone()
+
     for key, t in model_state.items():
         if key == "lm_head.weight" and cfg.tie_embeddings:
             continue  # HF re-ties it from the embedding; safetensors rejects shared storage
         if cfg.arch == "gpt2" and is_conv1d_key(key):
             t = t.t()
-        out[key] = t.detach().to("cpu", torch.float32).contiguous().clone()
+        prefix, _, name = key.rpartition(".")
+        if cfg.moe is not None and prefix.endswith(".block_sparse_moe") and name in _EXPERT_WEIGHTS:
+            for e in range(cfg.moe.num_experts):
+                put(f"{prefix}.experts.{e}.{name}.weight", t[e])
+        elif cfg.moe is not None and ".mlp." in key:  # model.layers.{i}.mlp.{proj}.weight
+            layer, _, rest = key.partition(".mlp.")
+            proj = rest.partition(".")[0]
+            for e in range(cfg.moe.num_experts):
+                put(f"{layer}.block_sparse_moe.experts.{e}.{_DENSE_AS_EXPERT[proj]}.weight", t)
+            gate = f"{layer}.block_sparse_moe.gate.weight"
+            out[gate] = torch.zeros(cfg.moe.num_experts, cfg.d_model)
+        else:
+            put(key, t)
     return out
 
 
-def hf_config(cfg: ModelConfig, eot_id: int) -> dict[str, Any]:
-    """config.json contents for GPT2Config or LlamaConfig."""
-    common = {
-        "vocab_size": cfg.vocab_size,
-        "bos_token_id": eot_id,
-        "eos_token_id": eot_id,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "initializer_range": 0.02,
-        "torch_dtype": "float32",
-    }
-    if cfg.arch == "gpt2":
-        return {
-            "architectures": ["GPT2LMHeadModel"],
-            "model_type": "gpt2",
-            "n_positions": cfg.seq_len,
-            "n_ctx": cfg.seq_len,
-            "n_embd": cfg.d_model,
-            "n_layer": cfg.n_layer,
-            "n_head": cfg.n_head,
-            "n_inner": cfg.ff_dim,
-            "activation_function": "gelu_new",
-            "layer_norm_epsilon": cfg.norm_eps,
-            "resid_pdrop": 0.0,
-            "embd_pdrop": 0.0,
-            "attn_pdrop": 0.0,
-            **common,
-        }
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.ff_dim,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.seq_len,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_scaling": None,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "attention_dropout": 0.0,
-        **common,
-    }
+def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, Any]:
+    """An HF folder's weights in our layout: the inverse of to_hf_state_dict."""
+    state: dict[str, torch.Tensor] = {}
+    experts: dict[str, dict[int, torch.Tensor]] = {}
+    for key, t in hf_state.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers some GPT-2 exports carry; we use is_causal
+        t = t.float()
+        if cfg.arch == "gpt2" and is_conv1d_key(key):
+            t = t.t().contiguous()
+        if ".block_sparse_moe.experts." in key:
+            # model.layers.{i}.block_sparse_moe.experts.{e}.{w1|w2|w3}.weight
+            moe_prefix, _, rest = key.partition(".experts.")
+            e, name, _ = rest.split(".")
+            experts.setdefault(f"{moe_prefix}.{name}", {})[int(e)] = t
+        else:
+            state[key] = t
+    for key, per_expert in experts.items():
+        moe_prefix, _, name = key.rpartition(".")
+        layer_prefix = moe_prefix.removesuffix(".block_sparse_moe")
+        layer = int(layer_prefix.rpartition(".")[2])
+        if cfg.is_moe_layer(layer):
+            state[key] = torch.stack([per_expert[e] for e in sorted(per_expert)])
+        else:  # a dense layer written as identical experts: any one of them is the MLP
+            proj = {v: k for k, v in _DENSE_AS_EXPERT.items()}[name]
+            state[f"{layer_prefix}.mlp.{proj}.weight"] = per_expert[0]
+    for layer in range(cfg.n_layer):
+        if not cfg.is_moe_layer(layer):  # its zero router has no counterpart
+            state.pop(f"model.layers.{layer}.block_sparse_moe.gate.weight", None)
+    if cfg.tie_embeddings:
+        embed = "transformer.wte.weight" if cfg.arch == "gpt2" else "model.embed_tokens.weight"
+        state.setdefault("lm_head.weight", state[embed])
+    return state
 
 
 def _write_json(path: str, obj: dict[str, Any]) -> None:

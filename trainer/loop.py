@@ -16,20 +16,13 @@ import torch
 from trainer import checkpoint as ckpt
 from trainer import parallel
 from trainer import tokenizer as tokmod
-from trainer.config import (
-    EXIT_OK,
-    EXIT_PREEMPTED,
-    DataConfig,
-    RunConfig,
-    TrainingConfig,
-    flops_per_token,
-    param_count,
-)
+from trainer.config import EXIT_OK, EXIT_PREEMPTED, DataConfig, RunConfig, TrainingConfig
 from trainer.data import TokenData
 from trainer.distributed import Dist
 from trainer.events import EventWriter
 from trainer.export import export_model
 from trainer.model import CausalLM, build_model, configure_optimizer
+from trainer.sizing import flops_per_token, param_count
 
 # Dense bf16 tensor-core peak FLOP/s per GPU, from NVIDIA datasheets (no sparsity).
 # MFU is reported against these; unknown GPUs and CPUs report null.
@@ -102,6 +95,8 @@ class Trainer:
         self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._saved_step = -1
         self._val_step = -1  # the step val_loss was measured at
+        # A mixture of experts' router losses and loads, summed over this step's micro-steps.
+        self._router_sums: torch.Tensor | None = None
         t = cfg.training
         per_step = t.micro_batch_size * dist.world_size
         if t.batch_size % per_step:
@@ -265,6 +260,7 @@ class Trainer:
                 [p.grad for p in self.model.parameters() if p.grad is not None]
             )
         grad_norm = parallel.local_tensor(grad_norm)  # FSDP: a DTensor over the shards
+        router = self._router_metrics()
         # One collective gives the global mean loss and whether any rank wants to stop,
         # so every rank takes the same decision at the same step.
         stop = self._stop_requested or (self.stop_at_step is not None and step >= self.stop_at_step)
@@ -297,6 +293,7 @@ class Trainer:
             mfu=mfu,
             step_time=dt,
             peak_memory_bytes=peak_memory_bytes(dist.device),
+            **router,
         )
         return bool(stats[1].item() > 0)
 
@@ -315,8 +312,37 @@ class Trainer:
                 assert loss is not None
                 # Average over micro-steps so the gradient matches one big batch.
                 (loss / self.grad_accum).backward()
-            loss_sum += loss.detach()
+            penalty = self._router_penalty()  # in the loss; the reported loss leaves it out
+            loss_sum += loss.detach() - (penalty.detach() if penalty is not None else 0.0)
         return loss_sum / self.grad_accum
+
+    def _router_penalty(self) -> torch.Tensor | None:
+        """The latest forward's router penalty (None without experts); notes its stats."""
+        stats = self.raw_model.router_stats
+        if stats is None:
+            return None
+        terms = [stats.aux_loss.detach().reshape(1), stats.z_loss.detach().reshape(1)]
+        flat = torch.cat([*terms, stats.load.flatten()])
+        self._router_sums = flat if self._router_sums is None else self._router_sums + flat
+        return stats.penalty
+
+    def _router_metrics(self) -> dict[str, Any]:
+        """This step's router losses and per-layer expert loads, averaged over all ranks."""
+        if self._router_sums is None:
+            return {}
+        sums = self._router_sums
+        self._router_sums = None
+        self.dist.all_reduce_sum(sums)
+        mean = (sums / (self.grad_accum * self.dist.world_size)).tolist()
+        layers = self.model_cfg.moe_layers
+        experts = len(mean[2:]) // len(layers)
+        loads = [mean[2 + i * experts : 2 + (i + 1) * experts] for i in range(len(layers))]
+        return {
+            "aux_loss": mean[0],
+            "z_loss": mean[1],
+            # Share of the routed tokens each expert took, per MoE layer (by block index).
+            "expert_load": {str(layer): load for layer, load in zip(layers, loads, strict=True)},
+        }
 
     def _val_loss_terms(self, batch: Any) -> tuple[torch.Tensor, float]:
         """Summed loss of one validation batch and what it counts for in the mean."""

@@ -1,8 +1,9 @@
-"""Decoder-only transformers: GPT-2 and LLaMA in one readable file.
+"""Decoder-only transformers: GPT-2 and LLaMA (dense or mixture of experts) in one file.
 
-Module names mirror Hugging Face `GPT2LMHeadModel` and `LlamaForCausalLM`, so exporting
-is a key-for-key copy (plus a transpose for GPT-2, whose Conv1D stores weights as
-(in, out) where nn.Linear stores (out, in)).
+Module names mirror Hugging Face `GPT2LMHeadModel`, `LlamaForCausalLM` and
+`MixtralForCausalLM`, so exporting is a key-for-key copy (plus a transpose for GPT-2, whose
+Conv1D stores weights as (in, out) where nn.Linear stores (out, in), and a split of the
+stacked expert weights into Mixtral's one tensor per expert).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from trainer.config import ModelConfig
+from trainer.moe import RouterStats, SparseMoE, router_stats
 
 IGNORE_INDEX = -100  # a target that carries no loss (F.cross_entropy's default)
 
@@ -233,12 +235,20 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaBlock(nn.Module):
+    """Attention, then one SwiGLU MLP or (a mixture-of-experts layer) routed experts."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.self_attn = LlamaAttention(cfg, layer_idx)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = LlamaMLP(cfg)
+        # Named as in LlamaForCausalLM and MixtralForCausalLM respectively.
+        self.mlp: LlamaMLP | None = None
+        self.block_sparse_moe: SparseMoE | None = None
+        if cfg.is_moe_layer(layer_idx):
+            self.block_sparse_moe = SparseMoE(cfg)
+        else:
+            self.mlp = LlamaMLP(cfg)
         self.dropout = _dropout(cfg.dropout)
         self.checkpointing = False
 
@@ -249,9 +259,10 @@ class LlamaBlock(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's output and, in a MoE layer, its router's logits (else None)."""
         if self.checkpointing and self.training and cache is None:  # as in GPT2Block
-            out: torch.Tensor = checkpoint(
+            out: tuple[torch.Tensor, torch.Tensor | None] = checkpoint(
                 self._forward, x, cos, sin, None, mask, use_reentrant=False
             )
             return out
@@ -264,9 +275,14 @@ class LlamaBlock(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None,
         mask: torch.Tensor | None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, mask))
-        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+        h = self.post_attention_layernorm(x)
+        if self.block_sparse_moe is not None:
+            y, router_logits = self.block_sparse_moe(h)
+            return x + self.dropout(y), router_logits
+        assert self.mlp is not None
+        return x + self.dropout(self.mlp(h)), None
 
 
 # ---------------------------------------------------------------------------- full models
@@ -289,14 +305,15 @@ class GPT2Body(nn.Module):
         cache: KVCache | None = None,
         position_ids: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Final hidden states (B, T, C), and no router logits (GPT-2 has no experts)."""
         if position_ids is None:
             start = cache.pos if cache is not None else 0
             position_ids = torch.arange(start, start + idx.shape[1], device=idx.device)  # (T,)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
         for block in self.h:
             x = block(x, cache, mask)
-        return self.ln_f(x)
+        return self.ln_f(x), []
 
 
 class LlamaBody(nn.Module):
@@ -320,7 +337,8 @@ class LlamaBody(nn.Module):
         cache: KVCache | None = None,
         position_ids: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Final hidden states (B, T, C) and each MoE layer's router logits (N, E)."""
         if position_ids is None:
             start = cache.pos if cache is not None else 0
             end = start + idx.shape[1]
@@ -330,9 +348,12 @@ class LlamaBody(nn.Module):
             cos = self.rope_cos[position_ids].unsqueeze(1)
             sin = self.rope_sin[position_ids].unsqueeze(1)
         x = self.embed_tokens(idx)  # (B, T, C)
+        router_logits: list[torch.Tensor] = []
         for layer in self.layers:
-            x = layer(x, cos, sin, cache, mask)
-        return self.norm(x)
+            x, logits = layer(x, cos, sin, cache, mask)
+            if logits is not None:
+                router_logits.append(logits)
+        return self.norm(x), router_logits
 
 
 class CausalLM(nn.Module):
@@ -348,12 +369,16 @@ class CausalLM(nn.Module):
             self.model = LlamaBody(cfg)
             embedding = self.model.embed_tokens
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # The routers' losses and loads of the latest forward pass (None without experts).
+        # Set by forward: the training loop reads them for its metrics, and fine-tuning,
+        # which computes its own loss from the logits, adds router_stats.penalty to it.
+        self.router_stats: RouterStats | None = None
         self.apply(self._init_weights)
         # Residual projections add into the stream once per block per branch; scaling
         # their init by 1/sqrt(2L) keeps the residual variance flat with depth (GPT-2).
         resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
         for name, p in self.named_parameters():
-            if name.endswith(("c_proj.weight", "o_proj.weight", "down_proj.weight")):
+            if name.endswith(("c_proj.weight", "o_proj.weight", "down_proj.weight", "moe.w2")):
                 nn.init.normal_(p, mean=0.0, std=resid_std)
         if cfg.tie_embeddings:
             self.lm_head.weight = embedding.weight
@@ -366,6 +391,9 @@ class CausalLM(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, SparseMoE):
+            for w in (module.w1, module.w3, module.w2):
+                nn.init.normal_(w, mean=0.0, std=0.02)
 
     def body(self) -> GPT2Body | LlamaBody:
         """The embeddings-to-final-norm part of the network."""
@@ -396,7 +424,9 @@ class CausalLM(nn.Module):
         With a cache, idx continues the sequence the cache holds and is appended to it.
         Packed rows pass position_ids (B, T), restarting at 0 for each example, and doc_ids
         (B, T), so attention stays inside each example. Targets equal to IGNORE_INDEX
-        carry no loss.
+        carry no loss. In training mode a mixture of experts adds its routers' penalty
+        (load balancing and z-loss, see trainer.moe) to the loss; evaluation reports the
+        cross-entropy alone.
         """
         start = cache.pos if cache is not None else 0
         if start + idx.shape[1] > self.cfg.seq_len:
@@ -406,7 +436,7 @@ class CausalLM(nn.Module):
         if doc_ids is not None and cache is not None:
             raise ValueError("packed rows (doc_ids) cannot continue a KV cache")
         mask = document_mask(doc_ids) if doc_ids is not None else None
-        x = self.body()(idx, cache, position_ids, mask)  # (B, T, C)
+        x, router_logits = self.body()(idx, cache, position_ids, mask)  # (B, T, C)
         if cache is not None:
             cache.pos += idx.shape[1]
         logits = self.lm_head(x)  # (B, T, V)
@@ -418,6 +448,12 @@ class CausalLM(nn.Module):
                 targets.reshape(-1),
                 ignore_index=IGNORE_INDEX,
             )
+        self.router_stats = None
+        if router_logits:
+            assert self.cfg.moe is not None
+            self.router_stats = router_stats(router_logits, self.cfg.moe)
+            if loss is not None and self.training:
+                loss = loss + self.router_stats.penalty
         return logits, loss
 
 

@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from trainer import tokenizer as tokmod
-from trainer.config import ModelConfig, model_config_from_hf
-from trainer.export import is_conv1d_key
+from trainer.config import ModelConfig
+from trainer.export import from_hf_state_dict
+from trainer.hf_config import model_config_from_hf
 from trainer.model import CausalLM, KVCache, build_model
 
 
@@ -36,16 +37,7 @@ def load_model(folder: str, device: str = "cpu") -> LoadedModel:
     """Read config.json, model.safetensors and tokenizer.json from an exported folder."""
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
         cfg = model_config_from_hf(json.load(f))
-    hf_state = load_file(os.path.join(folder, "model.safetensors"))
-    state: dict[str, torch.Tensor] = {}
-    for key, t in hf_state.items():
-        if key.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # causal-mask buffers some GPT-2 exports carry; we use is_causal
-        t = t.float()
-        state[key] = t.t().contiguous() if cfg.arch == "gpt2" and is_conv1d_key(key) else t
-    if cfg.tie_embeddings:
-        embed = "transformer.wte.weight" if cfg.arch == "gpt2" else "model.embed_tokens.weight"
-        state.setdefault("lm_head.weight", state[embed])
+    state = from_hf_state_dict(load_file(os.path.join(folder, "model.safetensors")), cfg)
     model = build_model(cfg)
     model.load_state_dict(state, strict=True)
     dev = torch.device(device)

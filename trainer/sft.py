@@ -179,7 +179,8 @@ class SFTTrainer(Trainer):
                         batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
                     )
                 loss = token_loss_sum(logits, batch.labels) * scale
-                loss.backward()
+                penalty = self._router_penalty()  # a mixture of experts' router losses
+                (loss if penalty is None else loss + penalty / self.grad_accum).backward()
             share += loss.detach()
         return share
 

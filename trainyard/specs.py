@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from trainer.config import PRESETS
+from trainer.config import PRESETS, MoEConfig
 
 BYTE_VOCAB = 257  # 256 byte values and <|endoftext|>
 NAME_LENGTH = 200  # the names' columns
@@ -96,6 +96,9 @@ class ModelSpec(Strict):
     n_kv_head: int | None = Field(None, ge=1, le=256)
     d_ff: int | None = Field(None, ge=1, le=1_048_576)
     rope_theta: float | None = Field(None, gt=0, le=1e9, allow_inf_nan=False)
+    # Mixture of experts (llama): {"num_experts": 8, "top_k": 2} and optionally
+    # every_k_layers, aux_loss_coef and router_z_loss_coef.
+    moe: MoEConfig | None = None
 
     @model_validator(mode="after")
     def _resolve(self) -> ModelSpec:
@@ -110,6 +113,8 @@ class ModelSpec(Strict):
             base: dict[str, Any] = PRESETS[self.preset]()
         else:
             base = {"arch": "gpt2"}
+        if self.moe is None and "moe" in base:
+            self.moe = MoEConfig(**base["moe"])
         for name in ("arch", "n_layer", "n_head", "d_model", "n_kv_head", "d_ff", "rope_theta"):
             value = getattr(self, name)
             if value is None and name in base:
@@ -133,6 +138,15 @@ class ModelSpec(Strict):
                 raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head")
         if self.rope_theta is not None and self.arch != "llama":
             raise ValueError("rope_theta applies to the llama architecture only")
+        if self.moe is not None:
+            if self.arch != "llama":
+                raise ValueError("moe applies to the llama architecture only")
+            assert self.n_layer is not None
+            if self.moe.every_k_layers > self.n_layer:
+                raise ValueError(
+                    f"moe.every_k_layers ({self.moe.every_k_layers}) exceeds n_layer "
+                    f"({self.n_layer}): no layer would have experts"
+                )
         return self
 
 

@@ -211,8 +211,9 @@ async def job_metrics(
     after_step: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
     limit: Annotated[int, Query(ge=100, le=10_000)] = 5000,
 ) -> MetricsOut:
-    """Time series per metric (loss, val_loss, lr, grad_norm, tokens_per_s, mfu), paged by
-    step: at most `limit` points, whole steps only; then ask again with `after_step`."""
+    """Time series per metric (loss, val_loss, lr, grad_norm, tokens_per_s, mfu; with experts
+    aux_loss, z_loss and expert_load.{layer}.{expert}), paged by step: at most `limit`
+    points, whole steps only; then ask again with `after_step`."""
     query = jobs.of_owned_job(
         select(Metric.name, Metric.step, Metric.value),
         Metric.job_id,

@@ -37,6 +37,21 @@ def hf_folder(tmp: Path, arch: str) -> Path:
             eos_token_id=256,
         )
         model = transformers.GPT2LMHeadModel(config)
+    elif arch == "mixtral":
+        config = transformers.MixtralConfig(
+            vocab_size=257,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            bos_token_id=256,
+            eos_token_id=256,
+        )
+        model = transformers.MixtralForCausalLM(config)
     else:
         config = transformers.LlamaConfig(
             vocab_size=257,
@@ -74,7 +89,7 @@ def import_folder(client: Client, folder: Path, weights: str = "model.safetensor
         )
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mixtral"])
 def test_import_a_transformers_model_and_generate(
     client: Client, tmp_path: Path, arch: str
 ) -> None:

@@ -226,3 +226,27 @@ def test_pretraining_validates_on_a_dataset_of_its_own(
     assert done["status"] == "succeeded", done
     assert [p["step"] for p in client.metrics(job["id"])["val_loss"]] == [3, 6]
     assert done["progress"]["val_loss"] is not None
+
+
+def test_mixture_of_experts_job_reports_router_metrics(
+    stack: Stack, client: Client, dataset: dict[str, object]
+) -> None:
+    spec = {
+        "dataset_id": dataset["id"],
+        "model": {"preset": "tiny-llama", "moe": {"num_experts": 4, "every_k_layers": 2}},
+        "training": {**TINY["training"], "max_steps": 6, "eval_interval": 6},
+        "resources": {"processes_per_node": 1, "accelerator": "cpu"},
+    }
+    job = client.create_job(spec)
+    assert job["spec"]["model"]["moe"]["top_k"] == 2  # defaults filled in
+    done = client.wait_job(job["id"], timeout=300)
+    assert done["status"] == "succeeded", (done, stack.log("node")[-3000:])
+    series = client.metrics(job["id"])
+    assert [p["step"] for p in series["aux_loss"]] == list(range(1, 7))
+    # Layer 1 alone has experts (every second layer); each step's shares add up to one.
+    loads = {name: points for name, points in series.items() if name.startswith("expert_load.")}
+    assert sorted(loads) == [f"expert_load.1.{e}" for e in range(4)]
+    for step in range(6):
+        assert sum(points[step]["value"] for points in loads.values()) == pytest.approx(1.0)
+    model = client.model(done["model_id"])
+    assert model["config"]["architectures"] == ["MixtralForCausalLM"]

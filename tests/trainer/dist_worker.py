@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
     dist = Dist.init("cpu")
     try:
         if argv[0] == "parity":
-            results = {preset: _parity(dist, preset) for preset in ("tiny", "tiny-llama")}
+            results = {p: _parity(dist, p) for p in ("tiny", "tiny-llama", "tiny-moe")}
             if dist.is_main:
                 with open(argv[1], "w", encoding="utf-8") as f:
                     json.dump(results, f)

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from trainer.config import PRESETS, ModelConfig, TrainingConfig, estimate_memory, fits
+from trainer.config import PRESETS, ModelConfig, TrainingConfig
 from trainer.model import build_model, configure_optimizer
+from trainer.sizing import estimate_memory, fits
 
 TRAINING = TrainingConfig(seq_len=32, batch_size=4, micro_batch_size=4, precision="fp32")
 

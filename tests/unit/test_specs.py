@@ -56,7 +56,9 @@ def test_no_field_of_the_resolved_spec_is_left_unresolved() -> None:
 def test_a_preset_expands_to_its_architecture_fields(preset: str) -> None:
     model = resolve(model={"preset": preset})["model"]
     for name, value in PRESETS[preset]().items():
-        if name in model:
+        if isinstance(value, dict):  # a section, with the preset's fields set
+            assert model[name] | value == model[name], name
+        elif name in model:
             assert model[name] == value, name
     assert model["preset"] == preset
 
@@ -118,6 +120,10 @@ def test_an_explicit_micro_batch_allows_gradient_accumulation() -> None:
         ({"model": {"arch": "gpt2", "n_layer": 2}}, "d_model"),
         ({"model": {"arch": "llama", "n_layer": 2, "n_head": 4, "d_model": 36}}, "head size"),
         ({"model": {"preset": "tiny", "n_kv_head": 1}}, "n_kv_head"),
+        ({"model": {"preset": "tiny", "moe": {"num_experts": 4}}}, "moe applies to the llama"),
+        ({"model": {"preset": "tiny-llama", "moe": {"top_k": 9}}}, "moe.top_k (9) exceeds"),
+        ({"model": {"preset": "tiny-llama", "moe": {"num_experts": 0}}}, "model.moe.num_experts"),
+        ({"model": {"preset": "tiny-moe", "moe": {"every_k_layers": 3}}}, "every_k_layers (3)"),
         (
             {"model": {"arch": "llama", "n_layer": 2, "n_head": 4, "d_model": 64, "n_kv_head": 3}},
             "n_kv_head",
@@ -174,6 +180,8 @@ def test_byte_vocab_is_fixed_at_257() -> None:
         {"validation": {"dataset_id": "ds_val"}},
         {"training": {"batch_size": 16, "micro_batch_size": 2, "lr": 3e-3, "min_lr": 0.0}},
         {"resources": {"processes_per_node": 4, "accelerator": "cpu", "strategy": "fsdp"}},
+        {"model": {"preset": "tiny-moe"}},
+        {"model": {"preset": "tiny-llama", "moe": {"num_experts": 8, "router_z_loss_coef": 1e-3}}},
     ],
 )
 def test_a_resolved_spec_round_trips(spec: dict[str, Any]) -> None:
@@ -191,4 +199,19 @@ def test_presets_keep_every_architecture_field() -> None:
     assert resolve(model={"preset": "gpt2-small"})["model"]["d_ff"] is None  # 4 x d_model
     assert "rope_theta applies to the llama" in rejection(
         model={"preset": "gpt2-small", "rope_theta": 1e4}
+    )
+
+
+def test_moe_defaults_are_filled_in() -> None:
+    moe = resolve(model={"preset": "tiny-llama", "moe": {}})["model"]["moe"]
+    assert moe == {
+        "num_experts": 8,
+        "top_k": 2,
+        "every_k_layers": 1,
+        "aux_loss_coef": 0.01,
+        "router_z_loss_coef": 0.0,
+    }
+    assert resolve(model={"preset": "tiny-llama"})["model"]["moe"] is None
+    assert "Unexpected keyword argument" in rejection(
+        model={"preset": "tiny-moe", "moe": {"experts": 4}}
     )
