@@ -132,8 +132,11 @@ def pause_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> FineT
 
 @router.post("/{job_id}/resume", response_model=FineTuningJobOut)
 def resume_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> FineTuningJobOut:
-    """Resume a paused job from its latest checkpoint."""
+    """Resume a paused job from its latest checkpoint; a job that is not paused is a 400
+    here, as OpenAI answers (the native route treats it as already resumed)."""
     job = _job(session, project_id, job_id)
+    if job.status != JobStatus.PAUSED:
+        raise Conflict("job_not_paused", f"job {job.id} is {job.status}, not paused")
     return _out(session, jobs.resume(session=session, project_id=project_id, job_id=job.id))
 
 
