@@ -214,6 +214,17 @@ class SFTConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Preference tuning on top of the "sft" section's base model: the run.json "dpo" object."""
+
+    beta: float = 0.1  # how far the policy may move from the reference (higher: less far)
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError("dpo.beta must be > 0")
+
+
+@dataclass
 class ResourcesConfig:
     """What the trainer runs on."""
 
@@ -235,9 +246,10 @@ class RunConfig:
     output_dir: str
     checkpoint_dir: str
     export_dir: str
-    type: Literal["pretrain", "sft"] = "pretrain"
+    type: Literal["pretrain", "sft", "dpo"] = "pretrain"
     model: ModelConfig | None = None  # pretrain only; SFT takes it from sft.base_model_dir
-    sft: SFTConfig | None = None  # sft only
+    sft: SFTConfig | None = None  # sft and dpo: the base model and how to tune it
+    dpo: DPOConfig | None = None  # dpo only
     training: TrainingConfig = field(default_factory=TrainingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     job_id: str = ""
@@ -245,20 +257,23 @@ class RunConfig:
     keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
-        if self.type == "sft":
+        if (self.dpo is not None) != (self.type == "dpo"):
+            raise ConfigError("the dpo section goes with type 'dpo', and type 'dpo' needs it")
+        if self.type in ("sft", "dpo"):
             if self.sft is None:
-                raise ConfigError("type 'sft' needs an 'sft' section")
+                raise ConfigError(f"type {self.type!r} needs an 'sft' section")
             if self.model is not None:
                 raise ConfigError(
-                    "model must be left out of sft runs: it comes from sft.base_model_dir"
+                    f"model must be left out of {self.type} runs: it comes from "
+                    "sft.base_model_dir"
                 )
             if not isinstance(self.data, SFTDataConfig):
-                raise ConfigError("type 'sft' needs data.format 'sft'")
+                raise ConfigError(f"type {self.type!r} needs data.format 'sft'")
         else:
             if self.model is None:
                 raise ConfigError("model is required for pretraining")
             if self.sft is not None or not isinstance(self.data, DataConfig):
-                raise ConfigError("the sft section and data.format 'sft' need type 'sft'")
+                raise ConfigError("the sft section and data.format 'sft' need type 'sft' or 'dpo'")
         if self.model is not None and self.training.seq_len > self.model.seq_len:
             raise ConfigError(
                 f"training.seq_len ({self.training.seq_len}) exceeds model.seq_len "

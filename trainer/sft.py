@@ -104,11 +104,19 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+def token_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How many labelled positions the model's top token gets right; logits (B, T, V)."""
+    return ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum().float()
+
+
 class SFTTrainer(Trainer):
     """The Trainer with a base model, chat batches, per-token loss and chat samples."""
 
     sft: SFTConfig
     data: SFTData
+    data_class: type[SFTData] = SFTData
+    step_metrics = ("loss", "token_accuracy")
+    val_metrics = ("val_loss", "val_token_accuracy")
 
     def _build_model(self) -> CausalLM:
         cfg, t = self.cfg, self.cfg.training
@@ -146,7 +154,7 @@ class SFTTrainer(Trainer):
                 f"(vocab {index['vocab_size']}) than {cfg.tokenizer_path}; use the tokenizer.json "
                 "saved beside the shards"
             )
-        data = SFTData(
+        data = self.data_class(
             cfg.data.train,
             cfg.data.val,
             t.seq_len,
@@ -170,7 +178,7 @@ class SFTTrainer(Trainer):
         n = torch.tensor(float(sum(b.n_targets for b in batches)), device=dist.device)
         dist.all_reduce_sum(n)
         scale = dist.world_size / n.clamp(min=1.0)  # gradients are averaged over ranks
-        share = torch.zeros((), device=dist.device)
+        shares = torch.zeros(2, device=dist.device)  # (loss, token accuracy)
         contexts = parallel.micro_steps(self.model, self.grad_accum)
         for batch, sync_ctx in zip(batches, contexts, strict=True):
             with sync_ctx:
@@ -180,14 +188,15 @@ class SFTTrainer(Trainer):
                     )
                 loss = token_loss_sum(logits, batch.labels) * scale
                 loss.backward()
-            share += loss.detach()
-        return share
+            shares += torch.stack([loss.detach(), token_correct(logits, batch.labels) * scale])
+        return shares
 
     def _val_loss_terms(self, batch: Any) -> tuple[torch.Tensor, float]:
         logits, _ = self.raw_model(
             batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
         )
-        return token_loss_sum(logits, batch.labels), float(batch.n_targets)
+        loss, correct = token_loss_sum(logits, batch.labels), token_correct(logits, batch.labels)
+        return torch.stack([loss, correct]), float(batch.n_targets)
 
     def _evaluate(self) -> float:
         if self.data.val is None:

@@ -6,8 +6,26 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tests.trainer.trainer_testkit import WORDS
+from tests.trainer.trainer_testkit import WORDS, make_dataset, run_config
+from trainer.config import EXIT_OK, RunConfig
+from trainer.distributed import Dist
+from trainer.events import EventWriter
+from trainer.loop import Trainer
 from trainer.sft_shards import write_sft_shards
+
+
+def pretrain_base(tmp: Path, preset: str, seq_len: int) -> str:
+    """Export dir of a short pretraining run with a seq_len-token context."""
+    tok, data = make_dataset(tmp, n_docs=100)
+    raw = run_config(tmp, "base", tok, data, preset=preset, max_steps=20, eval_interval=20)
+    raw["model"]["seq_len"] = seq_len
+    cfg = RunConfig.from_dict(raw)
+    events = EventWriter(cfg.output_dir)
+    try:
+        assert Trainer(cfg, Dist(), events).run() == EXIT_OK
+    finally:
+        events.close()
+    return cfg.export_dir
 
 
 def sft_records(n: int = 60, seed: int = 0) -> list[dict[str, Any]]:
