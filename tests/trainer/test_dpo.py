@@ -93,9 +93,9 @@ def test_pairs_are_written_chosen_then_rejected_with_only_the_answer_learned(
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello"},  # an earlier turn: not learned
     ]
-    index = write_sft_shards([record], base["tokenizer"], str(tmp_path / "s"), seq_len=128, kind="dpo")
+    index = write_sft_shards([record], base["tokenizer"], str(tmp_path / "s"), seq_len=256, kind="dpo")
     assert index["kind"] == "dpo" and index["examples"] == 2
-    ex = SFTExamples(str(tmp_path / "s"), 128, "train")
+    ex = SFTExamples(str(tmp_path / "s"), 256, "train")
     tok = tokmod.load(base["tokenizer"])
     for i, side in enumerate(("preferred_output", "non_preferred_output")):
         ids, mask = ex.example(i)
@@ -117,8 +117,11 @@ def test_overlong_pairs_are_truncated_to_fit_together_or_dropped(
     }
     cut = write_sft_shards([long], base["tokenizer"], str(tmp_path / "t"), seq_len=64, kind="dpo")
     assert cut["truncated"] == 1 and cut["examples"] == 2
+    write_sft_shards([long], base["tokenizer"], str(tmp_path / "f"), seq_len=256, kind="dpo")
+    full = np.diff(np.load(tmp_path / "f" / "offsets.npy"))
     lengths = np.diff(np.load(tmp_path / "t" / "offsets.npy"))
-    assert lengths.sum() <= 64 and lengths[1] == 21  # the short answer is kept whole
+    assert full.sum() > 64 and full[1] < 32
+    assert lengths.tolist() == [64 - full[1], full[1]]  # the short answer is kept whole
     with pytest.raises(ValueError, match="no usable DPO examples .*1 longer than seq_len 64"):
         write_sft_shards(
             [long], base["tokenizer"], str(tmp_path / "d"), seq_len=64, overlong="drop", kind="dpo"
@@ -182,7 +185,8 @@ def test_loss_is_ln2_at_the_start_and_matches_a_direct_computation(
             direct = _direct_loss(trainer, trainer.data.val, list(range(batch.pairs)))
     finally:
         events.close()
-    assert batch.pairs == 8 and batch.input_ids.shape[0] < 8  # packed: several pairs a row
+    # Each row holds one pair: its two sequences are separate documents of the row.
+    assert batch.pairs == 8 and set(batch.seq_ids[0].tolist()) == {-1, 0, 1}
     assert abs(packed - direct) < 1e-4 and abs(direct - math.log(2)) > 1e-3
     steps = [e for e in read_events(raw["output_dir"]) if e["type"] == "step"]
     assert abs(steps[0]["loss"] - math.log(2)) < 1e-4
@@ -224,7 +228,9 @@ def test_dpo_torchrun_two_processes_learns_the_preference(
     evals = [e for e in events if e["type"] == "eval"]
     assert [e["step"] for e in evals] == [8, 16, 24]
     assert evals[-1]["val_reward_accuracy"] >= 0.9, evals
-    assert evals[-1]["val_loss"] < math.log(2) - 0.1 and evals[-1]["val_reward_margin"] > 0
+    drop = 0.1 if method == "full" else 0.05
+    assert evals[-1]["val_loss"] < math.log(2) - drop and evals[-1]["val_reward_margin"] > 0
+    print({e["step"]: (round(e["val_loss"], 4), e["val_reward_accuracy"]) for e in evals})
     assert events[-1]["type"] == "done"
     assert (Path(events[-1]["export_dir"]) / "model.safetensors").exists()
 
