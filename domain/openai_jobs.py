@@ -67,8 +67,7 @@ def spec_for(
     if method not in JOB_TYPES:
         raise _invalid(
             "method.type",
-            f"{method!r} fine-tuning is not available on this server; use 'supervised' or "
-            "'dpo'",
+            f"{method!r} fine-tuning is not available on this server; use 'supervised' or 'dpo'",
             "unsupported_method",
         )
     kind = JOB_TYPES[method]

@@ -157,6 +157,7 @@ def prepare_sft(session: Session, storage: Storage, job: Job) -> dict[str, Any]:
     dataset = session.get(Dataset, job.dataset_id)
     assert dataset is not None
     seq_len, overlong = spec["training"]["seq_len"], tuning(spec)["overlong"]
+    kind: sft_shards.Kind = "dpo" if job.type == "dpo" else "sft"
     val_records: list[dict[str, Any]] = []
     fraction = spec["validation"].get("fraction")
     val_id = spec["validation"].get("dataset_id")
@@ -170,7 +171,7 @@ def prepare_sft(session: Session, storage: Storage, job: Job) -> dict[str, Any]:
             str(staging / "train"),
             seq_len=seq_len,
             overlong=overlong,
-            kind=job.type,
+            kind=kind,
         )
     except ValueError as exc:
         raise PrepareError("dataset_unusable", f"dataset {dataset.id}: {exc}") from exc
@@ -184,7 +185,7 @@ def prepare_sft(session: Session, storage: Storage, job: Job) -> dict[str, Any]:
             str(staging / "val"),
             seq_len=seq_len,
             overlong=overlong,
-            kind=job.type,
+            kind=kind,
         )
     prompts = [_prompt(r) for r in val_records[: tuning(spec)["eval_prompts"]]]
     (staging / "eval_prompts.json").write_text(json.dumps(prompts))

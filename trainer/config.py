@@ -264,8 +264,7 @@ class RunConfig:
                 raise ConfigError(f"type {self.type!r} needs an 'sft' section")
             if self.model is not None:
                 raise ConfigError(
-                    f"model must be left out of {self.type} runs: it comes from "
-                    "sft.base_model_dir"
+                    f"model must be left out of {self.type} runs: it comes from sft.base_model_dir"
                 )
             if not isinstance(self.data, SFTDataConfig):
                 raise ConfigError(f"type {self.type!r} needs data.format 'sft'")

@@ -19,7 +19,6 @@ reward_rejected (the mean rewards).
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,18 +94,15 @@ class DPOTrainer(SFTTrainer):
         """PAIR_METRICS summed over the batch's pairs; the loss carries the gradient."""
         reference = self._reference_logps(batch)
         with self.autocast:
-            logits, _ = model(batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids)
+            logits, _ = model(
+                batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
+            )
         policy = sequence_logps(logits, batch.labels, batch.seq_ids, 2 * batch.pairs)
         return pair_sums(policy, reference, self.dpo.beta)
 
     def _forward_backward(self) -> torch.Tensor:
-        t, dist = self.cfg.training, self.dist
-        batches = [self.data.next_train_batch(t.micro_batch_size) for _ in range(self.grad_accum)]
-        # Every pair of the global batch weighs the same: divide by the global pair count.
-        n = torch.tensor(float(sum(b.pairs for b in batches)), device=dist.device)
-        dist.all_reduce_sum(n)
-        scale = dist.world_size / n.clamp(min=1.0)  # gradients are averaged over ranks
-        shares = torch.zeros(len(PAIR_METRICS), device=dist.device)
+        batches, scale = self._step_batches(lambda b: int(b.pairs))  # every pair weighs the same
+        shares = torch.zeros(len(PAIR_METRICS), device=self.dist.device)
         contexts = parallel.micro_steps(self.model, self.grad_accum)
         for batch, sync_ctx in zip(batches, contexts, strict=True):
             with sync_ctx:
@@ -115,6 +111,6 @@ class DPOTrainer(SFTTrainer):
             shares += sums.detach()
         return shares
 
-    def _val_loss_terms(self, batch: Any) -> tuple[torch.Tensor, float]:
+    def _val_loss_terms(self, batch: DPOBatch) -> tuple[torch.Tensor, float]:
         # The raw model: DDP's forward would expect a matching backward.
         return self._pair_sums(self.raw_model, batch).detach(), float(batch.pairs)

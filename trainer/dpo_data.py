@@ -30,8 +30,10 @@ class DPOBatch(SFTBatch):
         """The batch on device (pinned and asynchronous on CUDA)."""
         if device.type != "cuda":
             return self
-        moved = (t.pin_memory().to(device, non_blocking=True) for t in self.tensors())
-        return DPOBatch(*moved, pairs=self.pairs)
+        ids, labels, pos, docs, seqs = (
+            t.pin_memory().to(device, non_blocking=True) for t in self.tensors()
+        )
+        return DPOBatch(ids, labels, pos, docs, seq_ids=seqs, pairs=self.pairs)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """input_ids, labels, position_ids, doc_ids, seq_ids."""
@@ -47,7 +49,8 @@ def build_pair_rows(examples: SFTExamples, rows: list[list[int]], seq_len: int) 
         # doc_ids number the row's sequences from 0; padding is the document after them.
         seq_ids[r] = torch.where(base.doc_ids[r] < len(row), base.doc_ids[r] + first, -1)
         first += len(row)
-    return DPOBatch(*base.tensors(), seq_ids=seq_ids, pairs=first // 2)
+    ids, labels, pos, docs = base.tensors()
+    return DPOBatch(ids, labels, pos, docs, seq_ids=seq_ids, pairs=first // 2)
 
 
 class DPOData(SFTData):
@@ -69,6 +72,12 @@ class DPOData(SFTData):
         lengths = (examples.lengths[0::2] + examples.lengths[1::2])[order].tolist()
         rows = pack(lengths, self.seq_len, self.packing)
         return [[2 * int(order[j]) + side for j in row for side in (0, 1)] for row in rows]
+
+    def next_train_batch(self, micro_batch_size: int) -> DPOBatch:
+        """This rank's slice of the next world_size x micro_batch_size rows of pairs."""
+        batch = super().next_train_batch(micro_batch_size)
+        assert isinstance(batch, DPOBatch)
+        return batch
 
     def batch(self, examples: SFTExamples, rows: list[list[int]]) -> DPOBatch:
         return build_pair_rows(examples, rows, self.seq_len).to(self.device)

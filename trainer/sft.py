@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,8 +115,8 @@ class SFTTrainer(Trainer):
     sft: SFTConfig
     data: SFTData
     data_class: type[SFTData] = SFTData
-    step_metrics = ("loss", "token_accuracy")
-    val_metrics = ("val_loss", "val_token_accuracy")
+    step_metrics: tuple[str, ...] = ("loss", "token_accuracy")
+    val_metrics: tuple[str, ...] = ("val_loss", "val_token_accuracy")
 
     def _build_model(self) -> CausalLM:
         cfg, t = self.cfg, self.cfg.training
@@ -170,14 +170,20 @@ class SFTTrainer(Trainer):
             self.cfg = dataclasses.replace(cfg, training=dataclasses.replace(t, max_steps=steps))
         return data
 
-    def _forward_backward(self) -> torch.Tensor:
+    def _step_batches(self, count: Callable[[Any], int]) -> tuple[list[Any], torch.Tensor]:
+        """This step's micro-batches, and the factor that gives every unit they `count` the
+        same weight in the global batch, however they fell into rows, micro-batches and
+        ranks: world size over the global count (gradients are averaged over ranks)."""
         t, dist = self.cfg.training, self.dist
         batches = [self.data.next_train_batch(t.micro_batch_size) for _ in range(self.grad_accum)]
-        # Every loss token of the global batch weighs the same, however the examples fell
-        # into rows, micro-batches and ranks: divide by the global count of targets.
-        n = torch.tensor(float(sum(b.n_targets for b in batches)), device=dist.device)
+        n = torch.tensor(float(sum(count(b) for b in batches)), device=dist.device)
         dist.all_reduce_sum(n)
-        scale = dist.world_size / n.clamp(min=1.0)  # gradients are averaged over ranks
+        return batches, dist.world_size / n.clamp(min=1.0)
+
+    def _forward_backward(self) -> torch.Tensor:
+        dist = self.dist
+        # Every loss token weighs the same.
+        batches, scale = self._step_batches(lambda b: int(b.n_targets))
         shares = torch.zeros(2, device=dist.device)  # (loss, token accuracy)
         contexts = parallel.micro_steps(self.model, self.grad_accum)
         for batch, sync_ctx in zip(batches, contexts, strict=True):

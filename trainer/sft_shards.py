@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import numpy as np
-
 from tokenizers import Tokenizer
 
 from trainer import chat

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,18 @@ from trainer.distributed import Dist
 from trainer.events import EventWriter
 from trainer.loop import Trainer
 from trainer.sft_shards import write_sft_shards
+
+
+def run_in_process(
+    trainer: Callable[..., Trainer], raw: dict[str, Any], stop_at_step: int | None = None
+) -> int:
+    """Run a trainer class on a run.json dict in this process; its exit code."""
+    cfg = RunConfig.from_dict(raw)
+    events = EventWriter(cfg.output_dir)
+    try:
+        return trainer(cfg, Dist(), events, stop_at_step=stop_at_step).run()
+    finally:
+        events.close()
 
 
 def pretrain_base(tmp: Path, preset: str, seq_len: int) -> str:

@@ -12,14 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.trainer.sft_testkit import pretrain_base
+from tests.trainer.sft_testkit import pretrain_base, run_in_process
 from tests.trainer.trainer_testkit import WORDS, read_events, run_trainer, write_config
 from trainer import chat
 from trainer import tokenizer as tokmod
 from trainer.config import EXIT_OK, EXIT_PREEMPTED, RunConfig
 from trainer.distributed import Dist
 from trainer.dpo import DPOTrainer, pair_sums, sequence_logps
-from trainer.dpo_data import DPOData
+from trainer.dpo_data import DPOBatch, DPOData
+from trainer.events import EventWriter
 from trainer.sft_data import SFTExamples
 from trainer.sft_shards import write_sft_shards
 
@@ -93,7 +94,9 @@ def test_pairs_are_written_chosen_then_rejected_with_only_the_answer_learned(
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello"},  # an earlier turn: not learned
     ]
-    index = write_sft_shards([record], base["tokenizer"], str(tmp_path / "s"), seq_len=256, kind="dpo")
+    index = write_sft_shards(
+        [record], base["tokenizer"], str(tmp_path / "s"), seq_len=256, kind="dpo"
+    )
     assert index["kind"] == "dpo" and index["examples"] == 2
     ex = SFTExamples(str(tmp_path / "s"), 256, "train")
     tok = tokmod.load(base["tokenizer"])
@@ -122,7 +125,7 @@ def test_overlong_pairs_are_truncated_to_fit_together_or_dropped(
     lengths = np.diff(np.load(tmp_path / "t" / "offsets.npy"))
     assert full.sum() > 64 and full[1] < 32
     assert lengths.tolist() == [64 - full[1], full[1]]  # the short answer is kept whole
-    with pytest.raises(ValueError, match="no usable DPO examples .*1 longer than seq_len 64"):
+    with pytest.raises(ValueError, match=r"no usable DPO examples .*1 longer than seq_len 64"):
         write_sft_shards(
             [long], base["tokenizer"], str(tmp_path / "d"), seq_len=64, overlong="drop", kind="dpo"
         )
@@ -168,12 +171,11 @@ def test_loss_is_ln2_at_the_start_and_matches_a_direct_computation(
 ) -> None:
     raw = dpo_config(tmp_path, base, max_steps=4, eval_interval=100, checkpoint_interval=100)
     cfg = RunConfig.from_dict(raw)
-    from trainer.events import EventWriter
-
     events = EventWriter(cfg.output_dir)
     try:
         trainer = DPOTrainer(cfg, Dist(), events)
         batch = trainer.data.val_batches(8, 1)[0]
+        assert isinstance(batch, DPOBatch) and trainer.data.val is not None
         with torch.no_grad():
             start = trainer._pair_sums(trainer.raw_model, batch) / batch.pairs
         assert abs(float(start[0]) - math.log(2)) < 1e-6  # policy == reference
@@ -236,22 +238,15 @@ def test_dpo_torchrun_two_processes_learns_the_preference(
 
 
 def test_dpo_resume_is_exact(tmp_path: Path, base: dict[str, str]) -> None:
-    from trainer.events import EventWriter
-
-    def run(raw: dict[str, Any], stop_at_step: int | None = None) -> int:
-        cfg = RunConfig.from_dict(raw)
-        events = EventWriter(cfg.output_dir)
-        try:
-            return DPOTrainer(cfg, Dist(), events, stop_at_step=stop_at_step).run()
-        finally:
-            events.close()
-
-    kw = {"max_steps": 6, "eval_interval": 100, "checkpoint_interval": 100, "dropout": 0.1}
+    kw: dict[str, Any] = {"max_steps": 6, "eval_interval": 100, "checkpoint_interval": 100}
+    kw["dropout"] = 0.1
     straight = dpo_config(tmp_path / "a", base, **kw)
     resumed = dpo_config(tmp_path / "b", base, **kw)
-    assert run(straight) == EXIT_OK
-    assert run(resumed, stop_at_step=3) == EXIT_PREEMPTED
-    assert run(resumed) == EXIT_OK
-    a = {e["step"]: e["loss"] for e in read_events(straight["output_dir"]) if e["type"] == "step"}
-    b = {e["step"]: e["loss"] for e in read_events(resumed["output_dir"]) if e["type"] == "step"}
-    assert sorted(b) == list(range(1, 7)) and a == b
+    assert run_in_process(DPOTrainer, straight) == EXIT_OK
+    assert run_in_process(DPOTrainer, resumed, stop_at_step=3) == EXIT_PREEMPTED
+    assert run_in_process(DPOTrainer, resumed) == EXIT_OK
+    losses = [
+        {e["step"]: e["loss"] for e in read_events(raw["output_dir"]) if e["type"] == "step"}
+        for raw in (straight, resumed)
+    ]
+    assert sorted(losses[1]) == list(range(1, 7)) and losses[0] == losses[1]

@@ -10,9 +10,7 @@ import pytest
 
 from tests.trainer.sft_testkit import make_sft_shards, pretrain_base
 from tests.trainer.trainer_testkit import (
-    make_dataset,
     read_events,
-    run_config,
     run_trainer,
     write_config,
 )
@@ -21,7 +19,6 @@ from trainer import tokenizer as tokmod
 from trainer.config import EXIT_OK, EXIT_PREEMPTED, RunConfig
 from trainer.distributed import Dist
 from trainer.events import EventWriter
-from trainer.loop import Trainer
 from trainer.sample import load_model
 from trainer.sft import SFTTrainer
 
