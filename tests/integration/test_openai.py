@@ -17,7 +17,7 @@ from openai import OpenAI
 
 from tests.integration.test_sft import BASE, reverse_task
 from tests.stack import Stack
-from trainyard.client import Client
+from trainyard.client import Client, TrainyardError
 
 pytestmark = pytest.mark.integration
 
@@ -325,13 +325,21 @@ def preference_task(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def test_dpo_fine_tune_end_to_end(
-    oa: OpenAI, native: Client, base_model: dict[str, Any], tmp_path: Path
+    oa: OpenAI, native: Client, base_model: dict[str, Any], train_file: Any, tmp_path: Path
 ) -> None:
     with jsonl(tmp_path / "prefs.jsonl", preference_task(48, 5)).open("rb") as f:
         prefs = oa.files.create(file=f, purpose="fine-tune")
     with jsonl(tmp_path / "prefs-val.jsonl", preference_task(16, 6)).open("rb") as f:
         val = oa.files.create(file=f, purpose="fine-tune")
     assert prefs.status == val.status == "processed"
+    # Natively too, a dpo job needs preference pairs and an sft job chat examples.
+    for kind, dataset in (("dpo", train_file.id), ("sft", prefs.id)):
+        with pytest.raises(TrainyardError) as refused:
+            native.create_job(
+                {"type": kind, "dataset_id": dataset, "model": {"base_model_id": base_model["id"]}}
+            )
+        assert refused.value.status == 409 and refused.value.code == "dataset_kind"
+        assert refused.value.message.startswith("dataset_id:")
     job = oa.fine_tuning.jobs.create(
         model=base_model["id"],
         training_file=prefs.id,
