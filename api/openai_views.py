@@ -158,7 +158,11 @@ def event_out(event: Event) -> JobEventOut:
 
 def checkpoint_out(job: Job, checkpoint: Checkpoint) -> JobCheckpointOut:
     """A checkpoint with its metrics under OpenAI's names."""
-    names = {"loss": "train_loss", "val_loss": "valid_loss"}
+    names = {
+        "loss": "train_loss",
+        "val_loss": "valid_loss",
+        "token_accuracy": "train_mean_token_accuracy",
+    }
     metrics = {
         names[k]: float(v) for k, v in checkpoint.metrics.items() if k in names and v is not None
     }

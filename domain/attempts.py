@@ -199,6 +199,9 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
             metrics = {k: ev[k] for k in ("loss", "val_loss") if _finite(ev.get(k)) is not None}
             if job.loss is not None:
                 metrics.setdefault("loss", job.loss)
+            accuracy = _latest(session, job, "token_accuracy")
+            if accuracy is not None:
+                metrics["token_accuracy"] = accuracy
             session.add(
                 Checkpoint(
                     id=new_id("ckpt"),
