@@ -250,3 +250,19 @@ def test_dpo_resume_is_exact(tmp_path: Path, base: dict[str, str]) -> None:
         for raw in (straight, resumed)
     ]
     assert sorted(losses[1]) == list(range(1, 7)) and losses[0] == losses[1]
+
+
+def test_dpo_under_fsdp_starts_at_ln2_and_finishes(tmp_path: Path, base: dict[str, str]) -> None:
+    """The policy sharded over two processes, the reference held whole by each."""
+    raw = dpo_config(tmp_path, base, max_steps=4, eval_interval=4, checkpoint_interval=4)
+    raw["resources"]["strategy"] = "fsdp"
+    assert run_trainer(write_config(raw, tmp_path / "run.json"), nproc=2, timeout=300) == EXIT_OK
+    events = read_events(raw["output_dir"])
+    start = next(e for e in events if e["type"] == "start")
+    assert start["sharded"] is True
+    steps = [e for e in events if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4]
+    assert abs(steps[0]["loss"] - math.log(2)) < 1e-4
+    evals = [e for e in events if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [4] and 0 <= evals[0]["val_reward_accuracy"] <= 1
+    assert events[-1]["type"] == "done"
