@@ -148,8 +148,8 @@ def test_fine_tune_then_chat_and_models(
     metrics = [e for e in events if e.type == "metrics"]
     assert metrics and metrics[0].data["total_steps"] == 10
     assert {"step", "train_loss", "valid_loss"} <= set(metrics[0].data)
-    for name in ("train_mean_token_accuracy", "valid_mean_token_accuracy"):
-        assert 0 <= metrics[0].data[name] <= 1, metrics[0].data
+    for key in ("train_mean_token_accuracy", "valid_mean_token_accuracy"):
+        assert 0 <= metrics[0].data[key] <= 1, metrics[0].data
     checkpoints = list(oa.fine_tuning.jobs.checkpoints.list(job.id))
     assert [c.step_number for c in checkpoints] == [10, 5]
     assert checkpoints[0].metrics.train_loss is not None
