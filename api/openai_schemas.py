@@ -90,8 +90,9 @@ class MethodIn(Strict):
 
 class FineTuningJobIn(Strict):
     """`POST /v1/fine_tuning/jobs`. Options OpenAI lacks arrive as the native spec's
-    sections at the top level (the SDK's `extra_body`): `sft` (method full or lora, lora,
-    packing, overlong), `training` and `resources`."""
+    sections at the top level (the SDK's `extra_body`): `sft` for supervised jobs or `dpo`
+    for DPO jobs (method full or lora, lora, packing, overlong), `training` and
+    `resources`."""
 
     model: str = Field(min_length=1, max_length=255)
     training_file: str = Field(min_length=1, max_length=64)
@@ -103,6 +104,7 @@ class FineTuningJobIn(Strict):
     method: MethodIn | None = None
     integrations: list[dict[str, Any]] | None = None
     sft: dict[str, Any] | None = None
+    dpo: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     resources: dict[str, Any] | None = None
 

@@ -91,7 +91,8 @@ def job_out(job: Job, records: int | None = None) -> FineTuningJobOut:
         error=error,
         fine_tuned_model=fine_tuned_model(job),
         finished_at=unix(job.finished_at),
-        hyperparameters=hyper,
+        # The top-level (deprecated) field keeps OpenAI's three; beta is in `method`.
+        hyperparameters={k: v for k, v in hyper.items() if k != "beta"},
         model=job.base_model or str(spec["model"].get("base_model_id")),
         organization_id=job.project_id,
         result_files=[],
@@ -102,7 +103,11 @@ def job_out(job: Job, records: int | None = None) -> FineTuningJobOut:
         validation_file=spec["validation"].get("dataset_id"),
         estimated_finish=estimated,
         metadata=job.meta,
-        method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        method=(
+            {"type": "dpo", "dpo": {"hyperparameters": hyper}}
+            if spec["type"] == "dpo"
+            else {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+        ),
         suffix=job.suffix,
     )
 
@@ -123,6 +128,10 @@ def event_out(event: Event) -> JobEventOut:
             "total_steps": d.get("total_steps"),
             "train_loss": d.get("train_loss"),
             "valid_loss": d.get("val_loss"),
+            "train_mean_token_accuracy": d.get("train_token_accuracy"),
+            "valid_mean_token_accuracy": d.get("val_token_accuracy"),
+            # DPO jobs: the validation pairs' rewards (see trainer.dpo)
+            **{k: v for k, v in d.items() if k.startswith("val_reward_")},
         }
         message = f"Step {d.get('step')}/{d.get('total_steps')}: " + ", ".join(
             f"{k.replace('_', ' ')}={v:.4f}"
@@ -149,7 +158,11 @@ def event_out(event: Event) -> JobEventOut:
 
 def checkpoint_out(job: Job, checkpoint: Checkpoint) -> JobCheckpointOut:
     """A checkpoint with its metrics under OpenAI's names."""
-    names = {"loss": "train_loss", "val_loss": "valid_loss"}
+    names = {
+        "loss": "train_loss",
+        "val_loss": "valid_loss",
+        "token_accuracy": "train_mean_token_accuracy",
+    }
     metrics = {
         names[k]: float(v) for k, v in checkpoint.metrics.items() if k in names and v is not None
     }

@@ -43,6 +43,12 @@ STEP_METRICS = (
     "peak_memory_bytes",
     "aux_loss",  # a mixture of experts' load-balancing loss
     "z_loss",  # and its router z-loss
+    "token_accuracy",  # fine-tuning: share of answer tokens the model's top choice gets right
+    # DPO (see trainer.dpo)
+    "reward_margin",
+    "reward_accuracy",
+    "reward_chosen",
+    "reward_rejected",
 )
 
 
@@ -169,6 +175,16 @@ def _expert_loads(loads: Any) -> list[tuple[str, float]]:
     return out
 
 
+def _latest(session: Session, job: Job, name: str) -> float | None:
+    """The job's latest value of a step metric, if it reports one."""
+    return session.execute(
+        select(Metric.value)
+        .where(Metric.job_id == job.id, Metric.name == name)
+        .order_by(Metric.step.desc())
+        .limit(1)
+    ).scalar()
+
+
 def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> None:
     kind = str(ev.get("type", "log"))
     step = int(ev.get("step") or 0)
@@ -184,12 +200,19 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
         job.tokens_per_s = _finite(ev.get("tokens_per_s"))
         return  # steps live in metrics; the event log keeps the milestones
     if kind == "eval":
-        value = _finite(ev.get("val_loss"))
-        if value is not None:
-            session.add(Metric(job_id=job.id, step=step, name="val_loss", value=value))
-            job.val_loss = value
+        for name, raw in ev.items():
+            value = _finite(raw)
+            if name.startswith("val_") and value is not None:
+                session.add(Metric(job_id=job.id, step=step, name=name, value=value))
+        if _finite(ev.get("val_loss")) is not None:
+            job.val_loss = _finite(ev.get("val_loss"))
         # The training loss beside it, so the event alone tells the step's story.
-        ev = {"train_loss": job.loss, "total_steps": job.spec["training"]["max_steps"], **ev}
+        ev = {
+            "train_loss": job.loss,
+            "train_token_accuracy": _latest(session, job, "token_accuracy"),
+            "total_steps": job.spec["training"]["max_steps"],
+            **ev,
+        }
     elif kind == "start":
         steps = ev.get("max_steps")
         if isinstance(steps, int) and steps != job.spec["training"]["max_steps"]:
@@ -205,6 +228,9 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
             metrics = {k: ev[k] for k in ("loss", "val_loss") if _finite(ev.get(k)) is not None}
             if job.loss is not None:
                 metrics.setdefault("loss", job.loss)
+            accuracy = _latest(session, job, "token_accuracy")
+            if accuracy is not None:
+                metrics["token_accuracy"] = accuracy
             session.add(
                 Checkpoint(
                     id=new_id("ckpt"),

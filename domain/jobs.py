@@ -20,9 +20,9 @@ from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transi
 from domain.orm import Attempt, Dataset, Job, Node, Tokenizer
 from trainer.config import ModelConfig, TrainingConfig
 from trainer.hf_config import model_config_from_hf
-from trainer.sizing import estimate_memory, fits
+from trainer.sizing import estimate_memory, fits, param_count
 from trainyard.ids import new_id
-from trainyard.specs import BYTE_VOCAB, JobSpec
+from trainyard.specs import BYTE_VOCAB, FINE_TUNING, JobSpec, tuning
 
 
 def _usable_dataset(
@@ -43,6 +43,8 @@ def _usable_dataset(
         needs = {
             "pretrain": "plain text or JSONL with a 'text' field",
             "sft": 'JSONL with "messages" or "prompt" and "completion"',
+            "dpo": 'JSONL preference pairs with "input", "preferred_output" and '
+            '"non_preferred_output"',
         }[kind]
         raise Conflict(
             "dataset_kind",
@@ -87,9 +89,10 @@ def _resolve_base_model(
             f"({context} positions)",
             [{"field": "training.seq_len", "message": f"at most {context}"}],
         )
-    overlong = resolved["sft"]["overlong"]
+    overlong = tuning(resolved)["overlong"]
     fraction = resolved["validation"]["fraction"]
-    variant = f"sft-{training['seq_len']}-{overlong}-{fraction or 'ds'}"
+    # DPO shards hold pairs: a variant of their own.
+    variant = f"{spec.type}-{training['seq_len']}-{overlong}-{fraction or 'ds'}"
     return f"{base.id}/{variant}", int(base.config["vocab_size"])
 
 
@@ -171,6 +174,8 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
         dropout=training["dropout"],
     )
     world = res["nodes"] * res["processes_per_node"]
+    # DPO keeps a frozen copy of the base model on every process (fp32, never sharded).
+    reference = 4 * param_count(cfg) if resolved["type"] == "dpo" else 0
     gib = 1024**3
     if on_cpu:
         ram = _node_memory(session, res["pool"], "cpu")
@@ -179,6 +184,7 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
         per_process = estimate_memory(
             cfg, TrainingConfig(**training), world, res["strategy"], "cpu"
         )
+        per_process["total"] += reference
         need = res["processes_per_node"] * (per_process["total"] + CPU_PROCESS_BYTES)
         if need > ram:
             raise Invalid(
@@ -193,6 +199,7 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
             )
         return
     estimate = estimate_memory(cfg, TrainingConfig(**training), world, res["strategy"], "gpu")
+    estimate["total"] += reference
     device = _node_memory(session, res["pool"], "gpu") or default_gpu_bytes
     if not fits(estimate, device):
         raise Invalid(
@@ -253,7 +260,7 @@ def create(
         _usable_dataset(
             session, project_id, spec.validation.dataset_id, "validation.dataset_id", spec.type
         )
-    if spec.type == "sft":
+    if spec.type in FINE_TUNING:
         tokenizer_key, vocab_size = _resolve_base_model(session, project_id, spec, resolved)
     else:
         tokenizer_key, vocab_size = _tokenizer(session, project_id, spec)

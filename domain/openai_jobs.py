@@ -1,10 +1,12 @@
 """OpenAI fine-tuning requests as trainyard jobs: the request mapped onto a JobSpec (so it is
 validated like the native one), and what the OpenAI view of a job reports.
 
-`learning_rate_multiplier` scales the method's native rate (full SFT 1e-4, LoRA 1e-3),
-`batch_size` counts examples (OpenAI jobs train without packing unless `sft.packing` says
-otherwise) and `n_epochs` counts passes over the training file. `"auto"` resolves to
-1.0, the native batch size and 3 epochs.
+`method.type` "supervised" makes an `sft` job and "dpo" a `dpo` job (preference pairs).
+`learning_rate_multiplier` scales the method's native rate (full 1e-4, LoRA 1e-3),
+`batch_size` counts examples, or pairs for DPO (OpenAI jobs train without packing unless
+the native section's `packing` says otherwise), `n_epochs` counts passes over the training
+file and `beta` is DPO's. `"auto"` resolves to 1.0, the native batch size, 3 epochs and a
+beta of 0.1.
 """
 
 from __future__ import annotations
@@ -17,19 +19,21 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from domain import jobs, models
-from domain.errors import Invalid
+from domain.errors import Conflict, Invalid
 from domain.orm import Job
 from trainyard.ids import new_id
-from trainyard.specs import LORA_LR, SFT_TRAINING_DEFAULTS, JobSpec
+from trainyard.specs import LORA_LR, SFT_TRAINING_DEFAULTS, DpoSpec, JobSpec, tuning
 
 AUTO_EPOCHS = 3
-NATIVE_SECTIONS = ("sft", "training", "resources")
+NATIVE_SECTIONS = ("sft", "dpo", "training", "resources")
+JOB_TYPES = {"supervised": "sft", "dpo": "dpo"}  # OpenAI's method.type -> the job's type
+FILE_FIELDS = {"dataset_id": "training_file", "validation.dataset_id": "validation_file"}
 
 
-def base_lr(spec: dict[str, Any]) -> float:
-    """The method's native learning rate, which the multiplier scales."""
-    lora = (spec.get("sft") or {}).get("method") == "lora"
-    return LORA_LR if lora else float(SFT_TRAINING_DEFAULTS["lr"])
+def base_lr(method: str | None) -> float:
+    """The native learning rate of a fine-tuning method ("full" or "lora"), which the
+    multiplier scales."""
+    return LORA_LR if method == "lora" else float(SFT_TRAINING_DEFAULTS["lr"])
 
 
 def _invalid(field: str, message: str, code: str = "invalid_request") -> Invalid:
@@ -60,16 +64,24 @@ def spec_for(
     native: dict[str, Any],
 ) -> JobSpec:
     """The native JobSpec for an OpenAI fine-tuning request; errors name the request field."""
-    if method != "supervised":
+    if method not in JOB_TYPES:
         raise _invalid(
             "method.type",
-            f"{method!r} fine-tuning is not available on this server; use 'supervised'",
+            f"{method!r} fine-tuning is not available on this server; use 'supervised' or 'dpo'",
             "unsupported_method",
         )
+    kind = JOB_TYPES[method]
     sections = {k: dict(native.get(k) or {}) for k in NATIVE_SECTIONS}
-    sft, training = sections["sft"], sections["training"]
+    sft, training = sections[kind], sections["training"]
+    other = "dpo" if kind == "sft" else "sft"
+    if native.get(other) is not None:
+        raise _invalid(other, f"a {method!r} job takes its settings in {kind!r}")
     if "epochs" in sft:
-        raise _invalid("sft.epochs", "give hyperparameters.n_epochs instead")
+        raise _invalid(f"{kind}.epochs", "give hyperparameters.n_epochs instead")
+    if kind == "dpo":
+        if "beta" in sft and hyperparameters.get("beta") not in (None, "auto"):
+            raise _invalid("dpo.beta", "give hyperparameters.beta or this, not both")
+        sft.setdefault("beta", _number(hyperparameters.get("beta"), DpoSpec().beta))
     for name, field in (("batch_size", "batch_size"), ("lr", "learning_rate_multiplier")):
         if name in training and hyperparameters.get(field) not in (None, "auto"):
             raise _invalid(f"training.{name}", f"give hyperparameters.{field} or this, not both")
@@ -79,13 +91,13 @@ def spec_for(
         training["batch_size"] = hyperparameters["batch_size"]
     multiplier = hyperparameters.get("learning_rate_multiplier")
     if "lr" not in training:
-        training["lr"] = base_lr({"sft": sft}) * _number(multiplier, 1.0)
+        training["lr"] = base_lr(sft.get("method")) * _number(multiplier, 1.0)
     training["seed"] = seed
     body: dict[str, Any] = {
-        "type": "sft",
+        "type": kind,
         "dataset_id": training_file,
         "model": {"base_model_id": base_model_id},
-        "sft": sft,
+        kind: sft,
         "training": training,
     }
     if sections["resources"]:
@@ -131,21 +143,29 @@ def create(
         native=native,
     )
     job_id = new_id("job")
-    return jobs.create(
-        session=session,
-        project_id=project_id,
-        spec=spec,
-        idempotency_key=idempotency_key,
-        default_gpu_bytes=default_gpu_bytes,
-        columns={
-            "id": job_id,
-            # The trained model takes the job's name, so this name serves it everywhere.
-            "name": fine_tuned_name(model, project_id, suffix, job_id),
-            "suffix": suffix,
-            "meta": metadata,
-            "base_model": model,
-        },
-    )
+    try:
+        return jobs.create(
+            session=session,
+            project_id=project_id,
+            spec=spec,
+            idempotency_key=idempotency_key,
+            default_gpu_bytes=default_gpu_bytes,
+            columns={
+                "id": job_id,
+                # The trained model takes the job's name, so this name serves it everywhere.
+                "name": fine_tuned_name(model, project_id, suffix, job_id),
+                "suffix": suffix,
+                "meta": metadata,
+                "base_model": model,
+            },
+        )
+    except Conflict as exc:
+        # A file the method cannot use (chat examples for DPO): name the request's field.
+        field = exc.details.get("field") if isinstance(exc.details, dict) else None
+        if field not in FILE_FIELDS:
+            raise
+        message = exc.message.replace(f"{field}:", f"{FILE_FIELDS[field]}:", 1)
+        raise Conflict(exc.code, message, {**exc.details, "field": FILE_FIELDS[field]}) from exc
 
 
 def fine_tuned_name(base: str, project_id: str, suffix: str | None, job_id: str) -> str:
@@ -154,14 +174,17 @@ def fine_tuned_name(base: str, project_id: str, suffix: str | None, job_id: str)
 
 
 def hyperparameters(job: Job, records: int | None) -> dict[str, Any]:
-    """The job's resolved batch size, learning-rate multiplier and epochs."""
+    """The job's resolved batch size, learning-rate multiplier and epochs (and DPO's beta)."""
     spec = job.spec
-    training = spec["training"]
-    epochs = (spec.get("sft") or {}).get("epochs")
+    training, settings = spec["training"], tuning(spec)
+    epochs = settings.get("epochs")
     if epochs is None and records:  # a native job counted in steps: its epochs, rounded up
         epochs = -(-training["max_steps"] * training["batch_size"] // records)
-    return {
+    out = {
         "batch_size": training["batch_size"],
-        "learning_rate_multiplier": round(training["lr"] / base_lr(spec), 6),
+        "learning_rate_multiplier": round(training["lr"] / base_lr(settings.get("method")), 6),
         "n_epochs": epochs,
     }
+    if spec["type"] == "dpo":
+        out["beta"] = settings["beta"]
+    return out

@@ -13,10 +13,11 @@ from domain.lifecycle import JobStatus, fail, record, transition
 from domain.orm import Dataset, DatasetTokens, Job, Tokenizer
 from trainyard.messaging import CLEAN_DATASET, PREPARE_JOB, VALIDATE_DATASET, Message
 from trainyard.settings import Settings
+from trainyard.specs import FINE_TUNING
 
 
 def _already_tokenized(session: Session, job: Job, dataset_ids: list[str]) -> bool:
-    if job.type == "sft":
+    if job.type in FINE_TUNING:
         return False  # the prep worker finds its own shards in a moment
     key = str(job.tokenizer_key)
     if key != "byte":

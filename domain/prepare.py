@@ -23,6 +23,7 @@ from domain.orm import Dataset, DatasetTokens, Job, Tokenizer
 from trainer import sft_shards, shards
 from trainer import tokenizer as toks
 from trainyard import datasets as formats
+from trainyard.specs import FINE_TUNING, tuning
 from trainyard.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,13 @@ def _split(
 
 
 def _prompt(record: dict[str, Any]) -> dict[str, Any]:
-    """The conversation up to its last assistant turn, and that turn as the reference."""
+    """The conversation up to its last assistant turn, and that turn as the reference (for a
+    preference pair: its prompt, and the preferred answer)."""
+    if "input" in record:
+        return {
+            "messages": record["input"]["messages"],
+            "reference": record["preferred_output"][0]["content"],
+        }
     messages = record.get("messages") or [
         {"role": "user", "content": record["prompt"]},
         {"role": "assistant", "content": record["completion"]},
@@ -138,8 +145,8 @@ def _prompt(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare_sft(session: Session, storage: Storage, job: Job) -> dict[str, Any]:
-    """Tokenize a fine-tuning job's chat examples with its base model's tokenizer, once per
-    (dataset, base model, seq_len, overlong policy, split)."""
+    """Tokenize a fine-tuning job's chat examples (or preference pairs) with its base model's
+    tokenizer, once per (dataset, base model, kind, seq_len, overlong policy, split)."""
     spec = job.spec
     key = str(job.tokenizer_key)
     out = storage.sft_tokens_dir(job.dataset_id, key)
@@ -149,7 +156,8 @@ def prepare_sft(session: Session, storage: Storage, job: Job) -> dict[str, Any]:
     base_tokenizer = storage.model_dir(key.partition("/")[0]) / "tokenizer.json"
     dataset = session.get(Dataset, job.dataset_id)
     assert dataset is not None
-    seq_len, overlong = spec["training"]["seq_len"], spec["sft"]["overlong"]
+    seq_len, overlong = spec["training"]["seq_len"], tuning(spec)["overlong"]
+    kind: sft_shards.Kind = "dpo" if job.type == "dpo" else "sft"
     val_records: list[dict[str, Any]] = []
     fraction = spec["validation"].get("fraction")
     val_id = spec["validation"].get("dataset_id")
@@ -163,6 +171,7 @@ def prepare_sft(session: Session, storage: Storage, job: Job) -> dict[str, Any]:
             str(staging / "train"),
             seq_len=seq_len,
             overlong=overlong,
+            kind=kind,
         )
     except ValueError as exc:
         raise PrepareError("dataset_unusable", f"dataset {dataset.id}: {exc}") from exc
@@ -176,8 +185,9 @@ def prepare_sft(session: Session, storage: Storage, job: Job) -> dict[str, Any]:
             str(staging / "val"),
             seq_len=seq_len,
             overlong=overlong,
+            kind=kind,
         )
-    prompts = [_prompt(r) for r in val_records[: spec["sft"]["eval_prompts"]]]
+    prompts = [_prompt(r) for r in val_records[: tuning(spec)["eval_prompts"]]]
     (staging / "eval_prompts.json").write_text(json.dumps(prompts))
     shutil.rmtree(out, ignore_errors=True)
     staging.replace(out)
@@ -235,14 +245,15 @@ def prepare(*, session: Session, storage: Storage, job_id: str) -> None:
     if job is None or job.status != JobStatus.PREPARING or job.prepared:
         return
     try:
-        if job.type == "sft":
+        if job.type in FINE_TUNING:
             report: dict[str, Any] = prepare_sft(session, storage, job)
-            message = "chat examples tokenized"
+            what = "preference pairs" if job.type == "dpo" else "examples"
+            message = f"chat {what} tokenized"
             train = report["train"]
             if train.get("overlong"):
-                action = "truncated" if job.spec["sft"]["overlong"] == "truncate" else "dropped"
+                action = "truncated" if tuning(job.spec)["overlong"] == "truncate" else "dropped"
                 message += (
-                    f"; {train['overlong']} examples exceed seq_len "
+                    f"; {train['overlong']} {what} exceed seq_len "
                     f"{job.spec['training']['seq_len']} and were {action}"
                 )
         else:

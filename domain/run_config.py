@@ -10,6 +10,7 @@ from trainer import shards
 from trainer.config import (
     ChatMessage,
     DataConfig,
+    DPOConfig,
     LoRAConfig,
     ModelConfig,
     ResourcesConfig,
@@ -20,6 +21,7 @@ from trainer.config import (
     TrainingConfig,
 )
 from trainyard.settings import Settings
+from trainyard.specs import FINE_TUNING, tuning
 from trainyard.storage import Storage
 
 
@@ -61,8 +63,9 @@ def _model(job: Job, vocab_size: int, training: TrainingConfig) -> ModelConfig:
 
 
 def _sft_config(storage: Storage, job: Job) -> tuple[str, SFTDataConfig, SFTConfig]:
-    """A fine-tuning job's tokenizer path, chat shards and SFT section."""
-    sft = job.spec["sft"]
+    """A fine-tuning job's tokenizer path, chat shards and SFT section (a DPO job's
+    fine-tuning settings too)."""
+    sft = tuning(job.spec)
     shards_dir = storage.sft_tokens_dir(job.dataset_id, str(job.tokenizer_key))
     prompts = json.loads((shards_dir / "eval_prompts.json").read_text())
     val = shards_dir / "val"
@@ -94,11 +97,14 @@ def run_config(
     spec = job.spec
     training = TrainingConfig(**spec["training"])
     out = storage.attempt_dir(job.id, number)
-    kind: Literal["pretrain", "sft"] = "sft" if job.type == "sft" else "pretrain"
+    kind: Literal["pretrain", "sft", "dpo"] = "pretrain"
     data: DataConfig | SFTDataConfig
-    model, sft = None, None
-    if kind == "sft":
+    model, sft, dpo = None, None, None
+    if job.type in FINE_TUNING:
+        kind = "dpo" if job.type == "dpo" else "sft"
         tokenizer_path, data, sft = _sft_config(storage, job)
+        if kind == "dpo":
+            dpo = DPOConfig(beta=spec["dpo"]["beta"])
     else:
         data, vocab_size = _ranges(storage, job)
         model = _model(job, vocab_size, training)
@@ -112,6 +118,7 @@ def run_config(
         data=data,
         model=model,
         sft=sft,
+        dpo=dpo,
         training=training,
         resources=ResourcesConfig(
             accelerator=accelerator,

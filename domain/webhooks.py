@@ -33,6 +33,7 @@ from domain.errors import Invalid
 from domain.orm import Dataset, Job, Webhook, WebhookDelivery
 from trainyard.ids import new_id
 from trainyard.settings import Settings
+from trainyard.specs import FINE_TUNING
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def job_changed(session: Session, job: Job, status: str) -> None:
     """Outbox the event of a job's new status, under OpenAI's names for fine-tuning jobs."""
     if status not in JOB_STATUSES:
         return
-    prefix = "fine_tuning.job" if job.type == "sft" else "job"
+    prefix = "fine_tuning.job" if job.type in FINE_TUNING else "job"
     data: dict[str, Any] = {"id": job.id, "status": status}
     if job.error_code:
         data["error"] = {"code": job.error_code, "message": job.error_message}

@@ -246,6 +246,13 @@ class SFTConfig:
 
 
 @dataclass(config=_STRICT)
+class DPOConfig:
+    """Preference tuning on top of the "sft" section's base model: the run.json "dpo" object."""
+
+    beta: Annotated[float, Strict(), Field(gt=0.0)] = 0.1  # higher: the policy moves less far
+
+
+@dataclass(config=_STRICT)
 class ResourcesConfig:
     """What the trainer runs on."""
 
@@ -280,9 +287,10 @@ class RunConfig:
     output_dir: StrictStr
     checkpoint_dir: StrictStr
     export_dir: StrictStr
-    type: Literal["pretrain", "sft"] = "pretrain"
+    type: Literal["pretrain", "sft", "dpo"] = "pretrain"
     model: ModelConfig | None = None  # pretrain only; SFT takes it from sft.base_model_dir
-    sft: SFTConfig | None = None  # sft only
+    sft: SFTConfig | None = None  # sft and dpo: the base model and how to tune it
+    dpo: DPOConfig | None = None  # dpo only
     training: TrainingConfig = field(default_factory=TrainingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     job_id: StrictStr = ""
@@ -291,20 +299,22 @@ class RunConfig:
 
     @check(mode="after")
     def _parts_agree(self) -> RunConfig:
-        if self.type == "sft":
+        if (self.dpo is not None) != (self.type == "dpo"):
+            raise ValueError("the dpo section goes with type 'dpo', and type 'dpo' needs it")
+        if self.type in ("sft", "dpo"):
             if self.sft is None:
-                raise ValueError("type 'sft' needs an 'sft' section")
+                raise ValueError(f"type {self.type!r} needs an 'sft' section")
             if self.model is not None:
                 raise ValueError(
-                    "model must be left out of sft runs: it comes from sft.base_model_dir"
+                    f"model must be left out of {self.type} runs: it comes from sft.base_model_dir"
                 )
             if not isinstance(self.data, SFTDataConfig):
-                raise ValueError("type 'sft' needs data.format 'sft'")
+                raise ValueError(f"type {self.type!r} needs data.format 'sft'")
         else:
             if self.model is None:
                 raise ValueError("model is required for pretraining")
             if self.sft is not None or not isinstance(self.data, DataConfig):
-                raise ValueError("the sft section and data.format 'sft' need type 'sft'")
+                raise ValueError("the sft section and data.format 'sft' need type 'sft' or 'dpo'")
         if self.model is not None and self.training.seq_len > self.model.seq_len:
             raise ValueError(
                 f"training.seq_len ({self.training.seq_len}) exceeds model.seq_len "

@@ -80,6 +80,10 @@ def peak_memory_bytes(device: torch.device) -> int:
 class Trainer:
     """Runs one training attempt described by a RunConfig."""
 
+    # What _forward_backward returns, in order (see there), and what _val_loss_terms sums.
+    step_metrics: tuple[str, ...] = ("loss",)
+    val_metrics: tuple[str, ...] = ("val_loss",)
+
     def __init__(
         self, cfg: RunConfig, dist: Dist, events: EventWriter, *, stop_at_step: int | None = None
     ) -> None:
@@ -252,7 +256,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        loss_share = self._forward_backward()
+        shares = self._forward_backward().reshape(-1)
         if t.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         else:
@@ -261,12 +265,13 @@ class Trainer:
             )
         grad_norm = parallel.local_tensor(grad_norm)  # FSDP: a DTensor over the shards
         router = self._router_metrics()
-        # One collective gives the global mean loss and whether any rank wants to stop,
+        # One collective gives the global mean metrics and whether any rank wants to stop,
         # so every rank takes the same decision at the same step.
         stop = self._stop_requested or (self.stop_at_step is not None and step >= self.stop_at_step)
-        stats = torch.stack([loss_share, torch.tensor(float(stop), device=dist.device)])
+        stats = torch.cat([shares.float(), torch.tensor([float(stop)], device=dist.device)])
         dist.all_reduce_sum(stats)
-        loss_val = stats[0].item() / dist.world_size
+        means = dict(zip(self.step_metrics, (stats[:-1] / dist.world_size).tolist(), strict=True))
+        loss_val = means.pop("loss")
         if not math.isfinite(loss_val):
             raise NanLossError(step, loss_val)
         self.optimizer.step()
@@ -294,13 +299,13 @@ class Trainer:
             step_time=dt,
             peak_memory_bytes=peak_memory_bytes(dist.device),
             **router,
+            **means,
         )
-        return bool(stats[1].item() > 0)
+        return bool(stats[-1].item() > 0)
 
     def _forward_backward(self) -> torch.Tensor:
-        """Forward and backward over this step's micro-batches; return this rank's mean loss.
-
-        The returned value, summed over ranks and divided by world size, is the step loss.
+        """Forward and backward over this step's micro-batches; return this rank's shares of
+        step_metrics: each, summed over ranks and divided by world size, is the step's value.
         """
         t = self.cfg.training
         loss_sum = torch.zeros((), device=self.dist.device)
@@ -345,7 +350,7 @@ class Trainer:
         }
 
     def _val_loss_terms(self, batch: Any) -> tuple[torch.Tensor, float]:
-        """Summed loss of one validation batch and what it counts for in the mean."""
+        """Sums of val_metrics over one validation batch and what they count for in the mean."""
         x, y = batch
         # The raw model: DDP's forward would expect a matching backward.
         _, loss = self.raw_model(x, y)
@@ -360,7 +365,8 @@ class Trainer:
         """Mean loss over the fixed validation batches; ranks split them and add up."""
         t, dist = self.cfg.training, self.dist
         self.model.eval()
-        totals = torch.zeros(2, device=dist.device)  # (sum of losses, what they count for)
+        # Sums of val_metrics, then what they count for.
+        totals = torch.zeros(len(self.val_metrics) + 1, device=dist.device)
         batches = self.data.val_batches(t.micro_batch_size, t.eval_batches)
         # Under FSDP every forward is a collective, so every rank runs the same number;
         # ranks past the end repeat batch 0 and do not count it.
@@ -372,12 +378,13 @@ class Trainer:
             with self.autocast:
                 loss, count = self._val_loss_terms(batches[i] if i < len(batches) else batches[0])
             if i < len(batches):
-                totals[0] += loss
-                totals[1] += count
+                totals[:-1] += loss.float()
+                totals[-1] += count
         dist.all_reduce_sum(totals)
-        self.val_loss = float(totals[0] / totals[1])
+        results = dict(zip(self.val_metrics, (totals[:-1] / totals[-1]).tolist(), strict=True))
+        self.val_loss = results["val_loss"]
         self._val_step = self.step
-        self.events.emit("eval", step=self.step, val_loss=self.val_loss)
+        self.events.emit("eval", step=self.step, **results)
         return self.val_loss
 
     def _save(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,11 +104,19 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+def token_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How many labelled positions the model's top token gets right; logits (B, T, V)."""
+    return ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum().float()
+
+
 class SFTTrainer(Trainer):
     """The Trainer with a base model, chat batches, per-token loss and chat samples."""
 
     sft: SFTConfig
     data: SFTData
+    data_class: type[SFTData] = SFTData
+    step_metrics: tuple[str, ...] = ("loss", "token_accuracy")
+    val_metrics: tuple[str, ...] = ("val_loss", "val_token_accuracy")
 
     def _build_model(self) -> CausalLM:
         cfg, t = self.cfg, self.cfg.training
@@ -146,7 +154,7 @@ class SFTTrainer(Trainer):
                 f"(vocab {index['vocab_size']}) than {cfg.tokenizer_path}; use the tokenizer.json "
                 "saved beside the shards"
             )
-        data = SFTData(
+        data = self.data_class(
             cfg.data.train,
             cfg.data.val,
             t.seq_len,
@@ -162,15 +170,21 @@ class SFTTrainer(Trainer):
             self.cfg = dataclasses.replace(cfg, training=dataclasses.replace(t, max_steps=steps))
         return data
 
-    def _forward_backward(self) -> torch.Tensor:
+    def _step_batches(self, count: Callable[[Any], int]) -> tuple[list[Any], torch.Tensor]:
+        """This step's micro-batches, and the factor that gives every unit they `count` the
+        same weight in the global batch, however they fell into rows, micro-batches and
+        ranks: world size over the global count (gradients are averaged over ranks)."""
         t, dist = self.cfg.training, self.dist
         batches = [self.data.next_train_batch(t.micro_batch_size) for _ in range(self.grad_accum)]
-        # Every loss token of the global batch weighs the same, however the examples fell
-        # into rows, micro-batches and ranks: divide by the global count of targets.
-        n = torch.tensor(float(sum(b.n_targets for b in batches)), device=dist.device)
+        n = torch.tensor(float(sum(count(b) for b in batches)), device=dist.device)
         dist.all_reduce_sum(n)
-        scale = dist.world_size / n.clamp(min=1.0)  # gradients are averaged over ranks
-        share = torch.zeros((), device=dist.device)
+        return batches, dist.world_size / n.clamp(min=1.0)
+
+    def _forward_backward(self) -> torch.Tensor:
+        dist = self.dist
+        # Every loss token weighs the same.
+        batches, scale = self._step_batches(lambda b: int(b.n_targets))
+        shares = torch.zeros(2, device=dist.device)  # (loss, token accuracy)
         contexts = parallel.micro_steps(self.model, self.grad_accum)
         for batch, sync_ctx in zip(batches, contexts, strict=True):
             with sync_ctx:
@@ -181,14 +195,15 @@ class SFTTrainer(Trainer):
                 loss = token_loss_sum(logits, batch.labels) * scale
                 penalty = self._router_penalty()  # a mixture of experts' router losses
                 (loss if penalty is None else loss + penalty / self.grad_accum).backward()
-            share += loss.detach()
-        return share
+            shares += torch.stack([loss.detach(), token_correct(logits, batch.labels) * scale])
+        return shares
 
     def _val_loss_terms(self, batch: Any) -> tuple[torch.Tensor, float]:
         logits, _ = self.raw_model(
             batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
         )
-        return token_loss_sum(logits, batch.labels), float(batch.n_targets)
+        loss, correct = token_loss_sum(logits, batch.labels), token_correct(logits, batch.labels)
+        return torch.stack([loss, correct]), float(batch.n_targets)
 
     def _evaluate(self) -> float:
         if self.data.val is None:

@@ -143,9 +143,8 @@ class SFTData:
     def epoch_rows(self, epoch: int) -> list[list[int]]:
         """Rows of training example numbers for one epoch (the last one is cached)."""
         if epoch != self._rows_epoch:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train))
-            lengths = self.train.lengths[order].tolist()
-            self._rows = [[int(order[j]) for j in row] for row in self._pack(lengths)]
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.units(self.train))
+            self._rows = self.rows_of(self.train, order)
             self._rows_epoch = epoch
         return self._rows
 
@@ -167,7 +166,7 @@ class SFTData:
             if self.cursor == len(rows):
                 self.epoch, self.cursor = self.epoch + 1, 0
         mine = taken[self.rank * micro_batch_size : (self.rank + 1) * micro_batch_size]
-        return build_rows(self.train, mine, self.seq_len).to(self.device)
+        return self.batch(self.train, mine)
 
     def skip_rows(self, n: int) -> None:
         """Move the stream position n rows on, across epochs as needed."""
@@ -183,14 +182,25 @@ class SFTData:
         """Up to n_batches validation micro-batches, in file order: the same at every eval."""
         if self.val is None:
             return []
-        rows = self._pack(self.val.lengths.tolist())[: micro_batch_size * n_batches]
+        order = np.arange(self.units(self.val))
+        rows = self.rows_of(self.val, order)[: micro_batch_size * n_batches]
         return [
-            build_rows(self.val, rows[i : i + micro_batch_size], self.seq_len).to(self.device)
+            self.batch(self.val, rows[i : i + micro_batch_size])
             for i in range(0, len(rows), micro_batch_size)
         ]
 
-    def _pack(self, lengths: list[int]) -> list[list[int]]:
-        return pack(lengths, self.seq_len, self.packing)
+    def units(self, examples: SFTExamples) -> int:
+        """How many units (here examples) the shuffle orders and packing keeps whole."""
+        return len(examples)
+
+    def rows_of(self, examples: SFTExamples, order: np.ndarray) -> list[list[int]]:
+        """Rows of example numbers: the units in `order`, packed."""
+        lengths = examples.lengths[order].tolist()
+        return [[int(order[j]) for j in row] for row in pack(lengths, self.seq_len, self.packing)]
+
+    def batch(self, examples: SFTExamples, rows: list[list[int]]) -> SFTBatch:
+        """The micro-batch of these rows, on this rank's device."""
+        return build_rows(examples, rows, self.seq_len).to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         """Stream position, identical on every rank, for checkpoints."""

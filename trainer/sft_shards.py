@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from trainer import chat
 from trainer import tokenizer as tokmod
@@ -30,6 +31,35 @@ OFFSETS_NAME = "offsets.npy"
 TOKENIZER_NAME = "tokenizer.json"
 
 Overlong = Literal["truncate", "drop"]
+Kind = Literal["sft", "dpo"]
+Example = tuple[list[int], list[int]]  # token ids and their 0/1 loss mask
+
+
+def _sft_example(tok: Tokenizer, record: Mapping[str, Any]) -> list[Example]:
+    """One chat record as one example."""
+    return [chat.tokenize_example(tok, chat.to_messages(record))]
+
+
+def _preference_pair(tok: Tokenizer, record: Mapping[str, Any]) -> list[Example]:
+    """A preference pair as its chosen and rejected examples; only each answer is learned."""
+    prompt_ids, _ = chat.tokenize_example(tok, chat.to_messages(record["input"]))
+    pair: list[Example] = []
+    for side in ("preferred_output", "non_preferred_output"):
+        ids, mask = chat.tokenize_example(tok, chat.to_messages({"messages": record[side]}))
+        pair.append((prompt_ids + ids, [0] * len(prompt_ids) + mask))
+    return pair
+
+
+def _truncate(group: list[Example], seq_len: int) -> list[Example]:
+    """Cut a group's examples so that together they fit seq_len: one example to seq_len; a
+    pair so that each keeps at least half of it, the shorter one whole if it fits there."""
+    if len(group) == 1:
+        ids, mask = group[0]
+        return [(ids[:seq_len], mask[:seq_len])]
+    (a, ma), (b, mb) = group
+    cap_a = max(seq_len // 2, seq_len - len(b))
+    cap_b = seq_len - min(len(a), cap_a)
+    return [(a[:cap_a], ma[:cap_a]), (b[:cap_b], mb[:cap_b])]
 
 
 def write_sft_shards(
@@ -39,6 +69,7 @@ def write_sft_shards(
     *,
     seq_len: int,
     overlong: Overlong = "truncate",
+    kind: Kind = "sft",
 ) -> dict[str, Any]:
     """Tokenize validated SFT records into out_dir (see the module docstring); return the index.
 
@@ -46,11 +77,19 @@ def write_sft_shards(
     the tokenizer lacks are added, and the extended tokenizer is saved beside the shards:
     train with that one. An example longer than seq_len is cut to its first seq_len tokens
     ("truncate") or left out ("drop"); one with no loss token left is always left out.
+
+    With kind "dpo" the records are preference pairs (OpenAI's format: `input.messages`,
+    `preferred_output`, `non_preferred_output`) and each becomes two examples, the chosen
+    (even number) then the rejected one, whose loss tokens are the final answer alone. A pair
+    shares one row in training, so it is what must fit in seq_len: "truncate" cuts the
+    longer answers, "drop" leaves the pair out, and a pair with an answer cut to nothing is
+    left out whole.
     """
     if seq_len < 2:
         raise ValueError("seq_len must be >= 2")
     if overlong not in ("truncate", "drop"):
         raise ValueError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
+    tokenize = {"sft": _sft_example, "dpo": _preference_pair}[kind]
     tok = tokmod.load(tokenizer_path)
     added = chat.ensure_chat_tokens(tok)
     vocab = tokmod.vocab_size(tok)
@@ -79,25 +118,27 @@ def write_sft_shards(
         ):
             for record in records:
                 counts["records"] += 1
-                ids, mask = chat.tokenize_example(tok, chat.to_messages(record))
-                counts["max_length"] = max(counts["max_length"], len(ids))
-                if len(ids) > seq_len:
+                group = tokenize(tok, record)
+                length = sum(len(ids) for ids, _ in group)
+                counts["max_length"] = max(counts["max_length"], length)
+                if length > seq_len:
                     counts["overlong"] += 1
                     if overlong == "drop":
                         counts["dropped_overlong"] += 1
                         continue
                     counts["truncated"] += 1
-                    ids, mask = ids[:seq_len], mask[:seq_len]
+                    group = _truncate(group, seq_len)
                 # The first token is never a target (nothing precedes it to predict it from).
-                if not any(mask[1:]):
+                if not all(any(mask[1:]) for _, mask in group):
                     counts["dropped_no_loss"] += 1
                     continue
-                tf.write(np.asarray(ids, dtype=dtype).tobytes())
-                mf.write(np.asarray(mask, dtype=np.uint8).tobytes())
-                counts["examples"] += 1
-                counts["tokens"] += len(ids)
-                counts["loss_tokens"] += sum(mask[1:])
-                offsets.append(offsets[-1] + len(ids))
+                for ids, mask in group:
+                    tf.write(np.asarray(ids, dtype=dtype).tobytes())
+                    mf.write(np.asarray(mask, dtype=np.uint8).tobytes())
+                    counts["examples"] += 1
+                    counts["tokens"] += len(ids)
+                    counts["loss_tokens"] += sum(mask[1:])
+                    offsets.append(offsets[-1] + len(ids))
             for f in (tf, mf):
                 f.flush()
                 os.fsync(f.fileno())
@@ -106,6 +147,7 @@ def write_sft_shards(
         eot = tok.token_to_id(tokmod.EOT)
         index: dict[str, Any] = {
             "format": "sft",
+            "kind": kind,  # "dpo": examples 2i and 2i+1 are pair i's chosen and rejected
             "dtype": dtype.name,
             "vocab_size": vocab,
             "eot_id": None if eot is None else int(eot),
@@ -124,7 +166,7 @@ def write_sft_shards(
         }
         if index["examples"] == 0:
             raise ValueError(
-                f"no usable SFT examples among {counts['records']} records "
+                f"no usable {kind.upper()} examples among {counts['records']} records "
                 f"({counts['dropped_overlong']} longer than seq_len {seq_len} dropped, "
                 f"{counts['dropped_no_loss']} without assistant tokens)"
             )

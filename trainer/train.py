@@ -48,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     events = EventWriter(cfg.output_dir, enabled=dist.is_main)
     trainer: Trainer | None = None
     try:
-        # SFTTrainer is imported only when needed: pretraining never loads its modules.
+        # Fine-tuning trainers are imported only when needed: pretraining never loads them.
         if cfg.type == "sft":
             from trainer.sft import SFTTrainer
 
             trainer = SFTTrainer(cfg, dist, events)
+        elif cfg.type == "dpo":
+            from trainer.dpo import DPOTrainer
+
+            trainer = DPOTrainer(cfg, dist, events)
         else:
             trainer = Trainer(cfg, dist, events)
         return trainer.run()

@@ -212,15 +212,31 @@ class SftSpec(Strict):
         return self
 
 
+class DpoSpec(SftSpec):
+    """Preference tuning (DPO): the fine-tuning settings of `sft`, and beta, the strength of
+    the pull back towards the base model (the frozen reference)."""
+
+    beta: float = Field(0.1, gt=0.0, le=100.0)
+
+
+FINE_TUNING = ("sft", "dpo")  # job types that tune a base model, with a section of that name
+
+
+def tuning(spec: dict[str, Any]) -> dict[str, Any]:
+    """A resolved fine-tuning spec's settings: its `sft` or `dpo` section."""
+    return dict(spec[spec["type"]])
+
+
 SFT_TRAINING_DEFAULTS = {"lr": 1e-4, "warmup_steps": 10, "eval_interval": 50, "max_steps": 200}
 LORA_LR = 1e-3
 
 
 class JobSpec(Strict):
-    """A job as submitted to `POST /v1/jobs`: pretraining, or fine-tuning a base model."""
+    """A job as submitted to `POST /v1/jobs`: pretraining, or fine-tuning a base model on
+    chat examples (sft) or preference pairs (dpo)."""
 
     name: Name | None = None
-    type: Literal["pretrain", "sft"] = "pretrain"
+    type: Literal["pretrain", "sft", "dpo"] = "pretrain"
     dataset_id: ObjectId
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
@@ -228,13 +244,18 @@ class JobSpec(Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     sft: SftSpec | None = None
+    dpo: DpoSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
-        if self.type == "sft":
+        if self.sft is not None and self.type != "sft":
+            raise ValueError("sft settings need type 'sft' (a dpo job has them in 'dpo')")
+        if self.dpo is not None and self.type != "dpo":
+            raise ValueError("dpo settings need type 'dpo'")
+        if self.type in FINE_TUNING:
             self._sft_defaults()
-        elif self.sft is not None or self.model.base_model_id is not None:
-            raise ValueError("sft settings and model.base_model_id need type 'sft'")
+        elif self.model.base_model_id is not None:
+            raise ValueError("model.base_model_id needs type 'sft' or 'dpo'")
         t = self.training
         if "warmup_steps" not in t.model_fields_set:
             t.warmup_steps = min(t.warmup_steps, t.max_steps)  # a default follows the others
@@ -268,13 +289,17 @@ class JobSpec(Strict):
         if "tokenizer" in self.model_fields_set and self.tokenizer.type != "model":
             raise ValueError("a fine-tuning job uses its base model's tokenizer")
         self.tokenizer = TokenizerSpec(type="model")
-        self.sft = self.sft or SftSpec()
+        if self.type == "dpo":
+            self.dpo = self.dpo or DpoSpec()
+            settings: SftSpec = self.dpo
+        else:
+            self.sft = settings = self.sft or SftSpec()
         t = self.training
         given = set(t.model_fields_set)
         for name, value in SFT_TRAINING_DEFAULTS.items():
             if name not in given:
                 setattr(t, name, value)
-        if "lr" not in given and self.sft.method == "lora":
+        if "lr" not in given and settings.method == "lora":
             t.lr = LORA_LR
         if "warmup_steps" not in given:
             t.warmup_steps = min(t.warmup_steps, t.max_steps)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from trainyard.settings import Settings
 
 _SAFE = re.compile(r"^[a-z]+_[0-9a-z]+$|^byte$")
-_SFT_VARIANT = re.compile(r"^sft-[0-9]+-(truncate|drop)-([0-9.]+|ds)$")
+_SFT_VARIANT = re.compile(r"^(sft|dpo)-[0-9]+-(truncate|drop)-([0-9.]+|ds)$")
 
 
 def _part(value: str) -> str:
@@ -49,7 +49,7 @@ class Storage:
         return self.dataset_dir(dataset_id) / "tokens" / _part(tokenizer_key)
 
     def sft_tokens_dir(self, dataset_id: str, key: str) -> Path:
-        """SFT shards of a dataset for a base model and a variant: `mdl_x/sft-...`."""
+        """SFT (or DPO) shards of a dataset for a base model and a variant: `mdl_x/sft-...`."""
         model_id, _, variant = key.partition("/")
         if not _SFT_VARIANT.fullmatch(variant):
             raise ValueError(f"not an SFT shard key: {key!r}")

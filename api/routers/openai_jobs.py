@@ -25,9 +25,9 @@ from domain.errors import Conflict, NotFound
 from domain.lifecycle import JobStatus
 from domain.orm import Checkpoint, Dataset, Event, Job
 from domain.paging import page
+from trainyard.specs import FINE_TUNING
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai"])
-FINE_TUNING = ("sft",)
 METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
 
 
@@ -78,7 +78,12 @@ def create_job(
         metadata=body.metadata,
         method=method,
         hyperparameters=hyper,
-        native={"sft": body.sft, "training": body.training, "resources": body.resources},
+        native={
+            "sft": body.sft,
+            "dpo": body.dpo,
+            "training": body.training,
+            "resources": body.resources,
+        },
         idempotency_key=idempotency_key,
         default_gpu_bytes=settings.default_gpu_memory_bytes,
     )

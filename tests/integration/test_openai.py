@@ -5,6 +5,7 @@ chat completions (plain and streamed), models, and every error class."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from openai import OpenAI
 
 from tests.integration.test_sft import BASE, reverse_task
 from tests.stack import Stack
-from trainyard.client import Client
+from trainyard.client import Client, TrainyardError
 
 pytestmark = pytest.mark.integration
 
@@ -147,9 +148,12 @@ def test_fine_tune_then_chat_and_models(
     metrics = [e for e in events if e.type == "metrics"]
     assert metrics and metrics[0].data["total_steps"] == 10
     assert {"step", "train_loss", "valid_loss"} <= set(metrics[0].data)
+    for key in ("train_mean_token_accuracy", "valid_mean_token_accuracy"):
+        assert 0 <= metrics[0].data[key] <= 1, metrics[0].data
     checkpoints = list(oa.fine_tuning.jobs.checkpoints.list(job.id))
     assert [c.step_number for c in checkpoints] == [10, 5]
     assert checkpoints[0].metrics.train_loss is not None
+    assert 0 <= (checkpoints[0].metrics.train_mean_token_accuracy or -1) <= 1
     assert checkpoints[0].fine_tuned_model_checkpoint.startswith(name)
 
     assert oa.models.retrieve(name).id == native.job(job.id)["model_id"]  # ':' in the path
@@ -290,7 +294,11 @@ def test_error_classes(
     cases: list[tuple[dict[str, Any], str]] = [
         ({"extra_body": {"lora_rank": 4}}, "lora_rank"),
         ({"extra_body": {"sft": {"method": "lora", "lora": {"rank": 0}}}}, "sft.lora.rank"),
-        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.type"),
+        # chat examples are no preference pairs
+        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}}, "training_file"),
+        ({"method": {"type": "dpo"}, "extra_body": {"sft": {"method": "lora"}}}, "sft"),
+        ({"method": {"type": "dpo"}, "extra_body": {"dpo": {"beta": 0}}}, "dpo.beta"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
         (
@@ -304,3 +312,75 @@ def test_error_classes(
                 model=base_model["id"], training_file=train_file.id, **kwargs
             )
         assert err.value.param == param, (kwargs, err.value.body)
+
+
+def preference_task(n: int, seed: int) -> list[dict[str, Any]]:
+    """Preference pairs: the reversed word is preferred to the word repeated back."""
+    return [
+        {
+            "input": {"messages": r["messages"][1:2]},  # a pair must fit the base's 64 tokens
+            "preferred_output": [r["messages"][2]],
+            "non_preferred_output": [{"role": "assistant", "content": r["messages"][1]["content"]}],
+        }
+        for r in reverse_task(n, seed)
+        if r["messages"][1]["content"] != r["messages"][2]["content"]  # no palindromes
+    ]
+
+
+def test_dpo_fine_tune_end_to_end(
+    oa: OpenAI, native: Client, base_model: dict[str, Any], train_file: Any, tmp_path: Path
+) -> None:
+    with jsonl(tmp_path / "prefs.jsonl", preference_task(48, 5)).open("rb") as f:
+        prefs = oa.files.create(file=f, purpose="fine-tune")
+    with jsonl(tmp_path / "prefs-val.jsonl", preference_task(16, 6)).open("rb") as f:
+        val = oa.files.create(file=f, purpose="fine-tune")
+    assert prefs.status == val.status == "processed"
+    # Natively too, a dpo job needs preference pairs and an sft job chat examples.
+    for kind, dataset in (("dpo", train_file.id), ("sft", prefs.id)):
+        with pytest.raises(TrainyardError) as refused:
+            native.create_job(
+                {"type": kind, "dataset_id": dataset, "model": {"base_model_id": base_model["id"]}}
+            )
+        assert refused.value.status == 409 and refused.value.code == "dataset_kind"
+        assert refused.value.message.startswith("dataset_id:")
+    job = oa.fine_tuning.jobs.create(
+        model=base_model["id"],
+        training_file=prefs.id,
+        validation_file=val.id,
+        suffix="pref",
+        method={
+            "type": "dpo",
+            "dpo": {
+                "hyperparameters": {"beta": 0.2, "n_epochs": 2, "learning_rate_multiplier": 10}
+            },
+        },
+        extra_body={**FAST, "dpo": {"method": "full"}},
+    )
+    assert job.method is not None and job.method.type == "dpo"
+    assert job.method.dpo is not None and job.method.dpo.hyperparameters is not None
+    assert job.method.dpo.hyperparameters.beta == 0.2
+    spec = native.job(job.id)["spec"]  # the same job in the native API
+    assert spec["type"] == "dpo" and spec["dpo"]["beta"] == 0.2 and spec["sft"] is None
+
+    done = wait(oa, job.id, lambda j: j.status in DONE)
+    assert done.status == "succeeded", (done, native.events(job.id))
+    assert done.fine_tuned_model == f"ft:{base_model['id']}:{done.organization_id}:pref:{job.id}"
+    series = native.metrics(job.id)
+    assert abs(series["loss"][0]["value"] - math.log(2)) < 1e-4  # policy == reference at step 1
+    assert series["reward_accuracy"][0]["value"] == 0.5  # every pair a tie
+    for name in ("reward_margin", "reward_chosen", "reward_rejected", "val_reward_accuracy"):
+        assert len(series[name]) >= 1, name
+    # The policy has moved off the reference (learning itself is shown in tests/trainer).
+    assert series["reward_margin"][-1]["value"] != 0.0
+    assert len(series["loss"]) == native.job(job.id)["spec"]["training"]["max_steps"]
+    metrics = [e for e in oa.fine_tuning.jobs.list_events(job.id) if e.type == "metrics"]
+    assert metrics and {"valid_loss", "val_reward_accuracy", "val_reward_margin"} <= set(
+        metrics[0].data
+    )
+    reply = oa.chat.completions.create(
+        model=str(done.fine_tuned_model),
+        messages=[{"role": "user", "content": "abc"}],
+        max_tokens=4,
+        temperature=0,
+    )
+    assert reply.choices[0].message.role == "assistant"

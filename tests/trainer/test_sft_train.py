@@ -8,11 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.trainer.sft_testkit import make_sft_shards
+from tests.trainer.sft_testkit import make_sft_shards, pretrain_base
 from tests.trainer.trainer_testkit import (
-    make_dataset,
     read_events,
-    run_config,
     run_trainer,
     write_config,
 )
@@ -21,7 +19,6 @@ from trainer import tokenizer as tokmod
 from trainer.config import EXIT_OK, EXIT_PREEMPTED, RunConfig
 from trainer.distributed import Dist
 from trainer.events import EventWriter
-from trainer.loop import Trainer
 from trainer.sample import load_model
 from trainer.sft import SFTTrainer
 
@@ -30,24 +27,10 @@ LORA_TARGETS = ["c_attn", "c_proj", "c_fc", "q_proj", "k_proj", "v_proj", "o_pro
 PROMPTS = [[{"role": "user", "content": "Say: river"}], [{"role": "user", "content": "Say: a"}]]
 
 
-def _pretrain(tmp: Path, preset: str) -> str:
-    """Export dir of a short pretraining run with a 128-token context."""
-    tok, data = make_dataset(tmp, n_docs=100)
-    raw = run_config(tmp, "base", tok, data, preset=preset, max_steps=20, eval_interval=20)
-    raw["model"]["seq_len"] = SEQ_LEN
-    cfg = RunConfig.from_dict(raw)
-    events = EventWriter(cfg.output_dir)
-    try:
-        assert Trainer(cfg, Dist(), events).run() == EXIT_OK
-    finally:
-        events.close()
-    return cfg.export_dir
-
-
 @pytest.fixture(scope="module", params=["tiny", "tiny-llama"])
 def base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp(f"base-{request.param}")
-    export = _pretrain(tmp, request.param)
+    export = pretrain_base(tmp, request.param, SEQ_LEN)
     train, val, tok = make_sft_shards(tmp, str(Path(export) / "tokenizer.json"), SEQ_LEN)
     return {"export": export, "train": train, "val": val, "tokenizer": tok}
 

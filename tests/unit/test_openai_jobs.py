@@ -54,13 +54,52 @@ def test_bad_options_name_their_field(
     assert err.value.details[0]["field"] == field
 
 
-def test_dpo_is_refused_by_name() -> None:
+def dpo(hyper: dict[str, Any] | None = None, native: dict[str, Any] | None = None) -> Any:
+    return spec_for(
+        base_model_id="mdl_x",
+        training_file="ds_x",
+        validation_file=None,
+        method="dpo",
+        hyperparameters=hyper or {},
+        seed=1,
+        native=native or {},
+    )
+
+
+def test_dpo_makes_a_dpo_job_with_its_beta() -> None:
+    s = dpo({"beta": 0.3, "n_epochs": 2, "learning_rate_multiplier": 2})
+    assert s.type == "dpo" and s.sft is None and s.dpo is not None
+    assert s.dpo.beta == 0.3 and s.dpo.epochs == 2 and s.dpo.packing is False
+    assert s.training.lr == pytest.approx(2e-4)
+    auto = dpo({"beta": "auto"}, {"dpo": {"method": "lora"}})
+    assert auto.dpo is not None and auto.dpo.beta == 0.1 and auto.training.lr == pytest.approx(1e-3)
+    assert dpo({}, {"dpo": {"beta": 0.5}}).dpo.beta == 0.5  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("hyper", "native", "field"),
+    [
+        ({}, {"sft": {"method": "lora"}}, "sft"),
+        ({"beta": 0.2}, {"dpo": {"beta": 0.3}}, "dpo.beta"),
+        ({}, {"dpo": {"beta": -1}}, "dpo.beta"),
+        ({}, {"dpo": {"epochs": 2}}, "dpo.epochs"),
+    ],
+)
+def test_bad_dpo_options_name_their_field(
+    hyper: dict[str, Any], native: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(Invalid) as err:
+        dpo(hyper, native)
+    assert err.value.details[0]["field"] == field
+
+
+def test_reinforcement_is_refused_by_name() -> None:
     with pytest.raises(Invalid) as err:
         spec_for(
             base_model_id="m",
             training_file="f",
             validation_file=None,
-            method="dpo",
+            method="reinforcement",
             hyperparameters={},
             seed=1,
             native={},

@@ -76,3 +76,23 @@ def test_fine_tuning_config_reads_back_as_written(tmp_path: Path) -> None:
     assert config.sft.base_model_dir == str(storage.model_dir("mdl_1"))
     assert (config.sft.method, config.sft.lora.rank) == ("lora", 4)
     assert [[(m.role, m.content) for m in p] for p in config.sft.eval_prompts] == [[("user", "hi")]]
+
+
+def test_dpo_config_reads_back_as_written(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "storage")
+    key = "mdl_1/dpo-64-drop-0.05"
+    folder = storage.sft_tokens_dir("ds_1", key)
+    (folder / "train").mkdir(parents=True)
+    (folder / "eval_prompts.json").write_text("[]")
+    spec = {
+        "type": "dpo",
+        "dataset_id": "ds_1",
+        "model": {"base_model_id": "mdl_1"},
+        "dpo": {"beta": 0.25, "method": "lora", "overlong": "drop", "packing": False},
+    }
+    config = run_config(storage, Settings(), job(spec, key), 1, NODE)
+    assert reread(config, tmp_path) == config
+    assert config.type == "dpo" and config.dpo is not None and config.dpo.beta == 0.25
+    assert config.sft is not None and (config.sft.method, config.sft.packing) == ("lora", False)
+    assert isinstance(config.data, SFTDataConfig)
+    assert config.data.train == str(storage.sft_tokens_dir("ds_1", key) / "train")

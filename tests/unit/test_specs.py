@@ -215,3 +215,27 @@ def test_moe_defaults_are_filled_in() -> None:
     assert "Unexpected keyword argument" in rejection(
         model={"preset": "tiny-moe", "moe": {"experts": 4}}
     )
+
+
+def test_a_dpo_job_resolves_its_dpo_section_and_round_trips() -> None:
+    resolved = resolve(type="dpo", model={"base_model_id": "mdl_b"})
+    assert resolved["sft"] is None and resolved["tokenizer"]["type"] == "model"
+    assert resolved["dpo"]["beta"] == 0.1 and resolved["dpo"]["method"] == "full"
+    assert resolved["training"]["lr"] == 1e-4
+    lora = resolve(type="dpo", model={"base_model_id": "mdl_b"}, dpo={"method": "lora", "beta": 1})
+    assert lora["dpo"]["lora"]["rank"] == 8 and lora["training"]["lr"] == 1e-3
+    assert JobSpec(**lora).resolved() == lora
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ({"type": "dpo", "model": {"base_model_id": "mdl_b"}, "sft": {}}, "in 'dpo'"),
+        ({"type": "sft", "model": {"base_model_id": "mdl_b"}, "dpo": {}}, "need type 'dpo'"),
+        ({"type": "dpo"}, "base_model_id"),
+        ({"type": "dpo", "model": {"base_model_id": "mdl_b"}, "dpo": {"beta": 0}}, "dpo.beta"),
+        ({"type": "dpo", "model": {"base_model_id": "mdl_b"}, "dpo": {"rank": 4}}, "dpo.rank"),
+    ],
+)
+def test_dpo_spec_errors_name_their_field(spec: dict[str, Any], named: str) -> None:
+    assert named in rejection(**spec)
