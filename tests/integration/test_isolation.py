@@ -319,9 +319,11 @@ def test_an_attempt_token_works_only_for_its_own_attempt(
     batch = {"events": [{"seq": 10_000, "event": {"type": "log", "message": "forged"}}]}
     before = event_count(db, b.ids["job"])
 
+    internal = f"http://127.0.0.1:{stack.env['TRAINYARD_INTERNAL_PORT']}"
+
     def post(path: str, token: str, body: dict[str, Any]) -> httpx.Response:
         return httpx.post(
-            f"{stack.url}/internal/attempts/{b_attempt}/{path}",
+            f"{internal}/internal/attempts/{b_attempt}/{path}",
             json=body,
             headers={"Authorization": f"Bearer {token}"},
             timeout=30,
