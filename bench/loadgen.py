@@ -1,40 +1,117 @@
-"""A small HTTP/1.1 keep-alive load generator (asyncio on uvloop): N connections, each
-sending GETs back to back for a fixed time; requests/s, latency percentiles and errors.
-Used where wrk is not installed; both apps of a comparison get the same generator."""
+"""A small HTTP/1.1 keep-alive load generator (asyncio on uvloop): groups of connections,
+each sending its requests back to back for a fixed time; requests/s, latency percentiles
+and errors (any answer that is not 2xx, or a broken connection) per group and in all.
+Used where wrk is not installed; every app of a comparison gets the same generator."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import uvloop
 
+# What the n-th request of a connection sends: method, path and JSON body (b"" for none).
+RequestOf = Callable[[int], tuple[str, str, bytes]]
+
+
+@dataclass(frozen=True)
+class Group:
+    """Connections that send the same kind of request."""
+
+    connections: int
+    request_of: RequestOf
+
 
 async def _connection(
-    host: str, port: int, path_of: Callable[[int], str], headers: str, until: float
+    host: str, port: int, request_of: RequestOf, headers: str, until: float
 ) -> tuple[list[float], int]:
     reader, writer = await asyncio.open_connection(host, port)
     latencies: list[float] = []
     errors = 0
     n = 0
     while time.perf_counter() < until:
-        path = path_of(n)
+        method, path, body = request_of(n)
         n += 1
+        extra = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n" if body else ""
         start = time.perf_counter()
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        await reader.readexactly(length)
+        try:
+            writer.write(
+                f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}{extra}\r\n".encode() + body
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError):
+            errors += 1
+            writer.close()
+            reader, writer = await asyncio.open_connection(host, port)
+            continue
         latencies.append(time.perf_counter() - start)
-        if status != 200:
+        if not 200 <= status < 300:
             errors += 1
     writer.close()
     return latencies, errors
+
+
+def _summary(latencies: list[float], errors: int, elapsed: float) -> dict[str, float]:
+    latencies = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": latencies[-1] * 1000,
+        "errors": errors,
+    }
+
+
+def run_groups(
+    base_url: str, *, key: str, groups: dict[str, Group], seconds: float
+) -> dict[str, dict[str, float]]:
+    """Load `base_url` from every group at once; a summary per group and "all"."""
+    hostport = base_url.split("://", 1)[1].rstrip("/")
+    host, _, port = hostport.partition(":")
+    headers = f"Authorization: Bearer {key}\r\n"
+
+    async def main() -> list[list[tuple[list[float], int]]]:
+        until = time.perf_counter() + seconds
+        return await asyncio.gather(
+            *(
+                asyncio.gather(
+                    *(
+                        _connection(host, int(port), group.request_of, headers, until)
+                        for _ in range(group.connections)
+                    )
+                )
+                for group in groups.values()
+            )
+        )
+
+    started = time.perf_counter()
+    results = uvloop.run(main())
+    elapsed = time.perf_counter() - started
+    out: dict[str, dict[str, float]] = {}
+    everything: list[float] = []
+    all_errors = 0
+    for name, per_connection in zip(groups, results, strict=True):
+        latencies = [x for lat, _ in per_connection for x in lat]
+        errors = sum(e for _, e in per_connection)
+        out[name] = _summary(latencies, errors, elapsed)
+        everything += latencies
+        all_errors += errors
+    out["all"] = _summary(everything, all_errors, elapsed)
+    return out
 
 
 def run(
@@ -45,32 +122,11 @@ def run(
     seconds: float,
     path_of: Callable[[int], str] | None = None,
 ) -> dict[str, float]:
-    """Load `url` (or the paths path_of(n) gives on its host) from `connections` at once."""
-    rest = url.split("://", 1)[1]
+    """GET `url` (or the paths path_of(n) gives on its host) from `connections` at once."""
+    scheme, rest = url.split("://", 1)
     hostport, _, path = rest.partition("/")
-    host, _, port = hostport.partition(":")
     paths = path_of or (lambda _n: "/" + path)
-    headers = f"Authorization: Bearer {key}\r\n"
-
-    async def main() -> list[tuple[list[float], int]]:
-        until = time.perf_counter() + seconds
-        return await asyncio.gather(
-            *(_connection(host, int(port), paths, headers, until) for _ in range(connections))
-        )
-
-    started = time.perf_counter()
-    results = uvloop.run(main())
-    elapsed = time.perf_counter() - started
-    latencies = sorted(x for lat, _ in results for x in lat)
-    errors = sum(e for _, e in results)
-
-    def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-
-    return {
-        "requests": len(latencies),
-        "rps": len(latencies) / elapsed,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "errors": errors,
-    }
+    group = Group(connections, lambda n: ("GET", paths(n), b""))
+    return run_groups(f"{scheme}://{hostport}", key=key, groups={"get": group}, seconds=seconds)[
+        "get"
+    ]

@@ -88,7 +88,8 @@ def main() -> None:
                     results[name].append(r)
                     print(
                         f"{name:12} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-                        f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']:.0f}"
+                        f"p90 {r['p90_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
+                        f"max {r['max_ms']:6.1f} ms  errors {r['errors']:.0f}"
                     )
         finally:
             proc.terminate()

@@ -88,8 +88,10 @@ def get_async_engine() -> AsyncEngine:
 
         return engine
     # Reads only: no pre-ping round trip; a connection the server dropped is discarded
-    # on its error and the next request gets a fresh one.
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_recycle=300)
+    # on its error and the next request gets a fresh one. Most of the 30 connections are
+    # kept once opened: overflow ones are closed on return, so under a steady load of polls
+    # a small pool closes and reopens connections (a TLS attempt and a start-up each).
+    return create_async_engine(url, pool_size=24, max_overflow=6, pool_recycle=300)
 
 
 @lru_cache

@@ -12,10 +12,16 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from api.deps import AsyncSessionDep, CursorQuery, ProjectDep, SessionDep, SettingsDep
+from api.deps import (
+    AsyncSessionDep,
+    CursorQuery,
+    ProjectDep,
+    SessionDep,
+    SettingsDep,
+)
 from api.errors import ApiError
 from api.schemas import CheckpointOut, EventOut, JobOut, MetricPoint, MetricsOut, Page
-from api.views import job_out
+from api.views import job_out, json_response
 from domain import jobs
 from domain.db import get_sessionmaker
 from domain.lifecycle import TERMINAL, JobStatus
@@ -54,23 +60,21 @@ def create_job(
 @router.get("", response_model=Page[JobOut])
 async def list_jobs(
     project_id: ProjectDep,
-    session: AsyncSessionDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: CursorQuery = None,
-) -> dict[str, object]:
+) -> Response:
     """List the project's jobs, newest first, optionally by status."""
-    query = select(Job).where(Job.project_id == project_id)
-    if status:
-        query = query.where(Job.status == status)
-    rows, more = await page_async(session, query, Job.id, limit=limit, after=after)
-    return {"data": [job_out(j) for j in rows], "has_more": more}
+    rows, more = await jobs.list_rows(
+        project_id=project_id, status=status, limit=limit, after=after
+    )
+    return json_response(Page[JobOut](data=[job_out(j) for j in rows], has_more=more))
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, project_id: ProjectDep, session: AsyncSessionDep) -> JobOut:
+async def get_job(job_id: str, project_id: ProjectDep) -> Response:
     """Show a job with its status, progress, attempt, error and model."""
-    return job_out(await jobs.get_async(session=session, project_id=project_id, job_id=job_id))
+    return json_response(job_out(await jobs.read(project_id=project_id, job_id=job_id)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
