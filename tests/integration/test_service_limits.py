@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -326,3 +328,17 @@ def test_a_revoked_key_stops_at_once_in_every_api_process(stack: Stack, tight: S
         r = http.get("/v1/datasets")
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     assert "Revoked" in stack.cli("keys", "revoke", "--key", key)  # again: no change
+
+
+def test_the_api_refuses_to_start_with_a_placeholder_secret(stack: Stack) -> None:
+    env = {**stack.env, "TRAINYARD_NODE_SECRET": "change-me"}
+    out = subprocess.run(
+        [sys.executable, "-m", "trainyard.cli", "api", "--port", "1"],
+        env=env,
+        cwd=stack.workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "TRAINYARD_NODE_SECRET still holds a placeholder secret" in out.stderr
