@@ -6,6 +6,7 @@ Used where wrk is not installed; every app of a comparison gets the same generat
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,21 +19,29 @@ RequestOf = Callable[[int], tuple[str, str, bytes]]
 
 @dataclass(frozen=True)
 class Group:
-    """Connections that send the same kind of request."""
+    """Connections that send the same kind of request: back to back, or each one request
+    every `interval` seconds (as a dashboard or a script polls), spread over the interval."""
 
     connections: int
     request_of: RequestOf
+    interval: float = 0.0
 
 
 async def _connection(
-    host: str, port: int, request_of: RequestOf, headers: str, until: float
+    host: str, port: int, group: Group, headers: str, until: float
 ) -> tuple[list[float], int]:
     reader, writer = await asyncio.open_connection(host, port)
     latencies: list[float] = []
     errors = 0
     n = 0
+    next_at = time.perf_counter() + random.uniform(0, group.interval)
     while time.perf_counter() < until:
-        method, path, body = request_of(n)
+        if group.interval:
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            next_at += group.interval
+            if time.perf_counter() >= until:
+                break
+        method, path, body = group.request_of(n)
         n += 1
         extra = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n" if body else ""
         start = time.perf_counter()
@@ -63,6 +72,8 @@ def _summary(latencies: list[float], errors: int, elapsed: float) -> dict[str, f
     latencies = sorted(latencies)
 
     def pct(q: float) -> float:
+        if not latencies:
+            return float("nan")
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
 
     return {
@@ -71,7 +82,7 @@ def _summary(latencies: list[float], errors: int, elapsed: float) -> dict[str, f
         "p50_ms": pct(0.50),
         "p90_ms": pct(0.90),
         "p99_ms": pct(0.99),
-        "max_ms": latencies[-1] * 1000,
+        "max_ms": pct(1.0),
         "errors": errors,
     }
 
@@ -90,7 +101,7 @@ def run_groups(
             *(
                 asyncio.gather(
                     *(
-                        _connection(host, int(port), group.request_of, headers, until)
+                        _connection(host, int(port), group, headers, until)
                         for _ in range(group.connections)
                     )
                 )
