@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Query, Request
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
@@ -155,14 +155,7 @@ async def get_async_session() -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def get_async_connection() -> AsyncIterator[AsyncConnection]:
-    """An asyncio connection per request, for reads of plain rows (no ORM session)."""
-    async with get_async_engine().connect() as conn:
-        yield conn
-
-
 SessionDep = Annotated[Session, Depends(get_session)]
-AsyncConnectionDep = Annotated[AsyncConnection, Depends(get_async_connection)]
 AsyncSessionDep = Annotated[AsyncSession, Depends(get_async_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
