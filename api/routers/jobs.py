@@ -31,6 +31,7 @@ from trainyard.specs import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_BIGINT = 2**63 - 1
+MAX_STEP = 2**31 - 1  # steps are 32-bit integer columns
 
 
 @router.post("", status_code=201, response_model=JobOut)
@@ -172,7 +173,7 @@ async def job_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0, le=MAX_BIGINT)] = None,
     last_event_id: Annotated[int | None, Header(ge=0, le=MAX_BIGINT)] = None,
-    metrics_after_step: Annotated[int | None, Query(ge=0, le=MAX_BIGINT)] = None,
+    metrics_after_step: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
 ) -> object:
     """The job's event log, oldest first; `Accept: text/event-stream` follows it live (with
     `metrics_after_step`, the stream also carries `metrics` frames of the points past it)."""
@@ -212,7 +213,7 @@ async def job_metrics(
         list[Annotated[str, Query(max_length=32, pattern=r"^[A-Za-z0-9_./-]+$")]] | None,
         Query(alias="name", max_length=32),
     ] = None,
-    after_step: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
+    after_step: Annotated[int, Query(ge=0, le=MAX_STEP)] = 0,
     limit: Annotated[int, Query(ge=100, le=10_000)] = 5000,
 ) -> MetricsOut:
     """Time series per metric (loss, val_loss, lr, grad_norm, tokens_per_s, mfu), paged by

@@ -161,6 +161,9 @@ def test_non_numbers_and_control_characters_are_422(
         ("/v1/jobs?after=job_%00x", 422),
         ("/v1/jobs/job_%00x", 404),
         ("/v1/jobs/{job}/metrics?after_step=99999999999999999999999", 422),
+        # Past a 32-bit step (the column's type), not only past a 64-bit integer.
+        ("/v1/jobs/{job}/metrics?after_step=9223372036854775807", 422),
+        ("/v1/jobs/{job}/events?metrics_after_step=2147483648", 422),
         ("/v1/jobs/{job}/events?after=-1", 422),
         ("/v1/datasets?after=" + "a" * 65, 422),
     ],
