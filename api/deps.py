@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.guard import state_project
-from domain.db import get_async_sessionmaker, get_sessionmaker
-from domain.keys import REVOKED_CHANNEL, REVOKED_FILE
+from domain.db import get_async_engine, get_async_sessionmaker, get_sessionmaker, utcnow
+from domain.keys import REVOKED_CHANNEL, REVOKED_FILE, live
 from domain.orm import ApiKey
 from trainyard.ids import hash_secret
 from trainyard.settings import Settings, get_settings
@@ -40,7 +41,7 @@ class KeyCache:
     """
 
     def __init__(self) -> None:
-        self.keys: OrderedDict[str, str] = OrderedDict()
+        self.keys: OrderedDict[str, tuple[str, datetime | None]] = OrderedDict()
         self.trusted = False
         self.marker: Path | None = None
         self.marker_time = 0
@@ -60,16 +61,21 @@ class KeyCache:
         elif not self.trusted:
             self._listen()
             return None
-        project_id = self.keys.get(key_hash)
-        if project_id is not None:
-            self.keys.move_to_end(key_hash)
+        entry = self.keys.get(key_hash)
+        if entry is None:
+            return None
+        project_id, expires_at = entry
+        if expires_at is not None and expires_at <= utcnow():
+            del self.keys[key_hash]
+            return None
+        self.keys.move_to_end(key_hash)
         return project_id
 
-    def put(self, key_hash: str, project_id: str) -> None:
-        """Remember a key just read from the database."""
+    def put(self, key_hash: str, project_id: str, expires_at: datetime | None = None) -> None:
+        """Remember a key just read from the database (until it expires, if it does)."""
         if self.marker is None and not self.trusted:
             return
-        self.keys[key_hash] = project_id
+        self.keys[key_hash] = (project_id, expires_at)
         while len(self.keys) > KEY_CACHE_SIZE:
             self.keys.popitem(last=False)
 
@@ -162,17 +168,17 @@ def bearer(authorization: str | None) -> str:
     return authorization[7:].strip()
 
 
-async def _lookup_project(key_hash: str) -> str | None:
-    """The project of a live key, from the database."""
-    async with get_async_sessionmaker()() as session:
+async def _lookup_project(key_hash: str) -> tuple[str, datetime | None] | None:
+    """The project of a live key and when the key expires, from the database."""
+    async with get_async_engine().connect() as conn:
         row = (
-            await session.execute(
-                select(ApiKey.project_id).where(
-                    ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
+            await conn.execute(
+                select(ApiKey.project_id, ApiKey.expires_at).where(
+                    ApiKey.key_hash == key_hash, live()
                 )
             )
         ).first()
-    return None if row is None else str(row[0])
+    return None if row is None else (str(row[0]), row[1])
 
 
 async def authenticate(authorization: str | None) -> tuple[str, str]:
@@ -181,11 +187,11 @@ async def authenticate(authorization: str | None) -> tuple[str, str]:
     project_id = key_cache.get(key_hash)
     if project_id is not None:
         return key_hash, project_id
-    project_id = await _lookup_project(key_hash)
-    if project_id is None:
-        raise ApiError(401, "unauthorized", "invalid or revoked API key")
-    key_cache.put(key_hash, project_id)
-    return key_hash, project_id
+    found = await _lookup_project(key_hash)
+    if found is None:
+        raise ApiError(401, "unauthorized", "invalid, expired or revoked API key")
+    key_cache.put(key_hash, *found)
+    return key_hash, found[0]
 
 
 async def current_project(
@@ -202,17 +208,17 @@ async def current_project(
 ProjectDep = Annotated[str, Depends(current_project)]
 
 
-def require_admin(
-    session: SessionDep, authorization: Annotated[str | None, Header()] = None
-) -> None:
+async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
     """Refuse (403) a key that is not an admin key; 401 without a valid key."""
-    from domain.keys import is_admin
-
-    key = bearer(authorization)
-    if _lookup_project(hash_secret(key)) is None:
-        raise ApiError(401, "unauthorized", "invalid or revoked API key")
-    if not is_admin(session=session, key=key):
-        raise ApiError(403, "forbidden", "this needs an admin key (trainyard keys create --admin)")
+    key_hash, _ = await authenticate(authorization)  # a cache hit on routes the guard checked
+    async with get_async_engine().connect() as conn:
+        admin = (
+            await conn.execute(select(ApiKey.admin).where(ApiKey.key_hash == key_hash, live()))
+        ).scalar()
+    if not admin:
+        raise ApiError(
+            403, "forbidden", "this needs an admin key (trainyard keys create --role admin)"
+        )
 
 
 AdminDep = Depends(require_admin)

@@ -7,6 +7,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from trainyard.specs import Name
+
 T = TypeVar("T")
 
 
@@ -283,3 +285,33 @@ class QuotaOut(QuotaIn):
     running_slots: int
     queued_jobs: int
     storage_bytes: int
+
+
+class KeyIn(BaseModel):
+    """A new API key (admin keys only): its project (created if new), role and lifetime."""
+
+    model_config = ConfigDict(extra="forbid")
+    project: Name = Field(min_length=1)
+    role: Literal["member", "admin"] = "member"
+    # At most ten years; none: the key works until it is revoked.
+    expires_in_seconds: int | None = Field(None, ge=1, le=10 * 365 * 86400)
+
+
+class KeyOut(BaseModel):
+    """An API key as listed: never the secret, only its first characters."""
+
+    id: str
+    object: Literal["api_key"] = "api_key"
+    prefix: str
+    project_id: str
+    project: str
+    role: Literal["member", "admin"]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    """A key just created, with its secret: shown this once."""
+
+    key: str

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from fastapi import Response
+from pydantic import BaseModel
+from sqlalchemy import Row
+
 from api.schemas import JobError, JobOut, ModelFile, ModelOut, Progress
 from domain.lifecycle import WAITING, JobStatus
 from domain.models import DOWNLOADABLE
 from domain.orm import Job, Model
 
 
-def job_out(job: Job) -> JobOut:
-    """The public view of a job, with its progress."""
+def json_response(body: BaseModel, status_code: int = 200) -> Response:
+    """A response model already built, serialized once: FastAPI would dump it to a dict,
+    validate that again against the route's response model, then serialize it."""
+    return Response(body.model_dump_json(), status_code, media_type="application/json")
+
+
+def job_out(job: Job | Row[Any]) -> JobOut:
+    """The public view of a job (an ORM object or a row of its columns), with its progress."""
     training = job.spec["training"]
     tokens_per_step = training["batch_size"] * training["seq_len"]
     remaining = max(0, training["max_steps"] - job.step)

@@ -17,14 +17,15 @@ class Owned(Protocol):
 T = TypeVar("T", bound=Owned)
 
 
-def _impossible(object_id: str, kind: str) -> None:
+def impossible_id(object_id: str, kind: str) -> None:
+    """A 404 for an id no row can have (too long, or a NUL), before asking the database."""
     if len(object_id) > 64 or "\x00" in object_id:  # no such id exists; spare the database
         raise NotFound(kind, object_id[:64])
 
 
 def owned(session: Session, cls: type[T], object_id: str, project_id: str, kind: str) -> T:
     """The object if it exists and belongs to the project, else the same 404 either way."""
-    _impossible(object_id, kind)
+    impossible_id(object_id, kind)
     obj = session.get(cls, object_id)
     if obj is None or obj.project_id != project_id:
         raise NotFound(kind, object_id)
@@ -35,7 +36,7 @@ async def owned_async(
     session: AsyncSession, cls: type[T], object_id: str, project_id: str, kind: str
 ) -> T:
     """owned() on an asyncio session: one query."""
-    _impossible(object_id, kind)
+    impossible_id(object_id, kind)
     obj = await session.get(cls, object_id)
     if obj is None or obj.project_id != project_id:
         raise NotFound(kind, object_id)

@@ -88,8 +88,11 @@ def get_async_engine() -> AsyncEngine:
 
         return engine
     # Reads only: no pre-ping round trip; a connection the server dropped is discarded
-    # on its error and the next request gets a fresh one.
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_recycle=300)
+    # on its error and the next request gets a fresh one. A request holds a connection for
+    # its query alone, so a fixed 16 serve many more requests at once; more wait their turn
+    # rather than open overflow connections, which are closed on return (a TLS attempt and
+    # a server process for every one) and use up a shared server's max_connections.
+    return create_async_engine(url, pool_size=16, max_overflow=0, pool_recycle=300)
 
 
 @lru_cache

@@ -8,16 +8,18 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from domain import datasets, quotas, webhooks
-from domain.access import owned, owned_async
+from domain.access import impossible_id, owned, owned_async
+from domain.db import get_async_engine
 from domain.errors import Conflict, Invalid, NotFound
 from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transition
 from domain.orm import Attempt, Dataset, Job, Node, Tokenizer
+from domain.paging import page_rows
 from trainer.config import ModelConfig, TrainingConfig
 from trainer.hf_config import model_config_from_hf
 from trainer.sizing import estimate_memory, fits, param_count
@@ -311,6 +313,42 @@ def get(*, session: Session, project_id: str, job_id: str) -> Job:
 async def get_async(*, session: AsyncSession, project_id: str, job_id: str) -> Job:
     """get() on an asyncio session: one query."""
     return await owned_async(session, Job, job_id, project_id, "job")
+
+
+# Built once: a statement costs more to build than to run from SQLAlchemy's cache.
+_READ = select(Job.__table__).where(
+    Job.id == bindparam("job_id"), Job.project_id == bindparam("project_id")
+)
+
+
+async def read(*, project_id: str, job_id: str) -> Row[Any]:
+    """A job's columns (a row, not an ORM object: nothing to track), by id and project in
+    one indexed select; the status poll that every dashboard sends. 404 if not the
+    project's. The connection is held for the query alone, not while the answer is built
+    and sent: under many polls at once, connections are what they queue for."""
+    impossible_id(job_id, "job")
+    async with get_async_engine().connect() as conn:
+        result = await conn.execute(_READ, {"job_id": job_id, "project_id": project_id})
+        row = result.first()
+    if row is None:
+        raise NotFound("job", job_id)
+    return row
+
+
+async def list_rows(
+    *,
+    project_id: str,
+    status: JobStatus | None,
+    limit: int,
+    after: str | None,
+) -> tuple[list[Row[Any]], bool]:
+    """One page of the project's jobs (rows), newest first, optionally by status; whether
+    more follow. Indexes on (project_id, id) and (project_id, status, id) serve the cursor."""
+    query = select(Job.__table__).where(Job.project_id == project_id)
+    if status:
+        query = query.where(Job.status == status)
+    async with get_async_engine().connect() as conn:
+        return await page_rows(conn, query, Job.__table__.c.id, limit=limit, after=after)
 
 
 def of_owned_job(query: Any, job_column: Any, *, project_id: str, job_id: str) -> Any:

@@ -62,6 +62,7 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
     # An admin key also sees the cluster (nodes) and sets quotas.
     admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
@@ -167,7 +168,9 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     __table_args__ = (
         UniqueConstraint("project_id", "idempotency_key", name="uq_job_idempotency"),
-        Index("ix_jobs_project_status", "project_id", "status"),
+        # The job list's cursor, with and without a status filter.
+        Index("ix_jobs_project_id", "project_id", "id"),
+        Index("ix_jobs_project_status_id", "project_id", "status", "id"),
         Index("ix_jobs_status", "status"),
     )
 

@@ -5,6 +5,7 @@ trainyard.console."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import sys
@@ -38,24 +39,67 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> datetime.timedelta:
+    """Read "90d", "12h", "30m" or "3600s" (a number alone is seconds)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give a number with s, m, h, d or w (e.g. 90d)"
+        ) from None
+    if not 0 < value < 1e6 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+    return datetime.timedelta(seconds=value * units[unit])
+
+
 def _keys(args: argparse.Namespace) -> int:
     from domain.db import session_scope
-    from domain.keys import create_key, revoke_key
+    from domain.errors import DomainError
+    from domain.keys import Role, create_key, list_keys, revoke_key
     from trainyard.settings import get_settings
 
-    if args.action == "revoke":
-        if not args.key:
-            raise SystemExit("trainyard keys revoke needs --key (its id, prefix or the key)")
+    try:
+        if args.action == "revoke":
+            if not args.key:
+                raise SystemExit("trainyard keys revoke needs --key (its id, prefix or the key)")
+            with session_scope() as session:
+                row = revoke_key(session=session, key=args.key, data_dir=get_settings().data_dir)
+            print(f"Revoked key {row.id} ({row.prefix}...) of project {row.project_id}.")
+            return 0
+        if args.action == "list":
+            with session_scope() as session:
+                rows = list_keys(session=session, project_name=args.project)
+            print(f"{'ID':26} {'PREFIX':12} {'PROJECT':20} {'ROLE':7} {'CREATED':17} STATE")
+            for k in rows:
+                state = (
+                    f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}"
+                    if k["revoked_at"]
+                    else f"expires {k['expires_at']:%Y-%m-%d %H:%M}"
+                    if k["expires_at"]
+                    else "live"
+                )
+                print(
+                    f"{k['id']:26} {k['prefix'] + '...':12} {k['project']:20} {k['role']:7} "
+                    f"{k['created_at']:%Y-%m-%d %H:%M} {state}"
+                )
+            return 0
+        if not args.project:
+            raise SystemExit("trainyard keys create needs --project")
+        admin = args.admin or args.role == Role.ADMIN
         with session_scope() as session:
-            row = revoke_key(session=session, key=args.key, data_dir=get_settings().data_dir)
-        print(f"Revoked key {row.id} ({row.prefix}...) of project {row.project_id}.")
-        return 0
-    if not args.project:
-        raise SystemExit("trainyard keys create needs --project")
-    with session_scope() as session:
-        key = create_key(session=session, project_name=args.project, admin=args.admin)
-    kind = "an admin API key" if args.admin else "an API key"
-    print(f"Created {kind} for project {args.project!r}. It is shown only once:")
+            key = create_key(
+                session=session, project_name=args.project, admin=admin, expires_in=args.expires_in
+            )
+    except DomainError as exc:
+        raise SystemExit(f"trainyard keys {args.action}: {exc.message}") from None
+    kind = "an admin API key" if admin else "an API key"
+    until = ""
+    if args.expires_in:
+        ends = datetime.datetime.now(datetime.UTC) + args.expires_in
+        until = f", expiring {ends:%Y-%m-%d %H:%M:%S} UTC"
+    print(f"Created {kind} for project {args.project!r}{until}. It is shown only once:")
     print(key)
     return 0
 
@@ -216,9 +260,20 @@ def parser() -> argparse.ArgumentParser:
     db.set_defaults(func=_db)
 
     keys = sub.add_parser("keys", help="API keys")
-    keys.add_argument("action", choices=["create", "revoke"])
-    keys.add_argument("--project", help="create: the project the key belongs to")
-    keys.add_argument("--admin", action="store_true", help="create: may see nodes and set quotas")
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument(
+        "--project", help="create: the project the key belongs to; list: only this project's"
+    )
+    keys.add_argument(
+        "--role",
+        choices=["member", "admin"],
+        default="member",
+        help="create: member (its project) or admin (also nodes, queue, quotas, keys)",
+    )
+    keys.add_argument("--admin", action="store_true", help="create: the same as --role admin")
+    keys.add_argument(
+        "--expires-in", type=_duration, help="create: the key stops working after this (90d)"
+    )
     keys.add_argument("--key", help="revoke: the key's id, its prefix, or the key itself")
     keys.set_defaults(func=_keys)
 

@@ -27,8 +27,11 @@ def build_app(settings: Settings) -> Celery:
     if embedded:
         app.conf.broker_transport = "workers.fs_transport:Transport"
         folder = settings.broker_folder
+        # Its messages carry attempt tokens: the folder is its owner's alone.
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)
         for sub in ("queue", "processed", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+            (folder / sub).mkdir(mode=0o700, exist_ok=True)
         transport_options = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),

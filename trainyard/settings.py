@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The placeholders of docker/trainyard.env.example and of earlier compose files.
+PLACEHOLDER_SECRETS = {"change-me", "change-me-node-secret", "change-me-redis", "changeme"}
 
 
 class Settings(BaseSettings):
@@ -114,6 +119,24 @@ class Settings(BaseSettings):
         """The storage root, defaulting to a folder in the data directory."""
         return (self.storage_root or self.data_dir / "storage").resolve()
 
+    def placeholder_secrets(self) -> list[str]:
+        """The settings that still hold a placeholder secret from the examples (the node
+        secret, or the password in the database or broker URL); the API refuses to start."""
+        found = []
+        if self.node_secret in PLACEHOLDER_SECRETS:
+            found.append("TRAINYARD_NODE_SECRET")
+        for name, url in (
+            ("TRAINYARD_DATABASE_URL", self.database_url),
+            ("TRAINYARD_BROKER_URL", self.broker_url),
+        ):
+            try:
+                password = urlsplit(url).password if url else None
+            except ValueError:
+                continue  # not a URL at all; its own client says why
+            if password in PLACEHOLDER_SECRETS:
+                found.append(name)
+        return found
+
     @property
     def resolved_node_secret(self) -> str:
         """The shared secret node workers present; embedded runs keep one in the data dir."""
@@ -123,8 +146,11 @@ class Settings(BaseSettings):
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_urlsafe(32))
-            tmp.chmod(0o600)
+            tmp.unlink(missing_ok=True)
+            # Created readable by its owner alone: never a moment when others can read it.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
             tmp.replace(path)
         return path.read_text().strip()
 

@@ -77,6 +77,13 @@ def rendezvous_args(nnodes: int, node_rank: int, master: tuple[str, int] | None)
     ]
 
 
+def trainer_environ() -> dict[str, str]:
+    """This process's environment less the platform's settings: the trainer runs the
+    user's job and needs none of them, and they hold the node secret and the broker's
+    password."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+
+
 class Launch:
     """One torchrun process group for one attempt (one node of its gang) on this node."""
 
@@ -111,7 +118,7 @@ class Launch:
             "--config",
             str(run_config),
         ]
-        child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        child_env = {**trainer_environ(), **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.log: BinaryIO = self.log_path.open("ab")
         # A new session makes torchrun and its workers one process group we can signal.
         self.proc = subprocess.Popen(

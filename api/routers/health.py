@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sqlalchemy import func, select, text
 
-from api.deps import SessionDep, SettingsDep, StorageDep
+from api.deps import AdminDep, SessionDep, SettingsDep, StorageDep
+from domain.db import get_async_engine
 from domain.orm import Job
 
 router = APIRouter(tags=["health"])
@@ -43,9 +44,13 @@ def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> J
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
-def metrics(session: SessionDep) -> Response:
-    """Prometheus exposition: jobs by status."""
-    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+@router.get("/metrics", dependencies=[AdminDep])
+async def metrics() -> Response:
+    """Prometheus exposition: jobs by status, across the platform (an admin key: a
+    scrape config sends it as `authorization: {credentials: ...}`)."""
+    async with get_async_engine().connect() as conn:
+        query = select(Job.status, func.count()).group_by(Job.status)
+        rows = (await conn.execute(query)).all()
+    for status, count in rows:
         JOBS.labels(status=status).set(count)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -12,10 +12,16 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from api.deps import AsyncSessionDep, CursorQuery, ProjectDep, SessionDep, SettingsDep
+from api.deps import (
+    AsyncSessionDep,
+    CursorQuery,
+    ProjectDep,
+    SessionDep,
+    SettingsDep,
+)
 from api.errors import ApiError
 from api.schemas import CheckpointOut, EventOut, JobOut, MetricPoint, MetricsOut, Page
-from api.views import job_out
+from api.views import job_out, json_response
 from domain import jobs
 from domain.db import get_sessionmaker
 from domain.lifecycle import TERMINAL, JobStatus
@@ -25,6 +31,7 @@ from trainyard.specs import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_BIGINT = 2**63 - 1
+MAX_STEP = 2**31 - 1  # steps are 32-bit integer columns
 
 
 @router.post("", status_code=201, response_model=JobOut)
@@ -54,23 +61,21 @@ def create_job(
 @router.get("", response_model=Page[JobOut])
 async def list_jobs(
     project_id: ProjectDep,
-    session: AsyncSessionDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: CursorQuery = None,
-) -> dict[str, object]:
+) -> Response:
     """List the project's jobs, newest first, optionally by status."""
-    query = select(Job).where(Job.project_id == project_id)
-    if status:
-        query = query.where(Job.status == status)
-    rows, more = await page_async(session, query, Job.id, limit=limit, after=after)
-    return {"data": [job_out(j) for j in rows], "has_more": more}
+    rows, more = await jobs.list_rows(
+        project_id=project_id, status=status, limit=limit, after=after
+    )
+    return json_response(Page[JobOut](data=[job_out(j) for j in rows], has_more=more))
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, project_id: ProjectDep, session: AsyncSessionDep) -> JobOut:
+async def get_job(job_id: str, project_id: ProjectDep) -> Response:
     """Show a job with its status, progress, attempt, error and model."""
-    return job_out(await jobs.get_async(session=session, project_id=project_id, job_id=job_id))
+    return json_response(job_out(await jobs.read(project_id=project_id, job_id=job_id)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
@@ -168,7 +173,7 @@ async def job_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0, le=MAX_BIGINT)] = None,
     last_event_id: Annotated[int | None, Header(ge=0, le=MAX_BIGINT)] = None,
-    metrics_after_step: Annotated[int | None, Query(ge=0, le=MAX_BIGINT)] = None,
+    metrics_after_step: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
 ) -> object:
     """The job's event log, oldest first; `Accept: text/event-stream` follows it live (with
     `metrics_after_step`, the stream also carries `metrics` frames of the points past it)."""
@@ -208,7 +213,7 @@ async def job_metrics(
         list[Annotated[str, Query(max_length=32, pattern=r"^[A-Za-z0-9_./-]+$")]] | None,
         Query(alias="name", max_length=32),
     ] = None,
-    after_step: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
+    after_step: Annotated[int, Query(ge=0, le=MAX_STEP)] = 0,
     limit: Annotated[int, Query(ge=100, le=10_000)] = 5000,
 ) -> MetricsOut:
     """Time series per metric (loss, val_loss, lr, grad_norm, tokens_per_s, mfu; with experts

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -159,6 +161,9 @@ def test_non_numbers_and_control_characters_are_422(
         ("/v1/jobs?after=job_%00x", 422),
         ("/v1/jobs/job_%00x", 404),
         ("/v1/jobs/{job}/metrics?after_step=99999999999999999999999", 422),
+        # Past a 32-bit step (the column's type), not only past a 64-bit integer.
+        ("/v1/jobs/{job}/metrics?after_step=9223372036854775807", 422),
+        ("/v1/jobs/{job}/events?metrics_after_step=2147483648", 422),
         ("/v1/jobs/{job}/events?after=-1", 422),
         ("/v1/datasets?after=" + "a" * 65, 422),
     ],
@@ -326,3 +331,17 @@ def test_a_revoked_key_stops_at_once_in_every_api_process(stack: Stack, tight: S
         r = http.get("/v1/datasets")
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     assert "Revoked" in stack.cli("keys", "revoke", "--key", key)  # again: no change
+
+
+def test_the_api_refuses_to_start_with_a_placeholder_secret(stack: Stack) -> None:
+    env = {**stack.env, "TRAINYARD_NODE_SECRET": "change-me"}
+    out = subprocess.run(
+        [sys.executable, "-m", "trainyard.cli", "api", "--port", "1"],
+        env=env,
+        cwd=stack.workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "TRAINYARD_NODE_SECRET still holds a placeholder secret" in out.stderr

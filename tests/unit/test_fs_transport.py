@@ -135,3 +135,15 @@ def test_a_reader_never_sees_a_partial_message(app: Celery, settings: Settings) 
     assert len(list(queue_dir.iterdir())) == 15
     staging = settings.broker_folder / "staging"
     assert not staging.exists() or not list(staging.iterdir())
+
+
+def test_messages_with_attempt_tokens_are_readable_by_their_owner_alone(
+    app: Celery, settings: Settings
+) -> None:
+    """A node task's payload holds an attempt token: no other user of the host reads it."""
+    app.send_task(RUN_ATTEMPT, args=[{"attempt_id": "att_1", "token": "secret-token"}], queue="q")
+    folder = settings.broker_folder
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for sub in ("queue", "processed", "control"):
+        assert (folder / sub).stat().st_mode & 0o777 == 0o700
+    assert any(b"secret-token" in p.read_bytes() for p in (folder / "queue").iterdir())

@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from workers.launcher import EventFollower, Launch
 
 
@@ -185,3 +187,21 @@ def test_close_kills_the_whole_group(tmp_path: Path) -> None:
     launch.proc.wait(5)
     wait_until_gone([pgid, grandchild], pgid)
     assert launch.log.closed
+
+
+def test_the_trainer_inherits_none_of_the_platform_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node secret and the broker's password stay with the node worker."""
+    monkeypatch.setenv("TRAINYARD_NODE_SECRET", "node-secret-value")
+    monkeypatch.setenv("TRAINYARD_BROKER_URL", "redis://:broker-password@127.0.0.1:6379/0")
+    monkeypatch.setenv("HOME_FOR_TEST", "kept")
+    launch = Launch(tmp_path / "run.json", 1)
+    try:
+        environ = Path(f"/proc/{launch.proc.pid}/environ").read_bytes()
+    finally:
+        launch.close()
+        launch.proc.wait(10)
+    assert b"HOME_FOR_TEST=kept" in environ
+    assert b"TRAINYARD_" not in environ
+    assert b"node-secret-value" not in environ and b"broker-password" not in environ
