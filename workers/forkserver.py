@@ -155,8 +155,8 @@ def serve(path: str) -> None:
     listener.listen(16)
     _title(f"trainyard-forkserver {path}")
     # Requests wait in the backlog while the heavy imports run, once.
-    import trainer.sft  # noqa: F401  (the fine-tuning trainer and its modules)
-    import trainer.train  # noqa: F401
+    import trainer.sft  # the fine-tuning trainer and its modules
+    import trainer.train
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # agents are reaped by the kernel
     while True:
