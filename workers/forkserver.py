@@ -16,6 +16,7 @@ Run as `python -m workers.forkserver SOCKET`; the node worker does this itself.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import select
@@ -155,8 +156,8 @@ def serve(path: str) -> None:
     listener.listen(16)
     _title(f"trainyard-forkserver {path}")
     # Requests wait in the backlog while the heavy imports run, once.
-    import trainer.sft  # the fine-tuning trainer and its modules
-    import trainer.train
+    for module in ("trainer.train", "trainer.sft"):  # sft: the fine-tuning trainer too
+        importlib.import_module(module)
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # agents are reaped by the kernel
     while True:
