@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workers.launcher import die_with_parent
+from workers.launcher import die_with_parent, trainer_env
 
 RANK_FAILURE_GRACE_S = 10.0  # after one rank fails, how long the others get to notice
 
@@ -156,7 +156,9 @@ def serve(path: str) -> None:
     listener.listen(16)
     _title(f"trainyard-forkserver {path}")
     # Requests wait in the backlog while the heavy imports run, once.
-    for module in ("trainer.train", "trainer.sft"):  # sft: the fine-tuning trainer too
+    # torch._dynamo: torch's optimizers import it on construction (seconds, under load);
+    # trainer.sft: the fine-tuning trainer.
+    for module in ("trainer.train", "trainer.sft", "torch._dynamo"):
         importlib.import_module(module)
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # agents are reaped by the kernel
@@ -242,6 +244,8 @@ class ForkServer:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "workers.forkserver", self.path],
                 stdin=subprocess.DEVNULL,
+                # OpenMP reads its settings when torch loads it, here, once for all ranks.
+                env=trainer_env(os.environ),
                 # Must come from a thread that lives as long as the worker: the death
                 # signal follows the thread that forked, not the process.
                 preexec_fn=die_with_parent,
