@@ -150,7 +150,9 @@ def resumed(own_stack: Stack, client: Client, dataset_id: str) -> dict[str, Any]
     assert processes_of(job_id)
     own_stack.stop("node", signal.SIGKILL)
     wait_for(lambda: not processes_of(job_id), 10, "the trainers to die with their node")
-    saved = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*"))
+    saved = sorted(
+        int(p.name.split("-")[1]) for p in checkpoints.glob("step-*") if "." not in p.name
+    )
     assert saved and saved[-1] < LOST_STEPS, saved
 
     own_stack.start("node", "worker", "node", "--loglevel", "INFO")
