@@ -181,48 +181,60 @@ def serve(path: str) -> None:
 
 class ForkedGroup:
     """The ranks of one launch as the node worker sees them: a Popen-like handle whose
-    pid is the agent's, which leads the process group."""
+    pid is the agent's, which leads the process group. Nothing here blocks unless asked
+    to: while the server still imports torch, the node worker keeps reporting."""
 
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self.returncode: int | None = None
+        self._pid: int | None = None
         self._buffer = b""
-        hello = self._message(timeout=None)
-        if "pid" not in hello:
-            raise RuntimeError("the fork server could not start the ranks")
-        self.pid = int(hello["pid"])
 
-    def _message(self, timeout: float | None) -> dict[str, Any]:
-        """The next line from the agent; {} if none within timeout; exit -9 on a hang-up."""
+    @property
+    def pid(self) -> int:
+        """The agent's pid (the process group's id); waits for the agent to start."""
+        while self._pid is None and self.returncode is None:
+            self._read(timeout=None)
+        if self._pid is None:
+            raise ProcessLookupError("the ranks ended before they started")
+        return self._pid
+
+    def _read(self, timeout: float | None) -> bool:
+        """Take in the agent's next message, if one comes within timeout."""
         while b"\n" not in self._buffer:
             ready, _, _ = select.select([self.conn], [], [], timeout)
             if not ready:
-                return {}
+                return False
             chunk = self.conn.recv(4096)
-            if not chunk:  # the agent died without a word: it was killed
-                return {"exit": -signal.SIGKILL}
+            if not chunk:  # the agent (or the server before it) died without a word
+                self.returncode = -signal.SIGKILL
+                self.conn.close()
+                return True
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return dict(json.loads(line))
-
-    def _check(self, timeout: float | None) -> int | None:
-        if self.returncode is None:
-            message = self._message(timeout)
-            if "exit" in message:
-                self.returncode = int(message["exit"])
-                self.conn.close()
-        return self.returncode
+        message = json.loads(line)
+        if "pid" in message:
+            self._pid = int(message["pid"])
+        if "exit" in message:
+            self.returncode = int(message["exit"])
+            self.conn.close()
+        return True
 
     def poll(self) -> int | None:
         """The ranks' exit code, or None while they run."""
-        return self._check(timeout=0)
+        while self.returncode is None and self._read(timeout=0):
+            pass
+        return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the ranks have ended; their exit code."""
-        code = self._check(timeout)
-        if code is None:
-            raise subprocess.TimeoutExpired("forked ranks", timeout or 0)
-        return code
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired("forked ranks", timeout or 0)
+            self._read(left)
+        return self.returncode
 
 
 class ForkServer:
