@@ -135,7 +135,7 @@ def resumed(own_stack: Stack, client: Client, dataset_id: str) -> dict[str, Any]
     # Long enough that the host is still training when the first checkpoint is seen (ranks
     # forked from the warm node worker run the tiny model's 30 steps in about a second).
     job_id = str(
-        client.create_job(spec(dataset_id, max_steps=LOST_STEPS, checkpoint_interval=10))["id"]
+        client.create_job(spec(dataset_id, max_steps=LOST_STEPS, checkpoint_interval=50))["id"]
     )
     checkpoints = Path(own_stack.env["TRAINYARD_STORAGE_ROOT"]) / "jobs" / job_id / "checkpoints"
 
