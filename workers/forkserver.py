@@ -10,7 +10,8 @@ signals for cancel) that forks one process per rank, waits for them as torchrun'
 does, and sends their outcome back over the launch's connection. A killed node worker takes
 everything with it: server, agents and ranks each die with their parent (PR_SET_PDEATHSIG).
 
-Run as `python -m workers.forkserver SOCKET`; the node worker does this itself.
+Run as `python -m workers.forkserver NAME` (an abstract socket name); the node worker does
+this itself.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -148,13 +149,13 @@ def _run_agent(conn: socket.socket, request: dict[str, Any]) -> None:
     os._exit(0)
 
 
-def serve(path: str) -> None:
-    """Listen on a Unix socket and fork an agent per launch request, forever."""
+def serve(name: str) -> None:
+    """Listen on an abstract Unix socket and fork an agent per launch request, forever."""
     die_with_parent()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+    listener.bind("\0" + name)
     listener.listen(16)
-    _title(f"trainyard-forkserver {path}")
+    _title(f"trainyard-forkserver {name}")
     # Requests wait in the backlog while the heavy imports run, once.
     # torch._dynamo: torch's optimizers import it on construction (seconds, under load);
     # trainer.sft: the fine-tuning trainer.
@@ -243,18 +244,16 @@ class ForkServer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._dir = tempfile.mkdtemp(prefix="trainyard-forkserver-")
-        self.path = str(Path(self._dir) / "socket")
+        # Linux's abstract socket namespace: nothing on disk to clean up after a kill -9.
+        self.name = f"trainyard-forkserver-{os.getpid()}-{uuid.uuid4().hex}"
 
     def start(self) -> None:
         """Start the server (it imports torch and the trainer in the background)."""
         with self._lock:
             if self._proc is not None and self._proc.poll() is None:
                 return
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "workers.forkserver", self.path],
+                [sys.executable, "-m", "workers.forkserver", self.name],
                 stdin=subprocess.DEVNULL,
                 # OpenMP reads its settings when torch loads it, here, once for all ranks.
                 env=trainer_env(os.environ),
@@ -282,7 +281,7 @@ class ForkServer:
         deadline = time.monotonic() + 30
         while True:  # the socket appears as soon as the server process runs
             try:
-                conn.connect(self.path)
+                conn.connect("\0" + self.name)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 if time.monotonic() > deadline:
