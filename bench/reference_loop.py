@@ -6,8 +6,11 @@ architecture as trainyard's gpt2 arch (pre-norm blocks, fused q|k|v, tanh GELU, 
 positions, tied embeddings) so the two do the same arithmetic per step.
 
     python bench/reference_loop.py --data tokens.bin --steps 200 [--warmup 20]
+        [--val-data val.bin --val-batches 200 --lr-warmup 100 --min-lr 1e-4]
 
-prints one JSON line: tokens/s over the steps after the warmup ones, and the final loss.
+prints one JSON line: tokens/s over the steps after the warmup ones, the final loss, the
+wall time of the whole loop (`train_s`, imports and set-up left out) and, with --val-data,
+the mean loss over fixed validation windows (`val_windows`, shared with bench/shakespeare.py).
 """
 
 from __future__ import annotations
@@ -86,6 +89,20 @@ def get_batch(data: np.ndarray, batch: int, ctx: int) -> tuple[torch.Tensor, tor
     return x, y
 
 
+def val_windows(
+    data: np.ndarray, batches: int, batch: int, ctx: int, seed: int = 1234
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed validation batches: the same windows for every model that is scored on them."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batches):
+        ix = torch.randint(len(data) - ctx - 1, (batch,), generator=g).tolist()
+        x = torch.stack([torch.from_numpy(data[i : i + ctx].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + ctx].astype(np.int64)) for i in ix])
+        out.append((x, y))
+    return out
+
+
 def main() -> None:
     """Train for --steps steps and print tokens/s as JSON."""
     p = argparse.ArgumentParser()
@@ -99,6 +116,10 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-warmup", type=int, default=0, help="linear lr warmup steps")
+    p.add_argument("--min-lr", type=float, default=0.0, help="where the cosine ends")
+    p.add_argument("--val-data", help="uint16 token file to score the model on at the end")
+    p.add_argument("--val-batches", type=int, default=200)
     a = p.parse_args()
 
     torch.manual_seed(1337)
@@ -113,10 +134,15 @@ def main() -> None:
     )
     t_start = 0.0
     loss = torch.zeros(())
+    t_loop = time.perf_counter()
     for step in range(1, a.steps + 1):
         if step == a.warmup + 1:
             t_start = time.perf_counter()
-        lr = a.lr * 0.5 * (1 + math.cos(math.pi * step / a.steps))
+        if step <= a.lr_warmup:
+            lr = a.lr * step / a.lr_warmup
+        else:
+            progress = (step - a.lr_warmup) / max(1, a.steps - a.lr_warmup)
+            lr = a.min_lr + (a.lr - a.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = get_batch(data, a.batch, a.ctx)
@@ -126,8 +152,17 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
     elapsed = time.perf_counter() - t_start
+    train_s = time.perf_counter() - t_loop
     tokens = (a.steps - a.warmup) * a.batch * a.ctx
-    print(json.dumps({"tokens_per_s": tokens / elapsed, "loss": float(loss)}))
+    out = {"tokens_per_s": tokens / elapsed, "loss": float(loss), "train_s": train_s}
+    if a.val_data:
+        val = np.memmap(a.val_data, dtype=np.uint16, mode="r")
+        model.eval()
+        windows = val_windows(val, a.val_batches, a.batch, a.ctx)
+        with torch.no_grad():
+            losses = [float(model(x, y)) for x, y in windows]
+        out["val_loss"] = sum(losses) / len(losses)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -1,109 +1,206 @@
-"""Quality at equal budget: val loss on tiny Shakespeare after 2000 steps of 12 x 64 bytes.
+"""Tiny Shakespeare from upload to model through the API, against a plain training loop.
 
-The classic single-file trainers reach a validation loss of about 1.88 with this budget
-(4 layers, 4 heads, 128 wide, context 64, batch 12, dropout 0, byte-level). This runs the
-trainer (`python -m trainer.train`, one process) on the same budget and reports the final
-val loss (200 fixed batches of the last 10% of the text) and the wall time.
+The classic CPU setting of the single-file trainers: gpt2 arch, 4 layers, 4 heads, 128 wide,
+context 64, batch 12, 2,000 steps, byte tokens, dropout 0, lr 1e-3 with 100 warmup steps
+and cosine to 1e-4, weight decay 0.1, clip 1.0, last 10% of the text held out.
 
-    python bench/shakespeare.py [--arch llama] [--lr 2e-3] [--steps 2000] ...
+Side by side in one run: `bench/reference_loop.py` (its training loop alone is timed) and
+trainyard on a Stack of its own (API, control loop, prep and node workers): the clock runs
+from the start of the upload until the job shows its model. Both models are scored on the
+same 200 fixed windows of the held-out bytes (`reference_loop.val_windows`), the exported
+model loaded from its Hugging Face folder. The job's events break its time down.
+
+    python bench/shakespeare.py [--steps 2000] [--rounds 1] [--compile] [--job-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import load, machine  # noqa: E402
-from trainer import shards  # noqa: E402
-from trainer import tokenizer as tokmod  # noqa: E402
+from bench._common import load, machine, running_stack  # noqa: E402
+from bench.reference_loop import val_windows  # noqa: E402
+from trainyard.client import Client  # noqa: E402
+from trainyard.storage import Storage  # noqa: E402
+from workers.launcher import trainer_env  # noqa: E402
 
 TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"  # beside the project, never in it
+LR, MIN_LR, WARMUP, CTX, BATCH = 1e-3, 1e-4, 100, 64, 12
+
+
+def byte_splits(text: Path, tmp: Path) -> tuple[Path, Path]:
+    """The text's bytes as uint16 token files: the first 90% to train, the rest to score."""
+    data = np.frombuffer(text.read_bytes(), dtype=np.uint8).astype(np.uint16)
+    cut = int(len(data) * 0.9)
+    train, val = tmp / "train.bin", tmp / "val.bin"
+    data[:cut].tofile(train)
+    data[cut:].tofile(val)
+    return train, val
+
+
+def reference(train: Path, val: Path, steps: int) -> dict[str, Any]:
+    """The plain loop on the same budget: its own training time and its val loss."""
+    args = ["--data", str(train), "--val-data", str(val), "--steps", str(steps)]
+    args += ["--warmup", "0", "--lr", str(LR), "--lr-warmup", str(WARMUP), "--min-lr", str(MIN_LR)]
+    # The environment trainyard gives its ranks (passive OpenMP waiting), so that both run
+    # with the same threading; at load 12, spinning OpenMP threads made it 50x slower.
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reference_loop.py"), *args],
+        env=trainer_env(os.environ),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(proc.stdout))
+
+
+def spec(dataset_id: str, steps: int, compile: bool | None) -> dict[str, Any]:
+    """The JobSpec of the classic setting."""
+    training: dict[str, Any] = {
+        "max_steps": steps,
+        "seq_len": CTX,
+        "batch_size": BATCH,
+        "micro_batch_size": BATCH,
+        "lr": LR,
+        "warmup_steps": WARMUP,
+        "min_lr": MIN_LR,
+        "weight_decay": 0.1,
+        "grad_clip": 1.0,
+        "dropout": 0.0,
+    }
+    if compile is not None:
+        training["compile"] = compile
+    return {
+        "dataset_id": dataset_id,
+        "validation": {"fraction": 0.1},
+        "tokenizer": {"type": "byte"},
+        "model": {"arch": "gpt2", "n_layer": 4, "n_head": 4, "d_model": 128},
+        "training": training,
+        "resources": {"processes_per_node": 1, "accelerator": "cpu"},
+    }
+
+
+def ts(value: str) -> float:
+    """An RFC 3339 time as a Unix timestamp."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def phases(events: list[dict[str, Any]], t0: float, t_ds: float, t_end: float) -> dict[str, float]:
+    """Where the job's wall time went, from the trainer's own event times."""
+    out = {"upload + validate + tokenize": t_ds - t0}
+    start = next(e for e in events if e["type"] == "start")
+    out["submit -> trainer `start`"] = ts(start["time"]) - t_ds
+    prev, kind = ts(start["time"]), "steps"
+    sums: dict[str, float] = {"steps": 0.0, "evals": 0.0, "checkpoints": 0.0, "export": 0.0}
+    first_step = None
+    for e in events:
+        t = ts(e["time"])
+        if e["type"] == "step":
+            kind = "steps"
+            if first_step is None:
+                first_step = t - prev
+        elif e["type"] == "eval":
+            kind = "evals"
+        elif e["type"] == "checkpoint":
+            kind = "checkpoints"
+        elif e["type"] == "done":
+            kind = "export"
+        else:
+            continue
+        if t >= prev:
+            sums[kind] += t - prev
+            prev = t
+    steps = [e for e in events if e["type"] == "step"]
+    step_time = sum(e["step_time"] for e in steps)
+    out["first step (compile, if on)"] = first_step or 0.0
+    out["steps 2..N (wall between step events)"] = sums["steps"] - (first_step or 0.0)
+    out["  of which inside the step (step_time)"] = step_time - steps[0]["step_time"]
+    out["evaluations"] = sums["evals"]
+    out["checkpoints"] = sums["checkpoints"]
+    out["final export"] = sums["export"]
+    out["`done` -> model shown by the API"] = t_end - prev
+    return out
+
+
+def api_run(text: Path, val: Path, steps: int, compile: bool | None) -> dict[str, Any]:
+    """Upload, train and wait for the model on a fresh Stack; wall time, val loss, phases."""
+    from trainer.sample import load_model
+
+    with running_stack(node=True, node_slots=1) as stack:
+        client = Client(stack.url, stack.new_key("bench-shakespeare"))
+        time.sleep(5)  # the node worker's fork server imports torch once, at start
+        t0 = time.time()
+        ds = client.wait_dataset(client.upload_dataset(text, name="tinyshakespeare")["id"])
+        t_ds = time.time()
+        job = client.create_job(spec(ds["id"], steps, compile))
+        while True:
+            state = client.job(job["id"])
+            if state["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.1)
+        t_end = time.time()
+        assert state["status"] == "succeeded", state
+        folder = Storage(stack.workdir / "storage").attempt_dir(job["id"], 1)
+        events = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
+        compiled = json.loads((folder / "run.json").read_text())["training"]["compile"]
+        model = load_model(str(stack.workdir / "storage" / "models" / state["model_id"])).model
+    data = np.memmap(val, dtype=np.uint16, mode="r")
+    with torch.no_grad():
+        losses = [float(model(x, y)[1]) for x, y in val_windows(data, 200, BATCH, CTX)]
+    return {
+        "wall_s": t_end - t0,
+        "val_loss": sum(losses) / len(losses),
+        "job_val_loss": state["progress"]["val_loss"],
+        "phases": phases(events, t0, t_ds, t_end),
+        "compile": compiled,
+    }
 
 
 def main() -> None:
-    """Prepare the byte shards, train, and print val loss and wall time."""
-    p = argparse.ArgumentParser()
-    p.add_argument("--text", default=str(TEXT))
-    p.add_argument("--arch", default="llama", choices=["gpt2", "llama"])
+    """Run both side by side and print wall times, val losses and the job's breakdown."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--text", type=Path, default=TEXT)
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--min-lr", type=float, default=1e-4)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "linear", "constant"])
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--eval-interval", type=int, default=500)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--job-only", action="store_true", help="skip the plain loop")
     a = p.parse_args()
-
     with tempfile.TemporaryDirectory(prefix="trainyard-shakespeare-") as d:
-        tmp = Path(d)
-        tok = tmp / "tokenizer.json"
-        tokmod.byte_tokenizer().save(str(tok))
-        # The whole play text is one document: no EOT inside the byte stream.
-        text = Path(a.text).read_text(encoding="utf-8")
-        index = shards.write_shards([text], str(tok), str(tmp / "tokens"), append_eot=False)
-        train, val = shards.split_ranges(index, str(tmp / "tokens"), 0.1)
-        cfg = {
-            "model": {
-                "arch": a.arch,
-                "n_layer": 4,
-                "n_head": 4,
-                "d_model": 128,
-                "vocab_size": index["vocab_size"],
-                "seq_len": 64,
-            },
-            "tokenizer_path": str(tok),
-            "data": {
-                "dtype": index["dtype"],
-                "eot_id": index["eot_id"],
-                "train": train,
-                "val": val,
-            },
-            "training": {
-                "max_steps": a.steps,
-                "seq_len": 64,
-                "batch_size": 12,
-                "micro_batch_size": 12,
-                "lr": a.lr,
-                "lr_schedule": a.schedule,
-                "warmup_steps": a.warmup,
-                "min_lr": a.min_lr,
-                "weight_decay": a.weight_decay,
-                "grad_clip": a.grad_clip,
-                "dropout": 0.0,
-                "eval_interval": a.eval_interval,
-                "eval_batches": 200,
-                "checkpoint_interval": a.steps,
-            },
-            "resources": {"accelerator": "cpu", "strategy": "ddp"},
-            "output_dir": str(tmp / "out"),
-            "checkpoint_dir": str(tmp / "ckpt"),
-            "export_dir": str(tmp / "out" / "export"),
-        }
-        (tmp / "run.json").write_text(json.dumps(cfg))
-        print(f"load before: {load()}", flush=True)
-        t0 = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "trainer.train", "--config", str(tmp / "run.json")],
-            cwd=ROOT,
-            check=True,
-        )
-        wall = time.perf_counter() - t0
-        events = [json.loads(x) for x in (tmp / "out" / "events.jsonl").read_text().splitlines()]
-    evals = [(e["step"], round(e["val_loss"], 4)) for e in events if e["type"] == "eval"]
+        train, val = byte_splits(a.text, Path(d))
+        for r in range(a.rounds):
+            print(f"round {r + 1}, load before: {load()}", flush=True)
+            if not a.job_only:
+                ref = reference(train, val, a.steps)
+                print(
+                    f"  plain loop: training {ref['train_s']:.1f} s, val loss "
+                    f"{ref['val_loss']:.4f}; load {load()}",
+                    flush=True,
+                )
+            run = api_run(a.text, val, a.steps, a.compile)
+            print(
+                f"  trainyard (compile {run['compile']}): upload -> model {run['wall_s']:.1f} s, "
+                f"val loss {run['val_loss']:.4f} (the job's own: {run['job_val_loss']:.4f}); "
+                f"load {load()}",
+                flush=True,
+            )
+            for name, value in run["phases"].items():
+                print(f"    {name:<40} {value:7.2f} s")
     print(f"machine: {machine()}; load after: {load()}")
-    print(f"settings: {vars(a)}")
-    print(f"val loss by step: {evals}")
-    print(f"final val loss {evals[-1][1]:.4f} after {a.steps} steps; wall {wall:.0f} s")
 
 
 if __name__ == "__main__":

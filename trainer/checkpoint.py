@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed.checkpoint as dcp
 
 from trainer.distributed import Dist
 
@@ -118,6 +117,8 @@ def save(
     # sampler and RNG differ per rank, so each rank writes its own.
     torch.save(rank_state, os.path.join(tmp, f"rank-{dist.rank:05d}.pt"))
     if sharded_state is not None:
+        import torch.distributed.checkpoint as dcp  # FSDP only: 1 s of import for the others
+
         dcp.save(sharded_state, checkpoint_id=os.path.join(tmp, SHARDED))
     if dist.is_main:
         if model_state is not None:
@@ -247,6 +248,8 @@ def load(path: str, rank: int = 0) -> Checkpoint:
 
 def load_sharded(path: str, state: dict[str, Any]) -> None:
     """Fill FSDP state dicts (this rank's shards) in place from a checkpoint (collective)."""
+    import torch.distributed.checkpoint as dcp
+
     dcp.load(state, checkpoint_id=os.path.join(path, SHARDED))
 
 

@@ -15,7 +15,6 @@ import uuid
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from trainer.chat import CHAT_TEMPLATE
 from trainer.config import ModelConfig
@@ -128,6 +127,9 @@ def export_model(
     im_end_id marks a chat model: tokenizer_config.json then carries the chat template
     with `<|im_end|>` as eos, and generation stops at `<|im_end|>` or EOT.
     """
+    # Imported here, not at the top: a training run needs it only once, at its end.
+    from safetensors.torch import save_file
+
     eos_ids: int | list[int] = eot_id if im_end_id is None else [im_end_id, eot_id]
     chat_fields = {} if im_end_id is None else {"eos_token": IM_END, "chat_template": CHAT_TEMPLATE}
     parent = os.path.dirname(os.path.abspath(export_dir))

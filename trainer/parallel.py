@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer.distributed import Dist
@@ -29,6 +22,10 @@ def wrap(model: CausalLM, *, strategy: str, dist: Dist, bf16: bool, compile: boo
     parameters); DDP wraps, so an optimizer built before is still valid.
     """
     if strategy == "fsdp" and dist.has_group:
+        # FSDP and DTensor are imported only here: over a second of start-up for every
+        # other run.
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
         # Each block is one all-gather unit; the root holds embeddings, final norm and head
         # (tied weights stay in one unit). bf16 compute with fp32 gradient reduction.
         mp = MixedPrecisionPolicy(
@@ -54,9 +51,17 @@ def wrap(model: CausalLM, *, strategy: str, dist: Dist, bf16: bool, compile: boo
     return wrapped
 
 
+def _loaded_class(module: str, name: str) -> type | None:
+    """A class of a module if that module is loaded: nothing can be an instance of it
+    otherwise, so a check need not import it."""
+    loaded = sys.modules.get(module)
+    return getattr(loaded, name) if loaded is not None else None
+
+
 def is_sharded(model: nn.Module) -> bool:
     """Whether the model is sharded by FSDP."""
-    return isinstance(model, FSDPModule)
+    fsdp_module = _loaded_class("torch.distributed.fsdp", "FSDPModule")
+    return fsdp_module is not None and isinstance(model, fsdp_module)
 
 
 def micro_steps(model: nn.Module, n: int) -> Iterator[contextlib.AbstractContextManager[Any]]:
@@ -66,18 +71,23 @@ def micro_steps(model: nn.Module, n: int) -> Iterator[contextlib.AbstractContext
         if isinstance(model, DDP) and not last:
             yield model.no_sync()
         else:
-            if isinstance(model, FSDPModule):
-                model.set_requires_gradient_sync(last)
+            if is_sharded(model):
+                model.set_requires_gradient_sync(last)  # type: ignore[operator]
             yield contextlib.nullcontext()
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """A plain tensor from a possibly distributed one (e.g. FSDP's global grad norm)."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    dtensor = _loaded_class("torch.distributed.tensor", "DTensor")
+    if dtensor is not None and isinstance(t, dtensor):
+        return t.full_tensor()  # type: ignore[attr-defined]
+    return t
 
 
 def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Model and optimizer state keyed by parameter name, as this rank's DTensor shards."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     msd, osd = get_state_dict(model, optimizer)
     return {"model": msd, "optimizer": osd}
 
@@ -86,6 +96,8 @@ def load_sharded_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
     """Apply state dicts filled from a sharded checkpoint."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )
@@ -95,5 +107,7 @@ def full_model_state(model: nn.Module) -> dict[str, Any]:
     """Unsharded weights on the CPU of rank 0 (a collective under FSDP; empty on others)."""
     if not is_sharded(model):
         return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options)

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     upload_chunk_bytes: int = 1024 * 1024
     cancel_grace_seconds: float = 10.0
     exit_grace_seconds: float = 30.0  # after the trainer's final event, before it is stopped
+    # One-node jobs fork their ranks from a process that has already imported torch and
+    # the trainer; off, they start under torchrun as multi-node jobs do.
+    fork_server: bool = True
     heartbeat_seconds: float = 2.0
     node_timeout_seconds: float = 30.0
     attempt_timeout_seconds: float = 60.0

@@ -11,8 +11,12 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from workers.forkserver import ForkedGroup
 
 PR_SET_PDEATHSIG = 1
 # Resolved once here: the child between fork and exec must not load libraries.
@@ -24,6 +28,14 @@ def die_with_parent() -> None:
     worker killed with -9 takes torchrun, and torchrun its trainers, with it."""
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def trainer_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment trainer ranks run in: `env`, with defaults it does not set."""
+    # OpenMP threads that spin while they wait for work make a shared or busy CPU crawl
+    # (a step of the tiny model 20 to 30 times slower at load 14 on 2 cores); passive
+    # waiting costs a dedicated machine little.
+    return {"OMP_WAIT_POLICY": "PASSIVE", **env, "PYTHONUNBUFFERED": "1"}
 
 
 class EventFollower:
@@ -85,7 +97,8 @@ def trainer_environ() -> dict[str, str]:
 
 
 class Launch:
-    """One torchrun process group for one attempt (one node of its gang) on this node."""
+    """One process group for one attempt (one node of its gang) on this node: ranks forked
+    from the warm fork server for a one-node job (unless `warm` is off), else torchrun."""
 
     def __init__(
         self,
@@ -96,12 +109,36 @@ class Launch:
         nnodes: int = 1,
         node_rank: int = 0,
         master: tuple[str, int] | None = None,
+        warm: bool = True,
     ) -> None:
         self.run_config = run_config
         self.folder = run_config.parent
         # Every node of a gang writes into the same shared attempt folder: one log each.
         suffix = f"-node{node_rank}" if node_rank else ""
         self.log_path = self.folder / f"train{suffix}.log"
+        child_env = trainer_env({**trainer_environ(), **(env or {})})
+        self.log: BinaryIO = self.log_path.open("ab")
+        self.proc: subprocess.Popen[bytes] | ForkedGroup
+        if warm and (nnodes == 1 or master is None):
+            # One node: fork the ranks from the warm process that has imported torch.
+            from workers import forkserver
+
+            self.proc = forkserver.get().launch(
+                run_config, nproc, env=child_env, cwd=self.folder, log=self.log_path
+            )
+        else:
+            self.proc = self._torchrun(nproc, child_env, nnodes, node_rank, master, suffix)
+        self.events = EventFollower(self.folder / "events.jsonl")
+
+    def _torchrun(
+        self,
+        nproc: int,
+        env: dict[str, str],
+        nnodes: int,
+        node_rank: int,
+        master: tuple[str, int] | None,
+        suffix: str,
+    ) -> subprocess.Popen[bytes]:
         cmd = [
             sys.executable,
             "-m",
@@ -116,21 +153,18 @@ class Launch:
             "-m",
             "trainer.train",
             "--config",
-            str(run_config),
+            str(self.run_config),
         ]
-        child_env = {**trainer_environ(), **(env or {}), "PYTHONUNBUFFERED": "1"}
-        self.log: BinaryIO = self.log_path.open("ab")
         # A new session makes torchrun and its workers one process group we can signal.
-        self.proc = subprocess.Popen(
+        return subprocess.Popen(
             cmd,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=child_env,
+            env=env,
             cwd=str(self.folder),
             preexec_fn=die_with_parent,
         )
-        self.events = EventFollower(self.folder / "events.jsonl")
 
     def poll(self) -> int | None:
         """The exit code, or None while running."""

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from celery.signals import worker_shutting_down
+from celery.signals import worker_init, worker_shutting_down
 from pydantic import BaseModel
 
 from trainyard.messaging import RUN_ATTEMPT, get_app
 from trainyard.net import address_towards, free_port
 from trainyard.settings import Settings, get_settings
+from workers import forkserver
 from workers.launcher import Launch
 from workers.reporter import Conflict, Reporter
 
@@ -134,6 +135,14 @@ class Agent:
             log.warning("could not tell the API this node is leaving: %s", exc)
 
 
+@worker_init.connect
+def _warm_fork_server(**_: Any) -> None:
+    # From the worker's main thread, so that the server lives (and dies) with the worker;
+    # it imports torch and the trainer now, not when the first job arrives.
+    if get_settings().fork_server:
+        forkserver.get()
+
+
 @worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
     # Celery waits for running tasks on a warm shutdown; make ours stop their trainers so
@@ -177,6 +186,7 @@ def supervise(payload: AttemptPayload, settings: Settings) -> None:
         nnodes=payload.nnodes,
         node_rank=payload.node_rank,
         master=master,
+        warm=settings.fork_server,
     )
 
     def read_events() -> list[dict[str, Any]]:

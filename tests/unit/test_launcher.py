@@ -205,3 +205,31 @@ def test_the_trainer_inherits_none_of_the_platform_settings(
     assert b"HOME_FOR_TEST=kept" in environ
     assert b"TRAINYARD_" not in environ
     assert b"node-secret-value" not in environ and b"broker-password" not in environ
+
+
+def test_forked_ranks_train_and_checkpoint_on_sigterm(tmp_path: Path) -> None:
+    """Two ranks forked from the warm fork server: a real gloo run; SIGTERM to the group
+    makes them checkpoint and exit with the trainer's preempted code."""
+    from tests.trainer.trainer_testkit import make_dataset, read_events, run_config, write_config
+    from trainer.config import EXIT_PREEMPTED
+
+    tok, data = make_dataset(tmp_path)
+    cfg = run_config(tmp_path, "job", tok, data, max_steps=100_000, checkpoint_interval=100_000)
+    config = Path(cfg["output_dir"]) / "run.json"
+    write_config(cfg, config)
+    launch = Launch(config, 2)
+    try:
+        assert launch.proc.pid != os.getpid() and os.getpgid(launch.proc.pid) == launch.proc.pid
+        deadline = time.monotonic() + 120
+        events_file = Path(cfg["output_dir"]) / "events.jsonl"
+        while not events_file.exists() or "step" not in events_file.read_text():
+            assert launch.poll() is None, launch.log_tail()
+            assert time.monotonic() < deadline, launch.log_tail()
+            time.sleep(0.1)
+        code = launch.stop(grace_s=60)
+    finally:
+        launch.close()
+    events = read_events(cfg["output_dir"])
+    assert code == EXIT_PREEMPTED, launch.log_tail()
+    assert events[0]["type"] == "start" and events[0]["world_size"] == 2
+    assert events[-1]["type"] == "preempted" and Path(events[-1]["checkpoint"]).is_dir()
