@@ -192,11 +192,12 @@ def test_close_kills_the_whole_group(tmp_path: Path) -> None:
 def test_the_trainer_inherits_none_of_the_platform_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The node secret and the broker's password stay with the node worker."""
+    """The node secret and the broker's password stay with the node worker. (Under torchrun,
+    where /proc shows the environment; forked ranks are given the same one.)"""
     monkeypatch.setenv("TRAINYARD_NODE_SECRET", "node-secret-value")
     monkeypatch.setenv("TRAINYARD_BROKER_URL", "redis://:broker-password@127.0.0.1:6379/0")
     monkeypatch.setenv("HOME_FOR_TEST", "kept")
-    launch = Launch(tmp_path / "run.json", 1)
+    launch = Launch(tmp_path / "run.json", 1, warm=False)
     try:
         environ = Path(f"/proc/{launch.proc.pid}/environ").read_bytes()
     finally:
