@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="torchrun, no fork server")
     args = parser.parse_args()
     runs: list[tuple[int, dict[str, Any], float]] = []
-    env = {"TRAINYARD_FORK_SERVER": "false"} if args.cold else None
+    env = {"TRAINYARD_FORK_SERVER": "false" if args.cold else "true"}
     with running_stack(node=True, extra_env=env) as stack:
         client = Client(stack.url, stack.new_key("bench-first-step"))
         with tempfile.TemporaryDirectory() as tmp:

@@ -141,7 +141,9 @@ def api_run(text: Path, val: Path, steps: int, compile: bool | None) -> dict[str
     """Upload, train and wait for the model on a fresh Stack; wall time, val loss, phases."""
     from trainer.sample import load_model
 
-    with running_stack(node=True, node_slots=1) as stack:
+    with running_stack(
+        node=True, node_slots=1, extra_env={"TRAINYARD_FORK_SERVER": "true"}
+    ) as stack:
         client = Client(stack.url, stack.new_key("bench-shakespeare"))
         time.sleep(5)  # the node worker's fork server imports torch once, at start
         t0 = time.time()

@@ -487,15 +487,19 @@ class Jobs:
         self, job_id: str, *, after_step: int = 0, names: builtins.list[str] | None = None
     ) -> dict[str, builtins.list[MetricPoint]]:
         """The job's metric series by name (loss, val_loss, lr, grad_norm, tokens_per_s, mfu),
-        past a step and optionally only some names."""
-        params: dict[str, Any] = {"after_step": after_step}
-        if names:
-            params["name"] = names
-        body = self.client.request("GET", f"/v1/jobs/{job_id}/metrics", params=params)
-        return {
-            name: [MetricPoint.model_validate(p) for p in points]
-            for name, points in body["series"].items()
-        }
+        past a step and optionally only some names; every page, followed."""
+        out: dict[str, builtins.list[MetricPoint]] = {}
+        while True:
+            params: dict[str, Any] = {"after_step": after_step}
+            if names:
+                params["name"] = names
+            body = self.client.request("GET", f"/v1/jobs/{job_id}/metrics", params=params)
+            for name, points in body["series"].items():
+                out.setdefault(name, []).extend(MetricPoint.model_validate(p) for p in points)
+            last = body.get("last_step")
+            if not body.get("has_more") or last is None or last <= after_step:
+                return out
+            after_step = int(last)
 
     def checkpoints(self, job_id: str) -> builtins.list[Checkpoint]:
         """The job's checkpoints with their step and metrics."""

@@ -81,9 +81,7 @@ def public_routes_with_an_id() -> set[tuple[str, str]]:
     for module in (datasets, jobs, models, tokenizers):
         for route in module.router.routes:
             if isinstance(route, APIRoute) and "{" in route.path:
-                # The model route takes a name with slashes too; the table calls it by id.
-                path = route.path.replace("{model_ref:path}", "{model_id}")
-                found |= {(m, path) for m in route.methods}
+                found |= {(m, route.path) for m in route.methods}
     return found
 
 

@@ -72,7 +72,10 @@ def raw_request(stack: Stack, head: bytes, body_part: bytes) -> bytes:
     """Send a request's head and the start of a body that never ends; the answer."""
     with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
         sock.sendall(head + body_part)
-        return sock.recv(65536)
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after answering
+            answer += chunk
+        return answer
 
 
 def test_no_key_is_401_before_the_body_is_read(stack: Stack) -> None:
