@@ -1,7 +1,8 @@
-"""Work that loads a model, run in the model worker processes (never in the API process).
+"""Work that loads a model, run in the model worker processes.
 
 Each function takes plain values and returns plain values: it crosses a process boundary.
-A worker keeps the few models it loaded last, so repeated calls skip the load.
+A process keeps the few models it loaded last (`cached_model`), so repeated calls skip the
+load. The chat-completions route streams tokens, so it uses that cache in the API process.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def limit_memory(max_bytes: int) -> None:
 
 
 def _device(wanted: str) -> str:
+    """The device a setting names, with "auto" meaning a GPU if there is one."""
     if wanted != "auto":
         return wanted
     import torch
@@ -30,7 +32,8 @@ def _device(wanted: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _loaded(folder: str, device: str) -> Any:
+def cached_model(folder: str, device: str) -> Any:
+    """The model in `folder` ready for sampling on `device`, from this process's cache."""
     from trainer.sample import load_model
 
     key = f"{folder}@{device}"
@@ -52,7 +55,7 @@ def generate(folder: str, device: str, request: dict[str, Any]) -> dict[str, Any
     from trainer import chat
     from trainer.sample import complete
 
-    loaded = _loaded(folder, device)
+    loaded = cached_model(folder, device)
     prompt, stop = request["prompt"], None
     if request["messages"] is not None:
         if loaded.tokenizer.token_to_id(chat.IM_END) is None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from domain import model_calls
 from domain.access import owned
 from domain.errors import BadInput, Invalid, NotFound
 from domain.orm import Model
@@ -21,11 +20,6 @@ from domain.uploads import Upload
 from trainyard.ids import new_id
 from trainyard.settings import get_settings
 from trainyard.storage import Storage
-
-# Models loaded in this process for chat completions, most recently used last.
-_CACHE_SIZE = 2
-_cache: OrderedDict[str, Any] = OrderedDict()
-_cache_lock = threading.Lock()
 
 DOWNLOADABLE = (
     "model.safetensors",
@@ -69,30 +63,11 @@ def folder(*, storage: Storage, model: Model) -> str:
     return str(storage.model_dir(model.id))
 
 
-def _generate_device() -> str:
-    """Where the API runs generation: the setting, with "auto" meaning a GPU if there is one."""
-    wanted = get_settings().generate_device
-    if wanted != "auto":
-        return wanted
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def loaded(storage: Storage, model_id: str) -> Any:
-    """The model ready for sampling, from a small per-process cache."""
-    from trainer.sample import load_model  # torch loads on first use, not at API start-up
-
-    with _cache_lock:
-        if model_id in _cache:
-            _cache.move_to_end(model_id)
-            return _cache[model_id]
-    fresh = load_model(str(storage.model_dir(model_id)), device=_generate_device())
-    with _cache_lock:
-        _cache[model_id] = fresh
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return fresh
+    """The model ready for sampling in this process (its cache, on the generation device)."""
+    return model_calls.cached_model(
+        str(storage.model_dir(model_id)), get_settings().generate_device
+    )
 
 
 IMPORT_PARTS = {

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
 
 from tests.stack import Database, Stack, free_port
+
+if TYPE_CHECKING:
+    from trainyard.client import Client
 
 UPLOAD_CAP = 4 * 1024 * 1024
 MAX_LINE = 256 * 1024
@@ -87,3 +94,22 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "corpus.txt"
     path.write_text(corpus())
     return path
+
+
+@contextlib.contextmanager
+def stack_database(stack: Stack) -> Iterator[Engine]:
+    """An engine on a stack's own database, disposed of at the end."""
+    engine = create_engine(stack.env["TRAINYARD_DATABASE_URL"])
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def ready_dataset(client: Client, folder: Path, lines: int = 1500) -> str:
+    """Upload a generated corpus and wait for its validation; the ready dataset's id."""
+    path = folder / "corpus.txt"
+    path.write_text(corpus(lines=lines))
+    ds = client.wait_dataset(str(client.upload_dataset(path)["id"]), timeout=120)
+    assert ds["status"] == "ready"
+    return str(ds["id"])

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from tests.conftest import corpus
+from tests.conftest import ready_dataset, stack_database
 from tests.stack import Database, Stack
 from trainyard.client import Client, TrainyardError
 
@@ -101,9 +101,8 @@ def online(stack: Stack) -> int:
 
 @pytest.fixture(scope="module")
 def db(cluster: Stack) -> Iterator[Engine]:
-    engine = create_engine(cluster.env["TRAINYARD_DATABASE_URL"])
-    yield engine
-    engine.dispose()
+    with stack_database(cluster) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +112,7 @@ def client(cluster: Stack) -> Client:
 
 @pytest.fixture(scope="module")
 def dataset_id(client: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(corpus(lines=1500))
-    ds = client.wait_dataset(str(client.upload_dataset(path)["id"]), timeout=120)
-    assert ds["status"] == "ready"
-    return str(ds["id"])
+    return ready_dataset(client, tmp_path_factory.mktemp("corpus"))
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from tests.conftest import corpus
+from tests.conftest import ready_dataset, stack_database
 from tests.stack import Database, Stack, ThrowawayRedis
 from trainyard.client import Client
 
@@ -94,9 +94,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, broker: ThrowawayRedis) -> I
 
 @pytest.fixture(scope="module")
 def db(stack: Stack) -> Iterator[Engine]:
-    engine = create_engine(stack.env["TRAINYARD_DATABASE_URL"])
-    yield engine
-    engine.dispose()
+    with stack_database(stack) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +105,7 @@ def client(stack: Stack) -> Client:
 
 @pytest.fixture(scope="module")
 def dataset_id(client: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(corpus(lines=1500))
-    ds = client.wait_dataset(str(client.upload_dataset(path)["id"]), timeout=120)
-    assert ds["status"] == "ready"
-    return str(ds["id"])
+    return ready_dataset(client, tmp_path_factory.mktemp("corpus"))
 
 
 REFERENCE_STEPS, SHORT_STEPS, ENDLESS = 30, 2, 100_000

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from tests.conftest import corpus
+from tests.conftest import ready_dataset, stack_database
 from tests.stack import REDIS_URL, Database, Stack
 from trainyard.client import Client
 from trainyard.ids import hash_secret
@@ -63,9 +63,8 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def db(own_stack: Stack) -> Iterator[Engine]:
-    engine = create_engine(own_stack.env["TRAINYARD_DATABASE_URL"])
-    yield engine
-    engine.dispose()
+    with stack_database(own_stack) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +74,7 @@ def client(own_stack: Stack) -> Client:
 
 @pytest.fixture(scope="module")
 def dataset_id(client: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(corpus(lines=1500))
-    ds = client.wait_dataset(str(client.upload_dataset(path)["id"]), timeout=120)
-    assert ds["status"] == "ready"
-    return str(ds["id"])
+    return ready_dataset(client, tmp_path_factory.mktemp("corpus"))
 
 
 def processes_of(marker: str) -> list[int]:
