@@ -37,14 +37,23 @@ CONFIGS = {
 }
 
 
+def rss_mb() -> float:
+    """This process's resident memory now, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
 def child(source: Path, fmt: str, options: dict[str, object]) -> None:
     """Clean once and print what it cost, as one JSON line."""
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = rss_mb()
     spec = CleaningSpec.model_validate(options)
     wall, cpu = time.perf_counter(), time.process_time()
     report = clean_file(source, source.with_suffix(".out"), fmt, spec)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_after = rss_mb()
     print(
         json.dumps(
             {
@@ -53,6 +62,7 @@ def child(source: Path, fmt: str, options: dict[str, object]) -> None:
                 "wall_s": wall,
                 "rss_before_mb": rss_before,
                 "peak_rss_mb": peak,
+                "rss_after_mb": rss_after,
                 "docs_in": report.documents_in,
                 "docs_out": report.documents_out,
             }
@@ -76,7 +86,10 @@ def main() -> None:
         generate(args.documents, seed=args.seed).write(source, args.format)
         size = source.stat().st_size / 1e6
         print(f"corpus: {args.documents} clean documents plus plants, {size:.1f} MB")
-        print("| configuration | MB/s per core | CPU s | wall s | peak RSS MB | docs in/out |")
+        print(
+            "| configuration | MB/s per core | CPU s | wall s | RSS before/after MB (peak)"
+            " | docs in/out |"
+        )
         print("|---|---|---|---|---|---|")
         for name, options in CONFIGS.items():
             command = [sys.executable, __file__, "--format", args.format, "--child"]
@@ -89,7 +102,8 @@ def main() -> None:
             r = json.loads(out.strip().splitlines()[-1])
             print(
                 f"| {name} | {r['mb'] / r['cpu_s']:.2f} | {r['cpu_s']:.1f} | "
-                f"{r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} (at start {r['rss_before_mb']:.0f})"
+                f"{r['wall_s']:.1f} | {r['rss_before_mb']:.0f}/{r['rss_after_mb']:.0f}"
+                f" ({r['peak_rss_mb']:.0f})"
                 f" | {r['docs_in']}/{r['docs_out']} |  load {load()}"
             )
 

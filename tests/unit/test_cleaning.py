@@ -4,12 +4,15 @@ stays; each step and option on its own; memory stays bounded by the document lim
 from __future__ import annotations
 
 import json
+import random
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from trainyard.cleaning.dedup import NearDedup
+from trainyard.cleaning import dedup as dedup_module
+from trainyard.cleaning.dedup import KeyIndex, NearDedup
 from trainyard.cleaning.pipeline import clean_file, read_documents
 from trainyard.cleaning.planted import generate
 from trainyard.cleaning.quality import failed_rule
@@ -111,6 +114,35 @@ def test_near_duplicates_need_the_threshold() -> None:
     half = " ".join(words[: len(words) // 2] + [f"new{i}" for i in range(len(words) // 2)])
     assert not dedup.is_duplicate(half)
     assert not NearDedup(near).is_duplicate(half)
+
+
+def test_key_index_finds_every_entry_across_merges(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dedup_module, "BUFFERED_KEYS", 7)
+    index = KeyIndex()
+    rng = random.Random(3)
+    entries = [(rng.randrange(50) * 2**58 + 11, doc) for doc in range(500)]
+    for key, doc in entries:
+        index.add(key, doc)
+    assert len(index) == 500 and len(index.keys) > 0  # most entries went through merges
+    for key in {k for k, _ in entries}:
+        assert index.get(key) == [d for k, d in entries if k == key]
+    assert index.get(12345) == []
+
+
+def test_near_dedup_memory_is_bytes_not_kilobytes_per_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dedup_module, "BUFFERED_KEYS", 64)
+    corpus = generate(documents=600, seed=6)
+    tracemalloc.start()
+    dedup = NearDedup(DedupSpec())
+    kept = sum(not dedup.is_duplicate(doc) for doc in corpus.expected)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert kept == len(corpus.expected)  # the clean documents are not near each other
+    # 14 bands x 12 bytes per kept document, and the bounded buffer of recent keys; the
+    # 512-byte signatures are on disk. datasketch's own index held about 3 KB each.
+    assert held < kept * 400, (held, kept)
 
 
 def test_steps_turn_off(tmp_path: Path) -> None:

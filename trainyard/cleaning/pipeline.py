@@ -8,6 +8,7 @@ the file's size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -137,6 +138,11 @@ class Cleaner:
         self.exact = ExactDedup() if spec.dedup.exact else None
         self.near = NearDedup(spec.dedup) if spec.dedup.near else None
 
+    def close(self) -> None:
+        """Deletes what the duplicate indexes keep on disk."""
+        if self.near is not None:
+            self.near.close()
+
     def _remove(self, step: str, text: str, rule: str | None = None) -> None:
         report = self.report.steps[step]
         report.removed += 1
@@ -193,7 +199,7 @@ def clean_file(
     report = cleaner.report
     next_progress = PROGRESS_BYTES
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    with tmp.open("w", encoding="utf-8", newline="\n") as out:
+    with tmp.open("w", encoding="utf-8", newline="\n") as out, contextlib.closing(cleaner):
         for doc in read_documents(source, fmt, spec.max_document_bytes):
             text = cleaner.clean(doc)
             if progress is not None and report.bytes_in >= next_progress:
