@@ -120,9 +120,10 @@ def main() -> None:
     p.add_argument("--min-lr", type=float, default=0.0, help="where the cosine ends")
     p.add_argument("--val-data", help="uint16 token file to score the model on at the end")
     p.add_argument("--val-batches", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1337, help="for the init and the batches")
     a = p.parse_args()
 
-    torch.manual_seed(1337)
+    torch.manual_seed(a.seed)
     data = np.memmap(a.data, dtype=np.uint16, mode="r")
     model = GPT(a.vocab, a.ctx, a.layers, a.heads, a.width)
     decay = [p for p in model.parameters() if p.dim() >= 2]

@@ -53,9 +53,10 @@ def byte_splits(text: Path, tmp: Path) -> tuple[Path, Path]:
     return train, val
 
 
-def reference(train: Path, val: Path, steps: int) -> dict[str, Any]:
+def reference(train: Path, val: Path, steps: int, seed: int) -> dict[str, Any]:
     """The plain loop on the same budget: its own training time and its val loss."""
     args = ["--data", str(train), "--val-data", str(val), "--steps", str(steps)]
+    args += ["--seed", str(seed)]
     args += ["--warmup", "0", "--lr", str(LR), "--lr-warmup", str(WARMUP), "--min-lr", str(MIN_LR)]
     # The environment trainyard gives its ranks (passive OpenMP waiting), so that both run
     # with the same threading; at load 12, spinning OpenMP threads made it 50x slower.
@@ -69,9 +70,10 @@ def reference(train: Path, val: Path, steps: int) -> dict[str, Any]:
     return dict(json.loads(proc.stdout))
 
 
-def spec(dataset_id: str, steps: int, compile: bool | None) -> dict[str, Any]:
+def spec(dataset_id: str, steps: int, compile: bool | None, seed: int) -> dict[str, Any]:
     """The JobSpec of the classic setting."""
     training: dict[str, Any] = {
+        "seed": seed,
         "max_steps": steps,
         "seq_len": CTX,
         "batch_size": BATCH,
@@ -137,7 +139,7 @@ def phases(events: list[dict[str, Any]], t0: float, t_ds: float, t_end: float) -
     return out
 
 
-def api_run(text: Path, val: Path, steps: int, compile: bool | None) -> dict[str, Any]:
+def api_run(text: Path, val: Path, steps: int, compile: bool | None, seed: int) -> dict[str, Any]:
     """Upload, train and wait for the model on a fresh Stack; wall time, val loss, phases."""
     from trainer.sample import load_model
 
@@ -149,7 +151,7 @@ def api_run(text: Path, val: Path, steps: int, compile: bool | None) -> dict[str
         t0 = time.time()
         ds = client.wait_dataset(client.upload_dataset(text, name="tinyshakespeare")["id"])
         t_ds = time.time()
-        job = client.create_job(spec(ds["id"], steps, compile))
+        job = client.create_job(spec(ds["id"], steps, compile, seed))
         while True:
             state = client.job(job["id"])
             if state["status"] in ("succeeded", "failed", "cancelled"):
@@ -179,21 +181,23 @@ def main() -> None:
     p.add_argument("--text", type=Path, default=TEXT)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1337, help="round r uses seed + r - 1 on both sides")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--job-only", action="store_true", help="skip the plain loop")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="trainyard-shakespeare-") as d:
         train, val = byte_splits(a.text, Path(d))
         for r in range(a.rounds):
-            print(f"round {r + 1}, load before: {load()}", flush=True)
+            seed = a.seed + r
+            print(f"round {r + 1}, seed {seed}, load before: {load()}", flush=True)
             if not a.job_only:
-                ref = reference(train, val, a.steps)
+                ref = reference(train, val, a.steps, seed)
                 print(
                     f"  plain loop: training {ref['train_s']:.1f} s, val loss "
                     f"{ref['val_loss']:.4f}; load {load()}",
                     flush=True,
                 )
-            run = api_run(a.text, val, a.steps, a.compile)
+            run = api_run(a.text, val, a.steps, a.compile, seed)
             print(
                 f"  trainyard (compile {run['compile']}): upload -> model {run['wall_s']:.1f} s, "
                 f"val loss {run['val_loss']:.4f} (the job's own: {run['job_val_loss']:.4f}); "
