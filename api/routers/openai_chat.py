@@ -52,14 +52,14 @@ def _request(body: ChatCompletionIn) -> dict[str, Any]:
 
 def _refusal(answer: dict[str, Any], ref: str) -> DomainError:
     """The error a worker's {"error": code} stands for."""
-    if answer["error"] == "not_a_chat_model":
+    if answer.get("error") == "not_a_chat_model":
         return Invalid(
             "not_a_chat_model",
             f"model {ref} has no chat template: fine-tune it on chat data first",
             {"field": "model"},
         )
     return Conflict(
-        str(answer["error"]),
+        str(answer.get("error", "no_reply")),
         f"model {ref} cannot be loaded: {answer.get('message', '')}",
         {"field": "model"},
     )

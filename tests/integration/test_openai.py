@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -529,7 +530,12 @@ def preference_task(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def test_dpo_fine_tune_end_to_end(
-    oa: OpenAI, native: Client, base_model: dict[str, Any], train_file: Any, tmp_path: Path
+    oa: OpenAI,
+    stack: Stack,
+    native: Client,
+    base_model: dict[str, Any],
+    train_file: Any,
+    tmp_path: Path,
 ) -> None:
     with jsonl(tmp_path / "prefs.jsonl", preference_task(48, 5)).open("rb") as f:
         prefs = oa.files.create(file=f, purpose="fine-tune")
@@ -578,10 +584,25 @@ def test_dpo_fine_tune_end_to_end(
     assert metrics and {"valid_loss", "val_reward_accuracy", "val_reward_margin"} <= set(
         metrics[0].data
     )
+    ask = [{"role": "user", "content": "abc"}]
     reply = oa.chat.completions.create(
         model=str(done.fine_tuned_model),
-        messages=[{"role": "user", "content": "abc"}],
+        messages=ask,  # type: ignore[arg-type]
         max_tokens=4,
         temperature=0,
     )
     assert reply.choices[0].message.role == "assistant"
+    last, *_, first = oa.fine_tuning.jobs.checkpoints.list(job.id)
+    from_last = oa.chat.completions.create(
+        model=last.fine_tuned_model_checkpoint,
+        messages=ask,  # type: ignore[arg-type]
+        max_tokens=4,
+        temperature=0,
+    )
+    assert from_last.choices[0].message.content == reply.choices[0].message.content
+    # A checkpoint the job no longer keeps (pruned as trainer.checkpoint prunes) is gone.
+    kept = Path(stack.env["TRAINYARD_STORAGE_ROOT"]) / "jobs" / job.id / "checkpoints"
+    shutil.rmtree(kept / f"step-{first.step_number:08d}", ignore_errors=True)
+    with pytest.raises(openai.NotFoundError) as err:
+        oa.chat.completions.create(model=first.fine_tuned_model_checkpoint, messages=ask)  # type: ignore[arg-type]
+    assert err.value.code == "model_not_found" and "no longer kept" in err.value.message
