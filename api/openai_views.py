@@ -20,7 +20,7 @@ from api.openai_schemas import (
     JobErrorOut,
     JobEventOut,
 )
-from domain import openai_jobs
+from domain import openai_jobs, result_files
 from domain.lifecycle import JobStatus
 from domain.orm import Checkpoint, Dataset, Event, Job
 
@@ -45,7 +45,8 @@ def unix(moment: datetime | None) -> int | None:
 
 
 def file_out(dataset: Dataset) -> FileOut:
-    """A dataset as an OpenAI file; a bad line's number and reason go in status_details."""
+    """A dataset as an OpenAI file (a job's result file has purpose `fine-tune-results`);
+    a bad line's number and reason go in status_details."""
     details = None
     if dataset.errors:
         details = "; ".join(
@@ -57,7 +58,7 @@ def file_out(dataset: Dataset) -> FileOut:
         bytes=dataset.bytes,
         created_at=int(dataset.created_at.timestamp()),
         filename=dataset.filename or dataset.name,
-        purpose="fine-tune",
+        purpose="fine-tune-results" if dataset.kind == result_files.KIND else "fine-tune",
         status=FILE_STATUS.get(dataset.status, "error"),
         status_details=details,
     )
@@ -95,7 +96,7 @@ def job_out(job: Job, records: int | None = None) -> FineTuningJobOut:
         hyperparameters={k: v for k, v in hyper.items() if k != "beta"},
         model=job.base_model or str(spec["model"].get("base_model_id")),
         organization_id=job.project_id,
-        result_files=[],
+        result_files=[job.result_file_id] if job.result_file_id else [],
         seed=training["seed"],
         status=JOB_STATUS[JobStatus(job.status)],
         trained_tokens=job.tokens,
@@ -157,23 +158,22 @@ def event_out(event: Event) -> JobEventOut:
 
 
 def checkpoint_out(job: Job, checkpoint: Checkpoint) -> JobCheckpointOut:
-    """A checkpoint with its metrics under OpenAI's names."""
+    """A checkpoint with its metrics under OpenAI's names, and the model id that serves it
+    (`{fine-tuned model}:ckpt-step-{step}`)."""
     names = {
         "loss": "train_loss",
         "val_loss": "valid_loss",
         "token_accuracy": "train_mean_token_accuracy",
+        "val_token_accuracy": "valid_mean_token_accuracy",
     }
     metrics = {
         names[k]: float(v) for k, v in checkpoint.metrics.items() if k in names and v is not None
     }
     metrics["step"] = float(checkpoint.step)
-    base = fine_tuned_model(job) or openai_jobs.fine_tuned_name(
-        job.base_model or "", job.project_id, job.suffix, job.id
-    )
     return JobCheckpointOut(
         id=checkpoint.id,
         created_at=int(checkpoint.created_at.timestamp()),
-        fine_tuned_model_checkpoint=f"{base}:ckpt-step-{checkpoint.step}",
+        fine_tuned_model_checkpoint=openai_jobs.checkpoint_name(job, checkpoint.step),
         fine_tuning_job_id=job.id,
         step_number=checkpoint.step,
         metrics=metrics,

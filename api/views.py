@@ -11,7 +11,7 @@ from sqlalchemy import Row
 from api.schemas import JobError, JobOut, ModelFile, ModelOut, Progress
 from domain.lifecycle import WAITING, JobStatus
 from domain.models import DOWNLOADABLE
-from domain.orm import Job, Model
+from domain.orm import Checkpoint, Job, Model
 
 
 def json_response(body: BaseModel, status_code: int = 200) -> Response:
@@ -55,6 +55,24 @@ def job_out(job: Job | Row[Any]) -> JobOut:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+    )
+
+
+def checkpoint_model_out(
+    ref: str, job: Job, checkpoint: Checkpoint, base: Model | None
+) -> ModelOut:
+    """A fine-tuning checkpoint as the model its id serves: the base's architecture, no
+    files to download (it is exported when first sampled)."""
+    return ModelOut(
+        id=ref,
+        name=ref,
+        job_id=job.id,
+        arch=base.arch if base else job.spec["model"].get("arch", ""),
+        config=base.config if base else {},
+        files=[],
+        created_at=checkpoint.created_at,
+        created=int(checkpoint.created_at.timestamp()),
+        owned_by=job.project_id,
     )
 
 

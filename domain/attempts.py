@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from domain import gang
+from domain import gang, result_files
 from domain.db import utcnow
 from domain.errors import Conflict, NotFound
 from domain.lifecycle import (
@@ -228,9 +228,10 @@ def _apply(session: Session, job: Job, attempt: Attempt, ev: dict[str, Any]) -> 
             metrics = {k: ev[k] for k in ("loss", "val_loss") if _finite(ev.get(k)) is not None}
             if job.loss is not None:
                 metrics.setdefault("loss", job.loss)
-            accuracy = _latest(session, job, "token_accuracy")
-            if accuracy is not None:
-                metrics["token_accuracy"] = accuracy
+            for name in ("token_accuracy", "val_token_accuracy"):
+                value = _latest(session, job, name)
+                if value is not None:
+                    metrics[name] = value
             session.add(
                 Checkpoint(
                     id=new_id("ckpt"),
@@ -295,6 +296,7 @@ def finish(
         return _state(session, attempt)
     attempt.exit_code, attempt.log_tail = exit_code, log_tail
     attempt.finished_at = utcnow()
+    results = None
     if job.cancel_requested:
         attempt.status = AttemptStatus.CANCELLED.value
     elif exit_code == EXIT_OK:
@@ -302,6 +304,7 @@ def finish(
         if attempt.rank == 0:  # rank 0 exports the model
             model = _register_model(session, storage, job, attempt)
             job.model_id = model.id
+            results = result_files.record(session, job)
             transition(
                 session,
                 job,
@@ -326,6 +329,7 @@ def finish(
             attempt.log_tail = f"{reason}\n{log_tail or ''}"
     gang.settle(session, job, attempt.number, max_lost_attempts=max_lost_attempts)
     session.commit()
+    result_files.write_after_commit(session, storage, results)
     return _state(session, attempt)
 
 

@@ -1,16 +1,11 @@
-"""Chat completions from a chat model: one reply, streamed as text deltas, with stop strings
-and token usage. Blocking (torch): the API runs it in worker threads."""
+"""Chat completions from a loaded chat model: replies streamed as text deltas, with stop
+strings and token usage. Runs in the model worker processes (see model_calls.chat)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from domain import models
-from domain.errors import Invalid
-from domain.orm import Model
-from trainyard.storage import Storage
 
 
 @dataclass
@@ -30,9 +25,8 @@ def _earliest(text: str, stops: Sequence[str]) -> int | None:
 
 
 def stream_reply(
+    loaded: Any,
     *,
-    storage: Storage,
-    model: Model,
     messages: list[dict[str, str]],
     max_tokens: int,
     temperature: float,
@@ -49,7 +43,6 @@ def stream_reply(
     from trainer import chat
     from trainer.sample import stream
 
-    loaded = check_chat_model(storage=storage, model=model)
     prompt = chat.render(messages, add_generation_prompt=True)
     reply.prompt_tokens = len(loaded.tokenizer.encode(prompt).ids)
     tokens: list[int] = []
@@ -88,23 +81,8 @@ def stream_reply(
         yield reply.text[sent:]
 
 
-def complete_reply(**kwargs: Any) -> Reply:
-    """The whole reply at once (see stream_reply)."""
-    reply = Reply()
-    for _ in stream_reply(reply=reply, **kwargs):
-        pass
-    return reply
-
-
-def check_chat_model(*, storage: Storage, model: Model) -> Any:
-    """The loaded model if it can chat (its tokenizer has the chat tokens), else a refusal."""
+def can_chat(loaded: Any) -> bool:
+    """Whether a loaded model has the chat template's tokens (it was fine-tuned on chat)."""
     from trainer import chat
 
-    loaded = models.loaded(storage, model.id)
-    if loaded.tokenizer.token_to_id(chat.IM_END) is None:
-        raise Invalid(
-            "not_a_chat_model",
-            f"model {model.id} has no chat template: fine-tune it on chat data first",
-            {"field": "model"},
-        )
-    return loaded
+    return loaded.tokenizer.token_to_id(chat.IM_END) is not None

@@ -23,8 +23,8 @@ class BadInput(DomainError):
 class NotFound(DomainError):
     """No such object, or one of another project: the two are indistinguishable."""
 
-    def __init__(self, kind: str, object_id: str) -> None:
-        super().__init__("not_found", f"{kind} {object_id} not found")
+    def __init__(self, kind: str, object_id: str, message: str | None = None) -> None:
+        super().__init__("not_found", message or f"{kind} {object_id} not found")
         self.kind = kind
 
 

@@ -12,13 +12,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from domain import model_calls
 from domain.access import owned
 from domain.errors import BadInput, Invalid, NotFound
 from domain.orm import Model
 from domain.uploads import Upload
 from trainyard.ids import new_id
-from trainyard.settings import get_settings
 from trainyard.storage import Storage
 
 DOWNLOADABLE = (
@@ -37,6 +35,8 @@ def get(*, session: Session, project_id: str, model_id: str) -> Model:
 
 def resolve(*, session: Session, project_id: str, ref: str) -> Model:
     """A model of the project by id, or else by name (the newest of that name), or a 404."""
+    if len(ref) > 255 or "\x00" in ref:  # no id or name is like this: spare the database
+        raise NotFound("model", ref[:255])
     by_id = session.get(Model, ref)
     if by_id is not None and by_id.project_id == project_id:
         return by_id
@@ -61,13 +61,6 @@ def file_path(*, storage: Storage, model: Model, name: str) -> Path:
 def folder(*, storage: Storage, model: Model) -> str:
     """Where the model's files are, for a model worker to load."""
     return str(storage.model_dir(model.id))
-
-
-def loaded(storage: Storage, model_id: str) -> Any:
-    """The model ready for sampling in this process (its cache, on the generation device)."""
-    return model_calls.cached_model(
-        str(storage.model_dir(model_id)), get_settings().generate_device
-    )
 
 
 IMPORT_PARTS = {

@@ -22,7 +22,14 @@ from domain import jobs, models
 from domain.errors import Conflict, Invalid
 from domain.orm import Job
 from trainyard.ids import new_id
-from trainyard.specs import LORA_LR, SFT_TRAINING_DEFAULTS, DpoSpec, JobSpec, tuning
+from trainyard.specs import (
+    LORA_LR,
+    NAME_LENGTH,
+    SFT_TRAINING_DEFAULTS,
+    DpoSpec,
+    JobSpec,
+    tuning,
+)
 
 AUTO_EPOCHS = 3
 NATIVE_SECTIONS = ("sft", "dpo", "training", "resources")
@@ -143,6 +150,13 @@ def create(
         native=native,
     )
     job_id = new_id("job")
+    name = fine_tuned_name(base_of(model), project_id, suffix, job_id)
+    if len(name) > NAME_LENGTH:
+        raise _invalid(
+            "model",
+            f"the fine-tuned model's name would be {len(name)} characters, more than "
+            f"{NAME_LENGTH}; name the base model by its id",
+        )
     try:
         return jobs.create(
             session=session,
@@ -153,7 +167,7 @@ def create(
             columns={
                 "id": job_id,
                 # The trained model takes the job's name, so this name serves it everywhere.
-                "name": fine_tuned_name(model, project_id, suffix, job_id),
+                "name": name,
                 "suffix": suffix,
                 "meta": metadata,
                 "base_model": model,
@@ -171,6 +185,29 @@ def create(
 def fine_tuned_name(base: str, project_id: str, suffix: str | None, job_id: str) -> str:
     """`ft:{base}:{project}:{suffix}:{job id}`, OpenAI's naming of a fine-tuned model."""
     return f"ft:{base}:{project_id}:{suffix or ''}:{job_id}"
+
+
+def base_of(model: str) -> str:
+    """The base a model name names: an `ft:` name's own base (tuning a fine-tuned model
+    keeps the first base in the name, as OpenAI does), any other name as it is."""
+    if not model.startswith("ft:"):
+        return model
+    parts = model[3:].rsplit(":", 3)  # base (may hold ':'), project, suffix, job id
+    return parts[0] if len(parts) == 4 and parts[0] else model
+
+
+def model_name(job: Job) -> str:
+    """The job's model in OpenAI's naming, the same before and after it finishes: the name
+    the OpenAI route gave it, or one built alike for a job created natively."""
+    if job.name and job.name.startswith("ft:"):
+        return job.name
+    base = job.base_model or str(job.spec["model"].get("base_model_id"))
+    return fine_tuned_name(base_of(base), job.project_id, job.suffix, job.id)
+
+
+def checkpoint_name(job: Job, step: int) -> str:
+    """`{model name}:ckpt-step-{step}`, OpenAI's id of a checkpoint that serves requests."""
+    return f"{model_name(job)}:ckpt-step-{step}"
 
 
 def hyperparameters(job: Job, records: int | None) -> dict[str, Any]:

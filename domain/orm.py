@@ -162,6 +162,8 @@ class Job(Base):
     params: Mapped[int | None] = mapped_column(BigInteger, default=None)
     flops_per_token: Mapped[float | None] = mapped_column(Float, default=None)
     model_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # A succeeded fine-tuning job's CSV of step metrics (domain.result_files): a dataset.
+    result_file_id: Mapped[str | None] = mapped_column(String(40), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

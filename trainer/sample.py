@@ -1,7 +1,8 @@
 """Load an exported (HF-format) model folder and sample text from it.
 
-The API calls generate() from worker threads, so it keeps all sampling state local: the
-model is only read (eval mode, no grad) and each call has its own torch.Generator.
+The platform samples in its model worker processes, possibly from several threads, so all
+sampling state stays local: the model is only read (eval mode, no grad) and each call has
+its own torch.Generator.
 """
 
 from __future__ import annotations

@@ -67,6 +67,14 @@ class Storage:
         """Checkpoints of a job, shared by its attempts so a retry resumes."""
         return self.root / "jobs" / _part(job_id) / "checkpoints"
 
+    def checkpoint_step_dir(self, job_id: str, step: int) -> Path:
+        """One checkpoint of a job (see trainer.checkpoint for its files)."""
+        return self.checkpoint_dir(job_id) / f"step-{int(step):08d}"
+
+    def checkpoint_model_dir(self, job_id: str, step: int) -> Path:
+        """A checkpoint exported as a model folder, written when it is first sampled."""
+        return self.root / "jobs" / _part(job_id) / "checkpoint-models" / f"step-{int(step):08d}"
+
     def model_dir(self, model_id: str) -> Path:
         """A finished model's files."""
         return self.root / "models" / _part(model_id)

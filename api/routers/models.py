@@ -2,8 +2,9 @@
 
 The path is shared with OpenAI's API: a model object carries OpenAI's `created` and
 `owned_by` beside the native fields, the list is also `{"object": "list"}`, without `limit`
-it holds every model (OpenAI's clients do not page models), and `GET /v1/models/{id}`
-takes a model's id or name (names may hold `/` and `:`, as `ft:...` names do)."""
+it holds every model (OpenAI's clients do not page models), and `GET /v1/models/{id}` and
+`POST /v1/models/{id}/generate` take a model's id or name (names may hold `/` and `:`, as
+`ft:...` names do) or a fine-tuning checkpoint's id (`ft:...:ckpt-step-{step}`)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from api.deps import AsyncSessionDep, CursorQuery, ProjectDep, SessionDep, Setti
 from api.model_pool import get_pool
 from api.schemas import GenerateIn, GenerateOut, ModelList, ModelOut, Usage
 from api.uploads import receive_files
-from api.views import model_out
-from domain import model_calls, models
-from domain.errors import Invalid
+from api.views import checkpoint_model_out, model_out
+from domain import model_calls, models, serving
+from domain.errors import Conflict, Invalid
 from domain.orm import Model
 from domain.paging import page_async
 from trainyard.specs import check_name
@@ -96,34 +97,35 @@ def download_file(
     return FileResponse(path, filename=name, media_type="application/octet-stream")
 
 
-@router.post("/{model_id}/generate", response_model=GenerateOut)
+@router.post("/{model_ref:path}/generate", response_model=GenerateOut)
 async def generate(
-    model_id: str,
+    model_ref: str,
     body: GenerateIn,
     project_id: ProjectDep,
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
 ) -> GenerateOut:
-    """Sample a continuation of a prompt from the model."""
-    model = await run_in_threadpool(
-        models.get, session=session, project_id=project_id, model_id=model_id
+    """Sample a continuation of a prompt (or a chat reply) from a model, by id or name, or
+    from a fine-tuning checkpoint by its id."""
+    served = await run_in_threadpool(
+        serving.resolve, session=session, storage=storage, project_id=project_id, ref=model_ref
     )
     request = body.model_dump(exclude={"messages"})
     request["messages"] = [m.model_dump() for m in body.messages] if body.messages else None
     done = await get_pool().run(
-        project_id,
-        model_calls.generate,
-        models.folder(storage=storage, model=model),
-        settings.generate_device,
-        request,
+        project_id, model_calls.generate, served.target, settings.generate_device, request
     )
     if done.get("error") == "not_a_chat_model":
         raise Invalid(
-            "not_a_chat_model", f"model {model.id} has no chat template; send a plain prompt"
+            "not_a_chat_model", f"model {model_ref} has no chat template; send a plain prompt"
+        )
+    if "error" in done:
+        raise Conflict(
+            str(done["error"]), f"model {model_ref} cannot be loaded: {done.get('message', '')}"
         )
     return GenerateOut(
-        model_id=model.id,
+        model_id=served.model.id if served.model else model_ref,
         prompt=body.prompt,
         messages=body.messages,
         text=done["text"],
@@ -137,6 +139,13 @@ async def generate(
 
 
 @router.get("/{model_ref:path}", response_model=ModelOut)
-def get_model(model_ref: str, project_id: ProjectDep, session: SessionDep) -> ModelOut:
-    """Show a model (by id or name) and its files."""
-    return model_out(models.resolve(session=session, project_id=project_id, ref=model_ref))
+def get_model(
+    model_ref: str, project_id: ProjectDep, session: SessionDep, storage: StorageDep
+) -> ModelOut:
+    """Show a model (by id or name) and its files, or a fine-tuning checkpoint by its id."""
+    served = serving.resolve(session=session, storage=storage, project_id=project_id, ref=model_ref)
+    if served.model is not None:
+        return model_out(served.model)
+    assert served.job is not None and served.checkpoint is not None
+    base = session.get(Model, served.job.spec["model"].get("base_model_id"))
+    return checkpoint_model_out(model_ref, served.job, served.checkpoint, base)

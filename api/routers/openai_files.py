@@ -1,5 +1,8 @@
 """`/v1/files`, OpenAI-compatible: a file is a trainyard dataset (the same row and id),
-validated at upload so it answers `processed` or `error` with the bad lines' numbers."""
+validated at upload so it answers `processed` or `error` with the bad lines' numbers.
+
+A succeeded fine-tuning job's CSV of step metrics is a file of purpose `fine-tune-results`
+(domain.result_files): listed, shown, read and deleted like the others, never uploaded."""
 
 from __future__ import annotations
 
@@ -15,13 +18,14 @@ from api.errors import ApiError
 from api.openai_schemas import FileDeleted, FileOut, ListOut
 from api.openai_views import file_out
 from api.uploads import receive
-from domain import datasets
+from domain import datasets, result_files
 from domain.errors import NotFound
 from domain.orm import Dataset
 from domain.paging import page
 
 router = APIRouter(prefix="/v1/files", tags=["openai"])
 PURPOSE = "fine-tune"
+RESULTS = "fine-tune-results"
 
 
 def _live(session: SessionDep, project_id: str, file_id: str) -> Dataset:
@@ -72,9 +76,13 @@ def list_files(
     purpose: str | None = None,
 ) -> ListOut[FileOut]:
     """List the project's files (its datasets), newest first unless `order=asc`."""
-    if purpose not in (None, PURPOSE):
+    if purpose not in (None, PURPOSE, RESULTS):
         return ListOut[FileOut](data=[], has_more=False)
     query = select(Dataset).where(Dataset.project_id == project_id, Dataset.status != "deleted")
+    if purpose == PURPOSE:
+        query = query.where(Dataset.kind != result_files.KIND)
+    elif purpose == RESULTS:
+        query = query.where(Dataset.kind == result_files.KIND)
     rows, more = page(
         session, query, Dataset.id, limit=limit, after=after, newest_first=order == "desc"
     )
@@ -107,6 +115,10 @@ def delete_file(
 def file_content(
     file_id: str, project_id: ProjectDep, session: SessionDep, storage: StorageDep
 ) -> FileResponse:
-    """The file's bytes as uploaded."""
+    """The file's bytes as uploaded (a result file's CSV, written on first read if the job's
+    end did not write it)."""
     dataset = _live(session, project_id, file_id)
+    if dataset.kind == result_files.KIND:
+        path = result_files.write(session=session, storage=storage, dataset=dataset)
+        return FileResponse(path, media_type="text/csv", filename=dataset.filename)
     return FileResponse(storage.dataset_source(dataset.id), media_type="application/octet-stream")

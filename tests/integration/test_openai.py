@@ -1,22 +1,27 @@
 """The OpenAI-compatible surface on the real stack, driven by the official `openai` SDK:
 files, fine-tuning jobs (create, wait, events, checkpoints, cancel, pause, resume, paging),
-chat completions (plain and streamed), models, and every error class."""
+result files, chat completions (plain and streamed, from models and checkpoints, in the
+model worker pool and refused with a 429 when it is full), models, and every error class."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 from openai import OpenAI
+from safetensors.numpy import load_file, save_file
+from tokenizers import Tokenizer
 
 from tests.integration.test_sft import BASE, reverse_task
-from tests.stack import Stack
+from tests.stack import Database, Stack
 from trainyard.client import Client, TrainyardError
 
 pytestmark = pytest.mark.integration
@@ -120,8 +125,14 @@ def test_files_upload_validate_list_content_delete(
     assert err.value.param == "purpose"
 
 
+@pytest.fixture(scope="module")
+def other(stack: Stack) -> OpenAI:
+    """A client of another project."""
+    return OpenAI(base_url=stack.url + "/v1", api_key=stack.new_key("openai-other"), max_retries=0)
+
+
 def test_fine_tune_then_chat_and_models(
-    oa: OpenAI, native: Client, base_model: dict[str, Any], train_file: Any
+    oa: OpenAI, other: OpenAI, native: Client, base_model: dict[str, Any], train_file: Any
 ) -> None:
     job = oa.fine_tuning.jobs.create(
         model=base_model["id"],
@@ -154,7 +165,12 @@ def test_fine_tune_then_chat_and_models(
     assert [c.step_number for c in checkpoints] == [10, 5]
     assert checkpoints[0].metrics.train_loss is not None
     assert 0 <= (checkpoints[0].metrics.train_mean_token_accuracy or -1) <= 1
-    assert checkpoints[0].fine_tuned_model_checkpoint.startswith(name)
+    assert [c.fine_tuned_model_checkpoint for c in checkpoints] == [
+        f"{name}:ckpt-step-10",
+        f"{name}:ckpt-step-5",
+    ]
+    for key in ("valid_loss", "valid_mean_token_accuracy"):
+        assert getattr(checkpoints[0].metrics, key) is not None, checkpoints[0].metrics
 
     assert oa.models.retrieve(name).id == native.job(job.id)["model_id"]  # ':' in the path
     listed = oa.models.list()
@@ -199,6 +215,91 @@ def test_fine_tune_then_chat_and_models(
         seed=7,  # type: ignore[arg-type]
     )
     assert [c.index for c in two.choices] == [0, 1]
+
+    # The name serves the native generate route too (':' in the path).
+    r = native.http.post(f"/v1/models/{name}/generate", json={"messages": ask, "temperature": 0})
+    assert r.status_code == 200 and r.json()["model_id"] == native.job(job.id)["model_id"], r.text
+
+    # A checkpoint serves from its own weights: the last one is the final model.
+    last, first = (c.fine_tuned_model_checkpoint for c in checkpoints)
+    again = oa.chat.completions.create(model=last, messages=ask, max_tokens=6, temperature=0)  # type: ignore[arg-type]
+    assert again.choices[0].message.content == choice.message.content
+    assert again.model == last and again.usage == usage
+    early = oa.chat.completions.create(model=first, messages=ask, max_tokens=6, temperature=0)  # type: ignore[arg-type]
+    assert early.choices[0].message.role == "assistant" and early.usage
+    streamed = oa.chat.completions.create(
+        model=first,
+        messages=ask,  # type: ignore[arg-type]
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == (
+        early.choices[0].message.content
+    )
+    shown = oa.models.retrieve(first)
+    assert shown.id == first and shown.owned_by == done.organization_id
+    for missing in (f"{name}:ckpt-step-7", f"ft:x:{done.organization_id}::{job.id}:ckpt-step-5"):
+        with pytest.raises(openai.NotFoundError) as err:  # no such step; not this job's name
+            oa.chat.completions.create(model=missing, messages=ask)  # type: ignore[arg-type]
+        assert err.value.code == "model_not_found"
+    for call in (
+        lambda: other.chat.completions.create(model=first, messages=ask),  # type: ignore[arg-type]
+        lambda: other.models.retrieve(first),
+        lambda: other.chat.completions.create(model=name, messages=ask),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(openai.NotFoundError) as err:  # another project's: not found
+            call()
+        assert err.value.code == "model_not_found"
+
+    # The job's result file: OpenAI's CSV of step metrics, in this project's files only.
+    assert len(done.result_files) == 1
+    result = oa.files.retrieve(done.result_files[0])
+    assert result.purpose == "fine-tune-results" and result.status == "processed"
+    content = oa.files.content(result.id).read()
+    assert len(content) == result.bytes
+    lines = content.decode().splitlines()
+    assert lines[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    rows = [line.split(",") for line in lines[1:]]
+    series = native.metrics(job.id)
+    assert [int(r[0]) for r in rows] == [p["step"] for p in series["loss"]] == list(range(1, 11))
+    assert [float(r[1]) for r in rows] == [p["value"] for p in series["loss"]]
+    assert [float(r[2]) for r in rows] == [p["value"] for p in series["token_accuracy"]]
+    valid = {int(r[0]): (r[3], r[4]) for r in rows if r[3]}
+    assert sorted(valid) == [p["step"] for p in series["val_loss"]] == [5, 10]
+    assert [float(v[0]) for v in valid.values()] == [p["value"] for p in series["val_loss"]]
+    assert all(r[3] == r[4] == "" for r in rows if int(r[0]) not in valid)
+    assert oa.files.content(result.id).read() == content  # stored once
+    assert result.id in {f.id for f in oa.files.list()}
+    assert [f.id for f in oa.files.list(purpose="fine-tune-results")] == [result.id]
+    assert result.id not in {f.id for f in oa.files.list(purpose="fine-tune")}
+    assert result.id not in {f.id for f in other.files.list()}
+    with pytest.raises(openai.NotFoundError):
+        other.files.retrieve(result.id)
+    with pytest.raises(openai.NotFoundError):
+        other.files.content(result.id)
+    with pytest.raises(openai.BadRequestError) as refused:  # nothing trains on it
+        oa.fine_tuning.jobs.create(model=base_model["id"], training_file=result.id)
+    assert refused.value.param == "training_file"
+
+    # The fine-tuned model's name is a base for another job; the name keeps the first base.
+    again_job = oa.fine_tuning.jobs.create(
+        model=name, training_file=train_file.id, suffix="more", extra_body=FAST
+    )
+    assert again_job.model == name
+    assert native.job(again_job.id)["name"] == (
+        f"ft:{base_model['id']}:{done.organization_id}:more:{again_job.id}"
+    )
+    assert (
+        native.job(again_job.id)["spec"]["model"]["base_model_id"]
+        == (native.job(job.id)["model_id"])
+    )
+    oa.fine_tuning.jobs.cancel(again_job.id)
+
+    assert oa.files.delete(result.id).deleted  # a result file may be deleted, as OpenAI allows
+    with pytest.raises(openai.NotFoundError):
+        oa.files.content(result.id)
+    assert oa.fine_tuning.jobs.retrieve(job.id).result_files == [result.id]
     if choice.message.content:
         stop = choice.message.content[-1]
         cut = oa.chat.completions.create(
@@ -237,6 +338,8 @@ def test_pause_resume_cancel_and_paging(
         oa, job.id, lambda j: j.status == "running" and native.job(j.id)["progress"]["step"] >= 3
     )
     assert running.status == "running"
+    assert running.estimated_finish and running.estimated_finish >= running.created_at
+    assert running.trained_tokens
     oa.fine_tuning.jobs.pause(job.id)
     paused = wait(oa, job.id, lambda j: j.status in DONE | {"paused"})
     assert paused.status == "paused", paused
@@ -314,6 +417,105 @@ def test_error_classes(
         assert err.value.param == param, (kwargs, err.value.body)
 
 
+@pytest.fixture(scope="module")
+def tight(
+    stack: Stack, postgres_db: Database, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A second API process on the same database and storage whose model pool takes one
+    call at a time, one per project."""
+    extra = {
+        "TRAINYARD_MODEL_WORKERS": "1",
+        "TRAINYARD_MODEL_QUEUE": "0",
+        "TRAINYARD_MODEL_CALLS_PER_PROJECT": "1",
+        "TRAINYARD_MODEL_CALL_SECONDS": "60",
+    }
+    with Stack(tmp_path_factory.mktemp("tight"), postgres_db.url, extra_env=extra) as s:
+        s.env["TRAINYARD_STORAGE_ROOT"] = stack.env["TRAINYARD_STORAGE_ROOT"]
+        s.start("api", "api", "--port", str(s.port))
+        s.wait_ready(node=False)
+        yield s
+
+
+def endless_chat_model(native: Client, base_model: dict[str, Any], folder: Path) -> str:
+    """Import the base model with the chat tokens and every weight zero: greedy sampling
+    then picks token 0 at every step, never `<|im_end|>`, so a reply runs to max_tokens."""
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        native.download(base_model["id"], name, folder / name)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    old = tok.get_vocab_size(with_added_tokens=True)
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    new = tok.get_vocab_size(with_added_tokens=True)
+    tok.save(str(folder / "tokenizer.json"))
+    config = json.loads((folder / "config.json").read_text())
+    config["vocab_size"] = new
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = load_file(str(folder / "model.safetensors"))
+    zero = {
+        k: np.zeros((new, *v.shape[1:]) if v.shape[0] == old else v.shape, dtype=np.float32)
+        for k, v in weights.items()
+    }
+    save_file(zero, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    parts = {
+        part: (filename, (folder / filename).read_bytes())
+        for part, filename in (
+            ("config", "config.json"),
+            ("weights", "model.safetensors"),
+            ("tokenizer", "tokenizer.json"),
+        )
+    }
+    r = native.http.post("/v1/models/import", files=parts, timeout=120)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def test_a_full_model_pool_is_a_rate_limit_error(
+    tight: Stack, native: Client, key: str, base_model: dict[str, Any], tmp_path: Path
+) -> None:
+    model = endless_chat_model(native, base_model, tmp_path)
+    sdk = OpenAI(base_url=tight.url + "/v1", api_key=key, max_retries=0)
+    ask = [{"role": "user", "content": "abc"}]
+    held = sdk.chat.completions.create(
+        model=model,
+        messages=ask,  # type: ignore[arg-type]
+        max_tokens=4096,
+        n=8,
+        temperature=0,
+        stream=True,
+    )
+    # The answer has begun, so the pool holds the call: the one place is taken.
+    first = next(iter(held))
+    assert first.choices[0].delta.role == "assistant"
+    with pytest.raises(openai.RateLimitError) as err:
+        sdk.chat.completions.create(model=model, messages=ask, max_tokens=1)  # type: ignore[arg-type]
+    assert err.value.status_code == 429 and err.value.code == "too_many_model_calls"
+    assert err.value.type == "rate_limit_error"
+    assert isinstance(err.value.body, dict) and {"message", "type", "param", "code"} <= set(
+        err.value.body
+    )
+    assert int(err.value.response.headers["retry-after"]) >= 1
+    with pytest.raises(openai.RateLimitError):  # streamed or not
+        sdk.chat.completions.create(model=model, messages=ask, max_tokens=1, stream=True)  # type: ignore[arg-type]
+    assert sdk.models.retrieve(model).id == model  # the API itself is not held up
+    text = "".join(c.choices[0].delta.content or "" for _, c in zip(range(50), held, strict=False))
+    assert text  # tokens keep coming while the call runs
+    held.close()  # the client goes away: its call stops and frees the place
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            reply = sdk.chat.completions.create(
+                model=model,
+                messages=ask,  # type: ignore[arg-type]
+                max_tokens=3,
+                temperature=0,
+            )
+            break
+        except openai.RateLimitError:
+            assert time.monotonic() < deadline, "the closed stream kept its place"
+            time.sleep(0.5)
+    assert reply.choices[0].finish_reason == "length" and reply.usage
+    assert reply.usage.completion_tokens == 3
+
+
 def preference_task(n: int, seed: int) -> list[dict[str, Any]]:
     """Preference pairs: the reversed word is preferred to the word repeated back."""
     return [
@@ -328,7 +530,12 @@ def preference_task(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def test_dpo_fine_tune_end_to_end(
-    oa: OpenAI, native: Client, base_model: dict[str, Any], train_file: Any, tmp_path: Path
+    oa: OpenAI,
+    stack: Stack,
+    native: Client,
+    base_model: dict[str, Any],
+    train_file: Any,
+    tmp_path: Path,
 ) -> None:
     with jsonl(tmp_path / "prefs.jsonl", preference_task(48, 5)).open("rb") as f:
         prefs = oa.files.create(file=f, purpose="fine-tune")
@@ -377,10 +584,25 @@ def test_dpo_fine_tune_end_to_end(
     assert metrics and {"valid_loss", "val_reward_accuracy", "val_reward_margin"} <= set(
         metrics[0].data
     )
+    ask = [{"role": "user", "content": "abc"}]
     reply = oa.chat.completions.create(
         model=str(done.fine_tuned_model),
-        messages=[{"role": "user", "content": "abc"}],
+        messages=ask,  # type: ignore[arg-type]
         max_tokens=4,
         temperature=0,
     )
     assert reply.choices[0].message.role == "assistant"
+    last, *_, first = oa.fine_tuning.jobs.checkpoints.list(job.id)
+    from_last = oa.chat.completions.create(
+        model=last.fine_tuned_model_checkpoint,
+        messages=ask,  # type: ignore[arg-type]
+        max_tokens=4,
+        temperature=0,
+    )
+    assert from_last.choices[0].message.content == reply.choices[0].message.content
+    # A checkpoint the job no longer keeps (pruned as trainer.checkpoint prunes) is gone.
+    kept = Path(stack.env["TRAINYARD_STORAGE_ROOT"]) / "jobs" / job.id / "checkpoints"
+    shutil.rmtree(kept / f"step-{first.step_number:08d}", ignore_errors=True)
+    with pytest.raises(openai.NotFoundError) as err:
+        oa.chat.completions.create(model=first.fine_tuned_model_checkpoint, messages=ask)  # type: ignore[arg-type]
+    assert err.value.code == "model_not_found" and "no longer kept" in err.value.message

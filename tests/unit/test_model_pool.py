@@ -1,12 +1,15 @@
 """The model pool's limits on real worker processes: a call past its time or memory is
 stopped with a clear error and the pool serves the next one; one project cannot take more
-than its share."""
+than its share. A streamed call's pieces arrive while it runs, and a stream closed early
+stops its worker."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +24,15 @@ def sleep_then_answer(seconds: float) -> str:
     """Stand-in for a slow generation: hold the worker for a while."""
     time.sleep(seconds)
     return "done"
+
+
+def count_slowly(n: int, seconds: float, marker: str, sink: Any) -> int:
+    """Stand-in for a streamed generation: put 0..n-1 a piece at a time, then mark the end."""
+    for i in range(n):
+        sink.put(i)
+        time.sleep(seconds)
+    Path(marker).write_text("finished")
+    return n
 
 
 def allocate(n_bytes: int) -> int:
@@ -86,4 +98,56 @@ def test_one_project_gets_its_share_and_the_others_still_get_in(pool: ModelPool)
         assert await asyncio.gather(first, other, third) == ["done"] * 3
 
     asyncio.run(scenario())
+    assert not pool.busy
+
+
+def test_a_stream_delivers_pieces_as_they_come_then_the_result(
+    pool: ModelPool, tmp_path: Path
+) -> None:
+    marker = str(tmp_path / "done")
+
+    async def scenario() -> tuple[list[tuple[int, float]], Any]:
+        started = time.monotonic()
+        stream = await pool.stream("prj_a", count_slowly, 5, 0.15, marker)
+        seen = [(piece, time.monotonic() - started) async for piece in stream]
+        return seen, stream.result
+
+    seen, result = asyncio.run(scenario())
+    assert [piece for piece, _ in seen] == [0, 1, 2, 3, 4] and result == 5
+    assert seen[-1][1] - seen[0][1] >= 0.5  # each came as it was put, not all at the end
+    assert Path(marker).exists() and not pool.busy
+
+
+def test_a_stream_closed_early_stops_its_worker_and_frees_its_place(
+    pool: ModelPool, tmp_path: Path
+) -> None:
+    marker = tmp_path / "done"
+
+    async def scenario() -> str:
+        stream = await pool.stream("prj_a", count_slowly, 100, 0.005, str(marker))
+        assert await anext(stream) == 0
+        with pytest.raises(ApiError) as err:  # the project's one call is taken
+            await pool.run("prj_a", sleep_then_answer, 0.0)
+        assert err.value.status == 429
+        stream.close()  # as when the client goes away
+        assert not pool.busy
+        return str(await pool.run("prj_a", sleep_then_answer, 0.0))
+
+    assert asyncio.run(scenario()) == "done"
+    time.sleep(1.0)  # the 100 pieces would have been put by now
+    assert not marker.exists()
+
+
+def test_a_stream_past_its_time_ends_with_a_504(pool: ModelPool, tmp_path: Path) -> None:
+    async def scenario() -> list[int]:
+        seen: list[int] = []
+        stream = await pool.stream("prj_a", count_slowly, 100, 0.1, str(tmp_path / "done"))
+        with pytest.raises(ApiError) as err:
+            async for piece in stream:
+                seen.append(piece)
+        assert err.value.status == 504 and err.value.code == "model_call_timeout"
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert 1 <= len(seen) < 100 and seen == list(range(len(seen)))
     assert not pool.busy

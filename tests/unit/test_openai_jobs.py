@@ -1,5 +1,6 @@
 """OpenAI fine-tuning requests mapped onto the native JobSpec: resolved hyperparameters,
-native options through `extra_body`, and errors that name the request field."""
+native options through `extra_body`, and errors that name the request field; OpenAI's
+names of fine-tuned models and of their checkpoints."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 import pytest
 
 from domain.errors import Invalid
-from domain.openai_jobs import AUTO_EPOCHS, _seed, spec_for
+from domain.openai_jobs import AUTO_EPOCHS, _seed, base_of, checkpoint_name, model_name, spec_for
+from domain.orm import Job
+from domain.serving import CHECKPOINT_REF
 
 
 def spec(hyper: dict[str, Any] | None = None, native: dict[str, Any] | None = None) -> Any:
@@ -111,3 +114,32 @@ def test_reinforcement_is_refused_by_name() -> None:
 def test_a_retry_with_the_same_key_draws_the_same_seed() -> None:
     assert _seed(None, "k1") == _seed(None, "k1") != _seed(None, "k2")
     assert _seed(9, "k1") == 9 and 0 <= _seed(None, None) < 2**31
+
+
+@pytest.mark.parametrize(
+    ("model", "base"),
+    [
+        ("mdl_x", "mdl_x"),
+        ("org/model:v2", "org/model:v2"),
+        ("ft:mdl_x:prj_a:rev:job_1", "mdl_x"),
+        ("ft:org/model:v2:prj_a::job_1", "org/model:v2"),  # ':' and '/' in the base
+        ("ft:odd", "ft:odd"),  # not a fine-tuned name: kept as given
+    ],
+)
+def test_a_fine_tuned_name_keeps_its_first_base(model: str, base: str) -> None:
+    assert base_of(model) == base
+
+
+def test_a_jobs_model_and_checkpoints_are_named_alike_by_either_api() -> None:
+    spec = {"model": {"base_model_id": "mdl_b"}}
+    tuned = Job(id="job_1", project_id="prj_a", name="ft:org/m:v1:prj_a:rev:job_1", spec=spec)
+    native = Job(id="job_2", project_id="prj_a", name="my run", spec=spec, suffix=None)
+    assert model_name(tuned) == "ft:org/m:v1:prj_a:rev:job_1"
+    assert model_name(native) == "ft:mdl_b:prj_a::job_2"
+    name = checkpoint_name(tuned, 40)
+    assert name == "ft:org/m:v1:prj_a:rev:job_1:ckpt-step-40"
+    found = CHECKPOINT_REF.fullmatch(name)
+    assert found and found["model"] == model_name(tuned) and found["job"] == "job_1"
+    assert found["step"] == "40"
+    for other in ("ft:org/m:v1:prj_a:rev:job_1", "mdl_x:ckpt-step-4", f"{name}0000000000"):
+        assert CHECKPOINT_REF.fullmatch(other) is None
