@@ -1,4 +1,5 @@
-"""Supervised fine-tuning: the base model, its adapters, chat batches and the chat samples."""
+"""Supervised fine-tuning (SFTTask) and what preference tuning shares with it (FineTuning):
+the base model made ready with its adapters, chat batches, chat samples and the export."""
 
 from __future__ import annotations
 
