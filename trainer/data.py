@@ -77,6 +77,7 @@ class TokenData:
             "train": TokenRanges(cfg.train, cfg.dtype, seq_len, "train"),
             "val": TokenRanges(cfg.val, cfg.dtype, seq_len, "validation"),
         }
+        self.seed, self.rank = seed, rank
         self.generator = torch.Generator().manual_seed(_rank_seed(seed, rank))
         self.val_seed = seed + _VAL_SEED_OFFSET
 
@@ -113,6 +114,11 @@ class TokenData:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a sampler position saved by state_dict."""
         self.generator.set_state(state["generator"])
+
+    def restart_at(self, step: int, batch_size: int) -> None:
+        """Give a rank that did not exist when the checkpoint was saved (world size grew) a
+        fresh stream, distinct from the others'."""
+        self.generator.manual_seed(self.seed * 7919 + self.rank + step)
 
 
 def _rank_seed(seed: int, rank: int) -> int:

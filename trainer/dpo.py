@@ -1,5 +1,5 @@
-"""Preference tuning with DPO (Rafailov et al., 2023): the SFT trainer with pairs, a frozen
-reference model and the DPO loss.
+"""Preference tuning with DPO (Rafailov et al., 2023): the SFT task on preference pairs, with
+a frozen reference model and the DPO loss.
 
 For a pair (prompt x, chosen y_w, rejected y_l), with log pi(y | x) summed over the
 answer's tokens only (its content and closing `<|im_end|>`):
@@ -7,27 +7,28 @@ answer's tokens only (its content and closing `<|im_end|>`):
     reward(y)  = beta * (log pi_policy(y | x) - log pi_reference(y | x))
     loss       = -log sigmoid(reward(y_w) - reward(y_l))
 
-The reference is the base model, frozen: a copy taken before any step, held whole on every
-rank (it is never sharded, so under FSDP it costs one full model per rank) and run without
-gradients each step. At the start policy equals reference, both rewards are 0 and the loss
-is ln 2. Metrics per step, and with a `val_` prefix at each evaluation: loss,
-reward_margin (mean reward(y_w) - reward(y_l)), reward_accuracy (share of pairs whose
-chosen answer is ranked above the rejected one; a tie counts half), reward_chosen and
-reward_rejected (the mean rewards).
+At the start policy equals reference, both rewards are 0 and the loss is ln 2. Metrics per
+step, and with a `val_` prefix at each evaluation: loss, reward_margin (mean reward(y_w) -
+reward(y_l)), reward_accuracy (share of pairs whose chosen answer is ranked above the
+rejected one; a tie counts half), reward_chosen and reward_rejected (the mean rewards).
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from trainer import parallel
-from trainer.config import DPOConfig
+from trainer.config import RunConfig
+from trainer.distributed import Dist
 from trainer.dpo_data import DPOBatch, DPOData
-from trainer.model import IGNORE_INDEX, CausalLM
-from trainer.sft import SFTTrainer
+from trainer.events import EventWriter
+from trainer.model import IGNORE_INDEX, token_cross_entropy
+from trainer.sft import FineTuning, unit_weight
+from trainer.task import Loss
 
 PAIR_METRICS = ("loss", "reward_margin", "reward_accuracy", "reward_chosen", "reward_rejected")
 
@@ -36,13 +37,7 @@ def sequence_logps(
     logits: torch.Tensor, labels: torch.Tensor, seq_ids: torch.Tensor, n_seqs: int
 ) -> torch.Tensor:
     """Summed log-probability of each sequence's labelled tokens: (n_seqs,); logits (B, T, V)."""
-    # fp32 log-softmax: bf16 logits lose too much precision for sums over whole answers.
-    token_logps = -F.cross_entropy(
-        logits.float().view(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    )
+    token_logps = -token_cross_entropy(logits, labels, reduction="none")
     ids = seq_ids.reshape(-1)
     keep = (labels.reshape(-1) != IGNORE_INDEX) & (ids >= 0)
     out = torch.zeros(n_seqs, device=logits.device, dtype=torch.float32)
@@ -60,57 +55,54 @@ def pair_sums(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> tor
     return torch.stack([losses.sum(), margin.sum(), ranked.sum(), chosen.sum(), rejected.sum()])
 
 
-class DPOTrainer(SFTTrainer):
-    """The SFT trainer on preference pairs, with the DPO loss against a frozen reference."""
+class DPOTask(FineTuning):
+    """Preference pairs with the DPO loss against a frozen reference, on the base model made
+    ready as for SFT.
 
-    data: DPOData
+    The reference is the base model, frozen: a copy taken before any step (and before a
+    resume loads trained weights), held whole on every rank (it is never sharded, so under
+    FSDP it costs one full model per rank) and evaluated without gradients on every batch,
+    in training and in evaluation; its log-probabilities are not precomputed.
+    """
+
+    metrics: tuple[str, ...] = PAIR_METRICS
+    val_metrics: tuple[str, ...] = tuple(f"val_{name}" for name in PAIR_METRICS)
     data_class = DPOData
-    step_metrics = PAIR_METRICS
-    val_metrics = tuple(f"val_{name}" for name in PAIR_METRICS)
 
-    def _build_model(self) -> CausalLM:
-        assert self.cfg.dpo is not None
-        self.dpo: DPOConfig = self.cfg.dpo
-        model = super()._build_model()
-        # Copied before the first step (and before a resume loads trained weights).
-        self.reference = copy.deepcopy(model).requires_grad_(False).eval()
-        self.events.emit(
+    def __init__(self, cfg: RunConfig, dist: Dist, events: EventWriter, *, sharded: bool) -> None:
+        super().__init__(cfg, dist, events, sharded=sharded)
+        assert cfg.dpo is not None
+        self.beta = cfg.dpo.beta
+        self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
+        events.emit(
             "log",
-            message=f"DPO with beta {self.dpo.beta}; the reference is a frozen copy of "
+            message=f"DPO with beta {self.beta}; the reference is a frozen copy of "
             f"{self.sft.base_model_dir}",
         )
-        return model
 
-    @torch.no_grad()
-    def _reference_logps(self, batch: DPOBatch) -> torch.Tensor:
-        """The reference model's summed answer log-probs for the batch's sequences."""
-        with self.autocast:
+    def weight(self, batches: list[DPOBatch]) -> torch.Tensor:
+        """Every pair of the step weighs the same."""
+        return unit_weight(sum(b.pairs for b in batches), self.dist)
+
+    def loss(self, model: nn.Module, batch: DPOBatch) -> Loss:
+        """PAIR_METRICS summed over the batch's pairs; the loss carries the gradient."""
+        return Loss(self._pair_sums(model, batch))
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """None: a mixture of experts' router losses are not part of the DPO loss."""
+        return {}
+
+    def val_terms(self, batch: DPOBatch) -> tuple[torch.Tensor, float]:
+        """PAIR_METRICS summed over the batch's pairs, counting as its pairs."""
+        return self._pair_sums(self.model, batch).detach(), float(batch.pairs)
+
+    def _pair_sums(self, model: nn.Module, batch: DPOBatch) -> torch.Tensor:
+        """PAIR_METRICS summed over the batch's pairs, for the policy run as `model`."""
+        with torch.no_grad():
             logits, _ = self.reference(
                 batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
             )
-        return sequence_logps(logits, batch.labels, batch.seq_ids, 2 * batch.pairs)
-
-    def _pair_sums(self, model: torch.nn.Module, batch: DPOBatch) -> torch.Tensor:
-        """PAIR_METRICS summed over the batch's pairs; the loss carries the gradient."""
-        reference = self._reference_logps(batch)
-        with self.autocast:
-            logits, _ = model(
-                batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
-            )
+            reference = sequence_logps(logits, batch.labels, batch.seq_ids, 2 * batch.pairs)
+        logits, _ = model(batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids)
         policy = sequence_logps(logits, batch.labels, batch.seq_ids, 2 * batch.pairs)
-        return pair_sums(policy, reference, self.dpo.beta)
-
-    def _forward_backward(self) -> torch.Tensor:
-        batches, scale = self._step_batches(lambda b: int(b.pairs))  # every pair weighs the same
-        shares = torch.zeros(len(PAIR_METRICS), device=self.dist.device)
-        contexts = parallel.micro_steps(self.model, self.grad_accum)
-        for batch, sync_ctx in zip(batches, contexts, strict=True):
-            with sync_ctx:
-                sums = self._pair_sums(self.model, batch) * scale
-                sums[0].backward()
-            shares += sums.detach()
-        return shares
-
-    def _val_loss_terms(self, batch: DPOBatch) -> tuple[torch.Tensor, float]:
-        # The raw model: DDP's forward would expect a matching backward.
-        return self._pair_sums(self.raw_model, batch).detach(), float(batch.pairs)
+        return pair_sums(policy, reference, self.beta)

@@ -1,4 +1,8 @@
-"""The training loop: one Trainer that builds the run, trains, evaluates and checkpoints."""
+"""The training loop: one Trainer that builds the run, trains, evaluates and checkpoints.
+
+What is trained, on what and with which loss is the run's task (see trainer.task), chosen
+by the run config's type in TASKS.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import math
 import resource
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -16,13 +21,15 @@ import torch
 from trainer import checkpoint as ckpt
 from trainer import parallel
 from trainer import tokenizer as tokmod
-from trainer.config import EXIT_OK, EXIT_PREEMPTED, DataConfig, RunConfig, TrainingConfig
-from trainer.data import TokenData
+from trainer.config import EXIT_OK, EXIT_PREEMPTED, RunConfig, TrainingConfig
 from trainer.distributed import Dist
+from trainer.dpo import DPOTask
 from trainer.events import EventWriter
 from trainer.export import export_model
-from trainer.model import CausalLM, build_model, configure_optimizer
+from trainer.pretrain import PretrainTask
+from trainer.sft import SFTTask
 from trainer.sizing import flops_per_token, param_count
+from trainer.task import Task
 
 # Dense bf16 tensor-core peak FLOP/s per GPU, from NVIDIA datasheets (no sparsity).
 # MFU is reported against these; unknown GPUs and CPUs report null.
@@ -77,12 +84,12 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
+# The task of each run type (RunConfig.type).
+TASKS: dict[str, Callable[..., Task]] = {"pretrain": PretrainTask, "sft": SFTTask, "dpo": DPOTask}
+
+
 class Trainer:
     """Runs one training attempt described by a RunConfig."""
-
-    # What _forward_backward returns, in order (see there), and what _val_loss_terms sums.
-    step_metrics: tuple[str, ...] = ("loss",)
-    val_metrics: tuple[str, ...] = ("val_loss",)
 
     def __init__(
         self, cfg: RunConfig, dist: Dist, events: EventWriter, *, stop_at_step: int | None = None
@@ -99,8 +106,6 @@ class Trainer:
         self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._saved_step = -1
         self._val_step = -1  # the step val_loss was measured at
-        # A mixture of experts' router losses and loads, summed over this step's micro-steps.
-        self._router_sums: torch.Tensor | None = None
         t = cfg.training
         per_step = t.micro_batch_size * dist.world_size
         if t.batch_size % per_step:
@@ -124,9 +129,14 @@ class Trainer:
         )
 
         self.tokenizer_eot = tokmod.eot_id(tokmod.load(cfg.tokenizer_path))
-        self.im_end_id: int | None = None  # set for chat models, whose export stops there
         torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts it)
-        self.raw_model: CausalLM = self._build_model()
+        self.task = TASKS[cfg.type](cfg, dist, events, sharded=self.sharded)
+        # The run length can follow the data (fine-tuning for epochs): the schedule and
+        # progress use the task's.
+        t = dataclasses.replace(t, max_steps=self.task.max_steps)
+        self.cfg = dataclasses.replace(cfg, training=t)
+        self.raw_model = self.task.model
+        self.model_cfg = self.raw_model.cfg
         self.raw_model.set_activation_checkpointing(t.activation_checkpointing)
         # Under FSDP raw_model is sharded in place, so it must happen before the optimizer.
         self.model = parallel.wrap(
@@ -136,8 +146,7 @@ class Trainer:
             bf16=use_bf16,
             compile=t.compile,
         )
-        self.optimizer = self._build_optimizer()
-        self.data = self._build_data()
+        self.optimizer = self.task.optimizer()
         # Ranks differ in dropout masks; their streams are checkpointed, so resume is exact.
         torch.manual_seed(t.seed + dist.rank)
 
@@ -145,27 +154,6 @@ class Trainer:
         self._maybe_resume()
         self.flops_per_token = flops_per_token(self.model_cfg, t.seq_len)
         self.peak_flops = peak_flops(dev)
-
-    def _build_model(self) -> CausalLM:
-        """A freshly initialised model on this rank's device."""
-        assert self.cfg.model is not None
-        # The job's training.dropout is the one hyper-parameter source; it overrides the
-        # architecture's default.
-        self.model_cfg = dataclasses.replace(self.cfg.model, dropout=self.cfg.training.dropout)
-        return build_model(self.model_cfg).to(self.dist.device)
-
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        """The optimizer over raw_model's trainable parameters."""
-        t = self.cfg.training
-        return configure_optimizer(
-            self.raw_model, lr=t.lr, weight_decay=t.weight_decay, device_type=self.dist.device.type
-        )
-
-    def _build_data(self) -> Any:
-        """This rank's batches: random windows of the token shards."""
-        t, data = self.cfg.training, self.cfg.data
-        assert isinstance(data, DataConfig)
-        return TokenData(data, t.seq_len, seed=t.seed, rank=self.dist.rank, device=self.dist.device)
 
     def _maybe_resume(self) -> None:
         found = ckpt.load_latest(self.cfg.checkpoint_dir, self.dist.rank)
@@ -187,21 +175,16 @@ class Trainer:
         self.val_loss = state.get("val_loss")
         self.last_loss = state.get("loss")
         if found.rank_state is not None:
-            self.data.load_state_dict(found.rank_state["data"])
+            self.task.data.load_state_dict(found.rank_state["data"])
             ckpt.set_rng_state(found.rank_state["rng"])
         else:
-            self._data_without_rank_state(found.step)
+            self.task.data.restart_at(found.step, self.cfg.training.batch_size)
             self.events.emit(
                 "log",
                 message=f"rank {self.dist.rank} has no sampler state in {found.path}; reseeded",
             )
         self.resumed_from = found.path
         self.events.emit("log", message=f"resuming from {found.path} at step {found.step}")
-
-    def _data_without_rank_state(self, step: int) -> None:
-        """Place the sampler of a rank that did not exist when the checkpoint was saved."""
-        # World size grew since the save: this rank gets a fresh, distinct stream.
-        self.data.generator.manual_seed(self.cfg.training.seed * 7919 + self.dist.rank + step)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         # Only set a flag: the checkpoint must be taken at a step boundary, by all ranks.
@@ -233,7 +216,8 @@ class Trainer:
                 if self.step % t.checkpoint_interval == 0 and self.step < t.max_steps:
                     self._save()
             self._evaluate()
-            self._after_training()
+            for sample in self.task.samples():
+                self.events.emit("sample", step=self.step, **sample)
             self._save()
             export_dir = self._export()
             self.events.emit(
@@ -264,13 +248,13 @@ class Trainer:
                 [p.grad for p in self.model.parameters() if p.grad is not None]
             )
         grad_norm = parallel.local_tensor(grad_norm)  # FSDP: a DTensor over the shards
-        router = self._router_metrics()
+        extra = self.task.extra_metrics()
         # One collective gives the global mean metrics and whether any rank wants to stop,
         # so every rank takes the same decision at the same step.
         stop = self._stop_requested or (self.stop_at_step is not None and step >= self.stop_at_step)
         stats = torch.cat([shares.float(), torch.tensor([float(stop)], device=dist.device)])
         dist.all_reduce_sum(stats)
-        means = dict(zip(self.step_metrics, (stats[:-1] / dist.world_size).tolist(), strict=True))
+        means = dict(zip(self.task.metrics, (stats[:-1] / dist.world_size).tolist(), strict=True))
         loss_val = means.pop("loss")
         if not math.isfinite(loss_val):
             raise NanLossError(step, loss_val)
@@ -298,76 +282,44 @@ class Trainer:
             mfu=mfu,
             step_time=dt,
             peak_memory_bytes=peak_memory_bytes(dist.device),
-            **router,
+            **extra,
             **means,
         )
         return bool(stats[-1].item() > 0)
 
     def _forward_backward(self) -> torch.Tensor:
         """Forward and backward over this step's micro-batches; return this rank's shares of
-        step_metrics: each, summed over ranks and divided by world size, is the step's value.
+        the task's metrics: each, summed over ranks and divided by world size, is the step's
+        value.
         """
-        t = self.cfg.training
-        loss_sum = torch.zeros((), device=self.dist.device)
-        for sync_ctx in parallel.micro_steps(self.model, self.grad_accum):
-            x, y = self.data.next_train_batch(t.micro_batch_size)  # (B, T) each
+        t, task = self.cfg.training, self.task
+        batches = [task.data.next_train_batch(t.micro_batch_size) for _ in range(self.grad_accum)]
+        weight = task.weight(batches)
+        shares = torch.zeros(len(task.metrics), device=self.dist.device)
+        contexts = parallel.micro_steps(self.model, self.grad_accum)
+        for batch, sync_ctx in zip(batches, contexts, strict=True):
             with sync_ctx:
                 with self.autocast:
-                    _, loss = self.model(x, y)
-                assert loss is not None
-                # Average over micro-steps so the gradient matches one big batch.
-                (loss / self.grad_accum).backward()
-            penalty = self._router_penalty()  # in the loss; the reported loss leaves it out
-            loss_sum += loss.detach() - (penalty.detach() if penalty is not None else 0.0)
-        return loss_sum / self.grad_accum
-
-    def _router_penalty(self) -> torch.Tensor | None:
-        """The latest forward's router penalty (None without experts); notes its stats."""
-        stats = self.raw_model.router_stats
-        if stats is None:
-            return None
-        terms = [stats.aux_loss.detach().reshape(1), stats.z_loss.detach().reshape(1)]
-        flat = torch.cat([*terms, stats.load.flatten()])
-        self._router_sums = flat if self._router_sums is None else self._router_sums + flat
-        return stats.penalty
-
-    def _router_metrics(self) -> dict[str, Any]:
-        """This step's router losses and per-layer expert loads, averaged over all ranks."""
-        if self._router_sums is None:
-            return {}
-        sums = self._router_sums
-        self._router_sums = None
-        self.dist.all_reduce_sum(sums)
-        mean = (sums / (self.grad_accum * self.dist.world_size)).tolist()
-        layers = self.model_cfg.moe_layers
-        experts = len(mean[2:]) // len(layers)
-        loads = [mean[2 + i * experts : 2 + (i + 1) * experts] for i in range(len(layers))]
-        return {
-            "aux_loss": mean[0],
-            "z_loss": mean[1],
-            # Share of the routed tokens each expert took, per MoE layer (by block index).
-            "expert_load": {str(layer): load for layer, load in zip(layers, loads, strict=True)},
-        }
-
-    def _val_loss_terms(self, batch: Any) -> tuple[torch.Tensor, float]:
-        """Sums of val_metrics over one validation batch and what they count for in the mean."""
-        x, y = batch
-        # The raw model: DDP's forward would expect a matching backward.
-        _, loss = self.raw_model(x, y)
-        assert loss is not None
-        return loss.detach(), 1.0
-
-    def _after_training(self) -> None:
-        """Work after the final evaluation and before the final checkpoint (none here)."""
+                    out = task.loss(self.model, batch)
+                weighted = out.sums * weight
+                objective = weighted[0]
+                if out.penalty is not None:
+                    # A mean over its micro-batch: each micro-step's weighs the same.
+                    objective = objective + out.penalty / self.grad_accum
+                objective.backward()
+            shares += weighted.detach()
+        return shares
 
     @torch.no_grad()
-    def _evaluate(self) -> float:
-        """Mean loss over the fixed validation batches; ranks split them and add up."""
+    def _evaluate(self) -> None:
+        """Mean validation metrics over the fixed batches; ranks split them and add up."""
         t, dist = self.cfg.training, self.dist
+        batches = self.task.data.val_batches(t.micro_batch_size, t.eval_batches)
+        if not batches:
+            return  # no validation set: val_loss stays null
         self.model.eval()
-        # Sums of val_metrics, then what they count for.
-        totals = torch.zeros(len(self.val_metrics) + 1, device=dist.device)
-        batches = self.data.val_batches(t.micro_batch_size, t.eval_batches)
+        # Sums of the task's val_metrics, then what they count for.
+        totals = torch.zeros(len(self.task.val_metrics) + 1, device=dist.device)
         # Under FSDP every forward is a collective, so every rank runs the same number;
         # ranks past the end repeat batch 0 and do not count it.
         rounds = -(-len(batches) // dist.world_size) if self.sharded else len(batches)
@@ -376,16 +328,15 @@ class Trainer:
             if not self.sharded and i % dist.world_size != dist.rank:
                 continue
             with self.autocast:
-                loss, count = self._val_loss_terms(batches[i] if i < len(batches) else batches[0])
+                sums, count = self.task.val_terms(batches[i] if i < len(batches) else batches[0])
             if i < len(batches):
-                totals[:-1] += loss.float()
+                totals[:-1] += sums.float()
                 totals[-1] += count
         dist.all_reduce_sum(totals)
-        results = dict(zip(self.val_metrics, (totals[:-1] / totals[-1]).tolist(), strict=True))
+        results = dict(zip(self.task.val_metrics, (totals[:-1] / totals[-1]).tolist(), strict=True))
         self.val_loss = results["val_loss"]
         self._val_step = self.step
         self.events.emit("eval", step=self.step, **results)
-        return self.val_loss
 
     def _save(self) -> str:
         """Checkpoint the current step on all ranks (skipped if already saved)."""
@@ -412,20 +363,16 @@ class Trainer:
                 "loss": self.last_loss,
                 "lr_scheduler": {"schedule": self.cfg.training.lr_schedule, "last_step": self.step},
             },
-            rank_state={"data": self.data.state_dict(), "rng": ckpt.rng_state()},
+            rank_state={"data": self.task.data.state_dict(), "rng": ckpt.rng_state()},
             keep=self.cfg.keep_checkpoints,
         )
         self._saved_step = self.step
         self.events.emit("checkpoint", step=self.step, path=path, val_loss=self.val_loss)
         return path
 
-    def _export_state(self) -> dict[str, Any]:
-        """The full model state to export (a collective under FSDP)."""
-        return parallel.full_model_state(self.raw_model)
-
     def _export(self) -> str:
         """Rank 0 writes the final model folder; the others wait for it."""
-        state = self._export_state()
+        state = self.task.export_state()
         if self.dist.is_main:
             export_model(
                 state,
@@ -433,7 +380,7 @@ class Trainer:
                 tokenizer_path=self.cfg.tokenizer_path,
                 eot_id=self.tokenizer_eot,
                 export_dir=self.cfg.export_dir,
-                im_end_id=self.im_end_id,
+                im_end_id=self.task.im_end_id,
             )
         self.dist.barrier()
         return self.cfg.export_dir

@@ -370,8 +370,8 @@ class CausalLM(nn.Module):
             embedding = self.model.embed_tokens
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         # The routers' losses and loads of the latest forward pass (None without experts).
-        # Set by forward: the training loop reads them for its metrics, and fine-tuning,
-        # which computes its own loss from the logits, adds router_stats.penalty to it.
+        # Set by forward: training tasks (trainer.task) read them for their metrics and add
+        # router_stats.penalty to the loss they compute from the logits.
         self.router_stats: RouterStats | None = None
         self.apply(self._init_weights)
         # Residual projections add into the stream once per block per branch; scaling
@@ -440,14 +440,7 @@ class CausalLM(nn.Module):
         if cache is not None:
             cache.pos += idx.shape[1]
         logits = self.lm_head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            # Loss in fp32: bf16 logits lose too much precision in the log-softmax.
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.shape[-1]),
-                targets.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-            )
+        loss = token_cross_entropy(logits, targets) if targets is not None else None
         self.router_stats = None
         if router_logits:
             assert self.cfg.moe is not None
@@ -455,6 +448,20 @@ class CausalLM(nn.Module):
             if loss is not None and self.training:
                 loss = loss + self.router_stats.penalty
         return logits, loss
+
+
+def token_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of logits (B, T, V) against targets (B, T), skipping IGNORE_INDEX;
+    reduced by "mean" over the targets, "sum", or "none" for one value per position."""
+    # fp32: bf16 logits lose too much precision in the log-softmax.
+    return F.cross_entropy(
+        logits.float().view(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction=reduction,
+    )
 
 
 def build_model(cfg: ModelConfig) -> CausalLM:

@@ -7,12 +7,14 @@ the experts stacked into 3D weights so all of them run as batched matrix product
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainer.config import ModelConfig, MoEConfig
+from trainer.distributed import Dist
 
 
 class SparseMoE(nn.Module):
@@ -98,3 +100,41 @@ def router_stats(router_logits: list[torch.Tensor], moe: MoEConfig) -> RouterSta
         penalty=moe.aux_loss_coef * aux_loss + moe.router_z_loss_coef * z_loss,
         load=torch.stack(loads).detach(),
     )
+
+
+class RouterTally:
+    """The routers' losses and loads summed over one optimizer step's micro-batches."""
+
+    def __init__(self, moe_layers: list[int], dist: Dist) -> None:
+        self.moe_layers, self.dist = moe_layers, dist
+        self.sums: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, stats: RouterStats | None) -> torch.Tensor | None:
+        """Note one forward pass's stats; return its penalty (None without experts)."""
+        if stats is None:
+            return None
+        terms = [stats.aux_loss.detach().reshape(1), stats.z_loss.detach().reshape(1)]
+        flat = torch.cat([*terms, stats.load.flatten()])
+        self.sums = flat if self.sums is None else self.sums + flat
+        self.count += 1
+        return stats.penalty
+
+    def metrics(self) -> dict[str, Any]:
+        """The step's router losses and per-layer expert loads, averaged over all ranks (a
+        collective), and start the next step; empty without experts."""
+        if self.sums is None:
+            return {}
+        sums, count = self.sums, self.count
+        self.sums, self.count = None, 0
+        self.dist.all_reduce_sum(sums)
+        mean = (sums / (count * self.dist.world_size)).tolist()
+        layers = self.moe_layers
+        experts = len(mean[2:]) // len(layers)
+        loads = [mean[2 + i * experts : 2 + (i + 1) * experts] for i in range(len(layers))]
+        return {
+            "aux_loss": mean[0],
+            "z_loss": mean[1],
+            # Share of the routed tokens each expert took, per MoE layer (by block index).
+            "expert_load": {str(layer): load for layer, load in zip(layers, loads, strict=True)},
+        }

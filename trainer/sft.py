@@ -1,33 +1,34 @@
-"""Supervised fine-tuning: the base model, its adapters and the chat samples of a run."""
+"""Supervised fine-tuning (SFTTask) and what preference tuning shares with it (FineTuning):
+the base model made ready with its adapters, chat batches, chat samples and the export."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
 from trainer import chat, parallel
 from trainer import tokenizer as tokmod
-from trainer.config import SFTConfig, SFTDataConfig
+from trainer.config import RunConfig, SFTConfig, SFTDataConfig
+from trainer.distributed import Dist
+from trainer.events import EventWriter
 from trainer.hf_import import (
     added_chat_token_ids,
     load_base_model,
     resize_token_embeddings,
     train_token_rows,
 )
-from trainer.loop import Trainer
 from trainer.lora import DEFAULT_TARGETS, apply_lora, merged_state_dict
-from trainer.model import IGNORE_INDEX, CausalLM
+from trainer.model import IGNORE_INDEX, CausalLM, token_cross_entropy
+from trainer.moe import RouterTally
 from trainer.sample import LoadedModel, generate
-from trainer.sft_data import SFTData
+from trainer.sft_data import SFTBatch, SFTData
 from trainer.sft_shards import load_sft_index
+from trainer.task import Loss
 
 
 @dataclass
@@ -93,60 +94,47 @@ def chat_reply(
     return generate(loaded, prompt, max_new_tokens, temperature=0.0, stop_ids=chat.stop_ids(tok))
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy over the positions that carry a label; logits (B, T, V)."""
-    # fp32 loss: bf16 logits lose too much precision in the log-softmax.
-    return F.cross_entropy(
-        logits.float().view(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+def token_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed loss and number of correct top tokens over the labelled positions: (2,);
+    logits (B, T, V)."""
+    loss = token_cross_entropy(logits, labels, reduction="sum")
+    correct = ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum().float()
+    return torch.stack([loss, correct])
 
 
-def token_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """How many labelled positions the model's top token gets right; logits (B, T, V)."""
-    return ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum().float()
+def unit_weight(units: int, dist: Dist) -> torch.Tensor:
+    """The factor that gives every unit (token, pair) of a step the same weight in the global
+    batch, however they fell into rows, micro-batches and ranks: world size over the global
+    count of `units`, this rank's count (gradients are averaged over ranks)."""
+    n = torch.tensor(float(units), device=dist.device)
+    dist.all_reduce_sum(n)
+    return dist.world_size / n.clamp(min=1.0)
 
 
-class SFTTrainer(Trainer):
-    """The Trainer with a base model, chat batches, per-token loss and chat samples."""
+class FineTuning:
+    """What the fine-tuning tasks (SFT, DPO) share: the base model made ready, the chat
+    shards, the optimizer, greedy answers to the eval prompts and an export with the
+    adapters merged."""
 
-    sft: SFTConfig
-    data: SFTData
-    data_class: type[SFTData] = SFTData
-    step_metrics: tuple[str, ...] = ("loss", "token_accuracy")
-    val_metrics: tuple[str, ...] = ("val_loss", "val_token_accuracy")
+    data_class: type[SFTData] = SFTData  # the batches of the shards' kind
 
-    def _build_model(self) -> CausalLM:
-        cfg, t = self.cfg, self.cfg.training
-        assert cfg.sft is not None
-        self.sft = cfg.sft
-        if self.sft.method == "lora" and self.sharded:
+    def __init__(self, cfg: RunConfig, dist: Dist, events: EventWriter, *, sharded: bool) -> None:
+        assert cfg.sft is not None and isinstance(cfg.data, SFTDataConfig)
+        self.cfg, self.dist, self.sharded, self.sft = cfg, dist, sharded, cfg.sft
+        t = cfg.training
+        if self.sft.method == "lora" and sharded:
             raise ValueError("sft.method 'lora' runs under strategy 'ddp'; use 'ddp'")
         self.tokenizer = tokmod.load(cfg.tokenizer_path)
-        self.im_end_id = chat.special_id(self.tokenizer, tokmod.IM_END)
+        self.im_end_id: int | None = chat.special_id(self.tokenizer, tokmod.IM_END)
         self.built = build_sft_model(self.sft, self.tokenizer, dropout=t.dropout, seq_len=t.seq_len)
-        model = self.built.model
-        self.model_cfg = model.cfg
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.events.emit(
+        self.model = self.built.model.to(dist.device)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        events.emit(
             "log",
             message=f"fine-tuning {self.sft.base_model_dir} ({self.sft.method}): "
             f"{trainable} trainable parameters, chat token rows added: "
             f"{self.built.added_token_ids}, LoRA on {len(self.built.lora_modules)} layers",
         )
-        return model.to(self.dist.device)
-
-    def _build_optimizer(self) -> torch.optim.AdamW:
-        t = self.cfg.training
-        return sft_optimizer(
-            self.built, lr=t.lr, weight_decay=t.weight_decay, device_type=self.dist.device.type
-        )
-
-    def _build_data(self) -> SFTData:
-        cfg, t, dist = self.cfg, self.cfg.training, self.dist
-        assert isinstance(cfg.data, SFTDataConfig)
         index = load_sft_index(cfg.data.train)
         if index["vocab_size"] != tokmod.vocab_size(self.tokenizer):
             raise ValueError(
@@ -154,7 +142,7 @@ class SFTTrainer(Trainer):
                 f"(vocab {index['vocab_size']}) than {cfg.tokenizer_path}; use the tokenizer.json "
                 "saved beside the shards"
             )
-        data = self.data_class(
+        self.data = self.data_class(
             cfg.data.train,
             cfg.data.val,
             t.seq_len,
@@ -164,79 +152,73 @@ class SFTTrainer(Trainer):
             world_size=dist.world_size,
             device=dist.device,
         )
-        if self.sft.epochs is not None:
-            # The run length follows the data: the schedule and progress use these steps.
-            steps = data.steps_for_epochs(self.sft.epochs, t.batch_size)
-            self.cfg = dataclasses.replace(cfg, training=dataclasses.replace(t, max_steps=steps))
-        return data
+        self.max_steps = t.max_steps
+        if self.sft.epochs is not None:  # the run length follows the data
+            self.max_steps = self.data.steps_for_epochs(self.sft.epochs, t.batch_size)
 
-    def _step_batches(self, count: Callable[[Any], int]) -> tuple[list[Any], torch.Tensor]:
-        """This step's micro-batches, and the factor that gives every unit they `count` the
-        same weight in the global batch, however they fell into rows, micro-batches and
-        ranks: world size over the global count (gradients are averaged over ranks)."""
-        t, dist = self.cfg.training, self.dist
-        batches = [self.data.next_train_batch(t.micro_batch_size) for _ in range(self.grad_accum)]
-        n = torch.tensor(float(sum(count(b) for b in batches)), device=dist.device)
-        dist.all_reduce_sum(n)
-        return batches, dist.world_size / n.clamp(min=1.0)
-
-    def _forward_backward(self) -> torch.Tensor:
-        dist = self.dist
-        # Every loss token weighs the same.
-        batches, scale = self._step_batches(lambda b: int(b.n_targets))
-        shares = torch.zeros(2, device=dist.device)  # (loss, token accuracy)
-        contexts = parallel.micro_steps(self.model, self.grad_accum)
-        for batch, sync_ctx in zip(batches, contexts, strict=True):
-            with sync_ctx:
-                with self.autocast:
-                    logits, _ = self.model(
-                        batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
-                    )
-                loss = token_loss_sum(logits, batch.labels) * scale
-                penalty = self._router_penalty()  # a mixture of experts' router losses
-                (loss if penalty is None else loss + penalty / self.grad_accum).backward()
-            shares += torch.stack([loss.detach(), token_correct(logits, batch.labels) * scale])
-        return shares
-
-    def _val_loss_terms(self, batch: Any) -> tuple[torch.Tensor, float]:
-        logits, _ = self.raw_model(
-            batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
+    def optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the trainable tensors (see sft_optimizer)."""
+        t = self.cfg.training
+        return sft_optimizer(
+            self.built, lr=t.lr, weight_decay=t.weight_decay, device_type=self.dist.device.type
         )
-        loss, correct = token_loss_sum(logits, batch.labels), token_correct(logits, batch.labels)
-        return torch.stack([loss, correct]), float(batch.n_targets)
 
-    def _evaluate(self) -> float:
-        if self.data.val is None:
-            return math.nan  # no validation set: val_loss stays null
-        return super()._evaluate()
-
-    def _data_without_rank_state(self, step: int) -> None:
-        # Every step reads batch_size rows of the one stream, so the step gives the place.
-        self.data.load_state_dict({"epoch": 0, "cursor": 0})
-        self.data.skip_rows(step * self.cfg.training.batch_size)
-
-    def _after_training(self) -> None:
-        """Answer the eval prompts greedily and report each as a sample event."""
-        if not self.sft.eval_prompts:
-            return
+    def samples(self) -> list[dict[str, Any]]:
+        """The greedy answers to the eval prompts (on rank 0, or every rank under FSDP)."""
         # Under FSDP a forward pass is a collective, so every rank generates in lockstep.
-        if not (self.dist.is_main or self.sharded):
-            return
-        self.raw_model.eval()
+        if not self.sft.eval_prompts or not (self.dist.is_main or self.sharded):
+            return []
+        self.model.eval()
+        samples = []
         for prompt in self.sft.eval_prompts:
             messages = [{"role": m.role, "content": m.content} for m in prompt]
             reply = chat_reply(
-                self.raw_model,
+                self.model,
                 self.tokenizer,
                 messages,
                 max_new_tokens=self.sft.eval_max_new_tokens,
                 device=self.dist.device,
             )
-            self.events.emit("sample", step=self.step, messages=messages, completion=reply)
+            samples.append({"messages": messages, "completion": reply})
+        return samples
 
-    def _export_state(self) -> dict[str, Any]:
-        state = super()._export_state()
+    def export_state(self) -> dict[str, Any]:
+        """The full model state, adapters merged into their layers."""
+        state = parallel.full_model_state(self.model)
         if self.built.lora_modules:
             lora = self.sft.lora
             state = merged_state_dict(state, lora.alpha / lora.rank)
         return state
+
+
+class SFTTask(FineTuning):
+    """Chat batches with per-token loss and accuracy; a mixture of experts adds its router
+    metrics."""
+
+    metrics: tuple[str, ...] = ("loss", "token_accuracy")
+    val_metrics: tuple[str, ...] = ("val_loss", "val_token_accuracy")
+
+    def __init__(self, cfg: RunConfig, dist: Dist, events: EventWriter, *, sharded: bool) -> None:
+        super().__init__(cfg, dist, events, sharded=sharded)
+        self.router = RouterTally(self.model.cfg.moe_layers, dist)
+
+    def weight(self, batches: list[SFTBatch]) -> torch.Tensor:
+        """Every loss token of the step weighs the same."""
+        return unit_weight(sum(b.n_targets for b in batches), self.dist)
+
+    def loss(self, model: nn.Module, batch: SFTBatch) -> Loss:
+        """Summed loss and correct tokens over the batch's labelled positions."""
+        logits, _ = model(batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids)
+        penalty = self.router.add(self.model.router_stats)
+        return Loss(token_sums(logits, batch.labels), penalty)
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """A mixture of experts' router losses and expert loads."""
+        return self.router.metrics()
+
+    def val_terms(self, batch: SFTBatch) -> tuple[torch.Tensor, float]:
+        """Summed loss and correct tokens, counting as the batch's labelled positions."""
+        logits, _ = self.model(
+            batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
+        )
+        return token_sums(logits, batch.labels), float(batch.n_targets)

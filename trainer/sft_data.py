@@ -209,3 +209,9 @@ class SFTData:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a stream position saved by state_dict."""
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+
+    def restart_at(self, step: int, batch_size: int) -> None:
+        """Place a rank that did not exist when the checkpoint was saved: every step reads
+        batch_size rows of the one stream, so the step gives the place."""
+        self.epoch, self.cursor = 0, 0
+        self.skip_rows(step * batch_size)

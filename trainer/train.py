@@ -48,17 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     events = EventWriter(cfg.output_dir, enabled=dist.is_main)
     trainer: Trainer | None = None
     try:
-        # Fine-tuning trainers are imported only when needed: pretraining never loads them.
-        if cfg.type == "sft":
-            from trainer.sft import SFTTrainer
-
-            trainer = SFTTrainer(cfg, dist, events)
-        elif cfg.type == "dpo":
-            from trainer.dpo import DPOTrainer
-
-            trainer = DPOTrainer(cfg, dist, events)
-        else:
-            trainer = Trainer(cfg, dist, events)
+        trainer = Trainer(cfg, dist, events)
         return trainer.run()
     except NanLossError as e:
         events.emit("error", code="nan_loss", message=str(e), step=e.step)

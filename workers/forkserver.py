@@ -157,9 +157,8 @@ def serve(name: str) -> None:
     listener.listen(16)
     _title(f"trainyard-forkserver {name}")
     # Requests wait in the backlog while the heavy imports run, once.
-    # torch._dynamo: torch's optimizers import it on construction (seconds, under load);
-    # trainer.sft: the fine-tuning trainer.
-    for module in ("trainer.train", "trainer.sft", "torch._dynamo"):
+    # torch._dynamo: torch's optimizers import it on construction (seconds, under load).
+    for module in ("trainer.train", "torch._dynamo"):
         importlib.import_module(module)
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # agents are reaped by the kernel

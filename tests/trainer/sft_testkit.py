@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.trainer.trainer_testkit import WORDS, make_dataset, run_config
-from trainer.config import EXIT_OK, RunConfig
-from trainer.distributed import Dist
-from trainer.events import EventWriter
-from trainer.loop import Trainer
+from tests.trainer.trainer_testkit import WORDS, make_dataset, run_config, run_in_process
+from trainer.config import EXIT_OK
 from trainer.sft_shards import write_sft_shards
-
-
-def run_in_process(
-    trainer: Callable[..., Trainer], raw: dict[str, Any], stop_at_step: int | None = None
-) -> int:
-    """Run a trainer class on a run.json dict in this process; its exit code."""
-    cfg = RunConfig.from_dict(raw)
-    events = EventWriter(cfg.output_dir)
-    try:
-        return trainer(cfg, Dist(), events, stop_at_step=stop_at_step).run()
-    finally:
-        events.close()
 
 
 def pretrain_base(tmp: Path, preset: str, seq_len: int) -> str:
@@ -32,13 +16,8 @@ def pretrain_base(tmp: Path, preset: str, seq_len: int) -> str:
     tok, data = make_dataset(tmp, n_docs=100)
     raw = run_config(tmp, "base", tok, data, preset=preset, max_steps=20, eval_interval=20)
     raw["model"]["seq_len"] = seq_len
-    cfg = RunConfig.from_dict(raw)
-    events = EventWriter(cfg.output_dir)
-    try:
-        assert Trainer(cfg, Dist(), events).run() == EXIT_OK
-    finally:
-        events.close()
-    return cfg.export_dir
+    assert run_in_process(raw) == EXIT_OK
+    return raw["export_dir"]
 
 
 def sft_records(n: int = 60, seed: int = 0) -> list[dict[str, Any]]:

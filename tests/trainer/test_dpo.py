@@ -12,15 +12,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.trainer.sft_testkit import pretrain_base, run_in_process
-from tests.trainer.trainer_testkit import WORDS, read_events, run_trainer, write_config
+from tests.trainer.sft_testkit import pretrain_base
+from tests.trainer.trainer_testkit import (
+    WORDS,
+    read_events,
+    run_in_process,
+    run_trainer,
+    write_config,
+)
 from trainer import chat
 from trainer import tokenizer as tokmod
 from trainer.config import EXIT_OK, EXIT_PREEMPTED, RunConfig
 from trainer.distributed import Dist
-from trainer.dpo import DPOTrainer, pair_sums, sequence_logps
+from trainer.dpo import DPOTask, pair_sums, sequence_logps
 from trainer.dpo_data import DPOBatch, DPOData
 from trainer.events import EventWriter
+from trainer.loop import Trainer
 from trainer.sft_data import SFTExamples
 from trainer.sft_shards import write_sft_shards
 
@@ -147,7 +154,7 @@ def test_sft_shards_are_refused_as_pairs(tmp_path: Path, base: dict[str, str]) -
         )
 
 
-def _direct_loss(trainer: DPOTrainer, examples: SFTExamples, pairs: list[int]) -> float:
+def _direct_loss(task: DPOTask, examples: SFTExamples, pairs: list[int]) -> float:
     """The mean DPO loss of these pairs, each sequence run alone through both models."""
 
     def logp(model: torch.nn.Module, i: int) -> float:
@@ -158,10 +165,10 @@ def _direct_loss(trainer: DPOTrainer, examples: SFTExamples, pairs: list[int]) -
         picked = logps.gather(1, x[0, 1:, None])[:, 0]
         return float(picked[torch.from_numpy(mask[1:])].sum())
 
-    beta, total = trainer.dpo.beta, 0.0
+    beta, total = task.beta, 0.0
     for p in pairs:
-        chosen = beta * (logp(trainer.raw_model, 2 * p) - logp(trainer.reference, 2 * p))
-        rejected = beta * (logp(trainer.raw_model, 2 * p + 1) - logp(trainer.reference, 2 * p + 1))
+        chosen = beta * (logp(task.model, 2 * p) - logp(task.reference, 2 * p))
+        rejected = beta * (logp(task.model, 2 * p + 1) - logp(task.reference, 2 * p + 1))
         total += -math.log(1 / (1 + math.exp(-(chosen - rejected))))
     return total / len(pairs)
 
@@ -173,18 +180,21 @@ def test_loss_is_ln2_at_the_start_and_matches_a_direct_computation(
     cfg = RunConfig.from_dict(raw)
     events = EventWriter(cfg.output_dir)
     try:
-        trainer = DPOTrainer(cfg, Dist(), events)
-        batch = trainer.data.val_batches(8, 1)[0]
-        assert isinstance(batch, DPOBatch) and trainer.data.val is not None
+        trainer = Trainer(cfg, Dist(), events)
+        task = trainer.task
+        assert isinstance(task, DPOTask)
+        batch = task.data.val_batches(8, 1)[0]
+        assert isinstance(batch, DPOBatch) and task.data.val is not None
         with torch.no_grad():
-            start = trainer._pair_sums(trainer.raw_model, batch) / batch.pairs
+            sums, pairs = task.val_terms(batch)
+        start = sums / pairs
         assert abs(float(start[0]) - math.log(2)) < 1e-6  # policy == reference
         assert float(start[2]) == 0.5  # every pair a tie
         assert trainer.run() == EXIT_OK
-        trainer.raw_model.eval()
+        task.model.eval()
         with torch.no_grad():
-            packed = float(trainer._pair_sums(trainer.raw_model, batch)[0]) / batch.pairs
-            direct = _direct_loss(trainer, trainer.data.val, list(range(batch.pairs)))
+            packed = float(task.val_terms(batch)[0][0]) / batch.pairs
+            direct = _direct_loss(task, task.data.val, list(range(batch.pairs)))
     finally:
         events.close()
     # Each row holds one pair: its two sequences are separate documents of the row.
@@ -242,9 +252,9 @@ def test_dpo_resume_is_exact(tmp_path: Path, base: dict[str, str]) -> None:
     kw["dropout"] = 0.1
     straight = dpo_config(tmp_path / "a", base, **kw)
     resumed = dpo_config(tmp_path / "b", base, **kw)
-    assert run_in_process(DPOTrainer, straight) == EXIT_OK
-    assert run_in_process(DPOTrainer, resumed, stop_at_step=3) == EXIT_PREEMPTED
-    assert run_in_process(DPOTrainer, resumed) == EXIT_OK
+    assert run_in_process(straight) == EXIT_OK
+    assert run_in_process(resumed, stop_at_step=3) == EXIT_PREEMPTED
+    assert run_in_process(resumed) == EXIT_OK
     losses = [
         {e["step"]: e["loss"] for e in read_events(raw["output_dir"]) if e["type"] == "step"}
         for raw in (straight, resumed)

@@ -15,16 +15,14 @@ from tests.trainer.trainer_testkit import (
     make_dataset,
     read_events,
     run_config,
+    run_in_process,
     run_trainer,
     write_config,
 )
 from trainer import tokenizer as tokmod
 from trainer.config import EXIT_OK, PRESETS, ModelConfig, MoEConfig, RunConfig, TrainingConfig
-from trainer.distributed import Dist
-from trainer.events import EventWriter
 from trainer.export import export_model
 from trainer.hf_import import load_base_model
-from trainer.loop import Trainer
 from trainer.model import build_model
 from trainer.moe import SparseMoE, router_stats
 from trainer.sample import load_model
@@ -213,11 +211,7 @@ def test_trains_and_reports_router_metrics(tmp_path: Path) -> None:
     raw = run_config(tmp_path, "moe", tok, data, preset="tiny-moe", max_steps=4, eval_interval=4)
     cfg = RunConfig.from_dict(raw)
     assert cfg.model is not None and cfg.model.moe == MoEConfig(**PRESETS["tiny-moe"]()["moe"])
-    events = EventWriter(cfg.output_dir)
-    try:
-        assert Trainer(cfg, Dist(), events).run() == EXIT_OK
-    finally:
-        events.close()
+    assert run_in_process(raw) == EXIT_OK
     steps = [e for e in read_events(cfg.output_dir) if e["type"] == "step"]
     assert len(steps) == 4
     for e in steps:

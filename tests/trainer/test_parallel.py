@@ -16,13 +16,11 @@ from tests.trainer.trainer_testkit import (
     make_dataset,
     read_events,
     run_config,
+    run_in_process,
     run_trainer,
     write_config,
 )
-from trainer.config import EXIT_OK, RunConfig
-from trainer.distributed import Dist
-from trainer.events import EventWriter
-from trainer.loop import Trainer
+from trainer.config import EXIT_OK
 from trainer.sample import load_model
 
 
@@ -97,13 +95,8 @@ def test_fsdp_resume_matches_uninterrupted(tmp_path: Path, dataset: tuple[str, d
 
 
 def _train(raw: dict[str, Any]) -> dict[int, float]:
-    cfg = RunConfig.from_dict(raw)
-    events = EventWriter(cfg.output_dir)
-    try:
-        assert Trainer(cfg, Dist(), events).run() == EXIT_OK
-    finally:
-        events.close()
-    return _losses(cfg.output_dir)
+    assert run_in_process(raw) == EXIT_OK
+    return _losses(raw["output_dir"])
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])

@@ -166,3 +166,16 @@ def test_skip_rows_matches_reading_them(tmp_path: Path, byte_tok: str) -> None:
         read.next_train_batch(3)
     skipped.skip_rows(27)
     assert skipped.state_dict() == read.state_dict() and read.epoch >= 1
+
+
+def test_a_rank_restarted_at_a_step_is_where_the_stream_got_to(
+    tmp_path: Path, byte_tok: str
+) -> None:
+    folder = str(tmp_path / "s")
+    write_sft_shards(sft_records(40), byte_tok, folder, seq_len=128)
+    read, restarted = _data(folder, 0, 2), _data(folder, 1, 2)
+    for _ in range(9):  # 9 steps of batch_size 6: micro-batches of 3 rows on 2 ranks
+        read.next_train_batch(3)
+    restarted.next_train_batch(3)  # wherever it was is forgotten
+    restarted.restart_at(9, batch_size=6)
+    assert restarted.state_dict() == read.state_dict() and read.epoch >= 1

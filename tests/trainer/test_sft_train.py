@@ -9,18 +9,14 @@ from typing import Any
 import pytest
 
 from tests.trainer.sft_testkit import make_sft_shards, pretrain_base
-from tests.trainer.trainer_testkit import (
-    read_events,
-    run_trainer,
-    write_config,
-)
+from tests.trainer.trainer_testkit import read_events, run_in_process, run_trainer, write_config
 from trainer import chat
 from trainer import tokenizer as tokmod
 from trainer.config import EXIT_OK, EXIT_PREEMPTED, RunConfig
 from trainer.distributed import Dist
 from trainer.events import EventWriter
+from trainer.loop import Trainer
 from trainer.sample import load_model
-from trainer.sft import SFTTrainer
 
 SEQ_LEN = 128
 LORA_TARGETS = ["c_attn", "c_proj", "c_fc", "q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]
@@ -110,22 +106,14 @@ def test_sft_torchrun_two_processes(tmp_path: Path, base: dict, method: str) -> 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_sft_resume_is_exact(tmp_path: Path, base: dict, method: str) -> None:
-    def run(raw: dict[str, Any], stop_at_step: int | None = None) -> int:
-        cfg = RunConfig.from_dict(raw)
-        events = EventWriter(cfg.output_dir)
-        try:
-            return SFTTrainer(cfg, Dist(), events, stop_at_step=stop_at_step).run()
-        finally:
-            events.close()
-
     kw = {"max_steps": 8, "eval_interval": 100, "checkpoint_interval": 100, "dropout": 0.1}
     straight = sft_config(tmp_path / "a", base, method, **kw)
     straight["sft"]["eval_prompts"] = []
     resumed = sft_config(tmp_path / "b", base, method, **kw)
     resumed["sft"]["eval_prompts"] = []
-    assert run(straight) == EXIT_OK
-    assert run(resumed, stop_at_step=3) == EXIT_PREEMPTED
-    assert run(resumed) == EXIT_OK
+    assert run_in_process(straight) == EXIT_OK
+    assert run_in_process(resumed, stop_at_step=3) == EXIT_PREEMPTED
+    assert run_in_process(resumed) == EXIT_OK
     a = {e["step"]: e["loss"] for e in read_events(straight["output_dir"]) if e["type"] == "step"}
     b = {e["step"]: e["loss"] for e in read_events(resumed["output_dir"]) if e["type"] == "step"}
     assert sorted(b) == list(range(1, 9)) and a == b
@@ -138,8 +126,8 @@ def test_epochs_set_the_number_of_steps(tmp_path: Path, base: dict) -> None:
     cfg = RunConfig.from_dict(raw)
     events = EventWriter(cfg.output_dir)
     try:
-        trainer = SFTTrainer(cfg, Dist(), events)
-        expected = trainer.data.steps_for_epochs(1, 8)
+        trainer = Trainer(cfg, Dist(), events)
+        expected = trainer.task.data.steps_for_epochs(1, 8)
         assert trainer.cfg.training.max_steps == expected < 1000
         assert trainer.run() == EXIT_OK
     finally:

@@ -17,15 +17,13 @@ from tests.trainer.trainer_testkit import (
     make_dataset,
     read_events,
     run_config,
+    run_in_process,
     run_trainer,
     trainer_cmd,
     write_config,
 )
 from trainer import train
-from trainer.config import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, RunConfig
-from trainer.distributed import Dist
-from trainer.events import EventWriter
-from trainer.loop import Trainer
+from trainer.config import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED
 from trainer.sample import generate, load_model
 
 
@@ -34,15 +32,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[s
     tmp = tmp_path_factory.mktemp("data")
     tok, data = make_dataset(tmp)
     return tmp, tok, data
-
-
-def _train_in_process(raw: dict[str, Any], stop_at_step: int | None = None) -> int:
-    cfg = RunConfig.from_dict(raw)
-    events = EventWriter(cfg.output_dir)
-    try:
-        return Trainer(cfg, Dist(), events, stop_at_step=stop_at_step).run()
-    finally:
-        events.close()
 
 
 def _steps(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -98,11 +87,11 @@ def test_resume_is_bit_exact(tmp_path: Path, dataset: tuple[Path, str, dict], pr
     # Dropout on, so the restored torch RNG matters as much as the weights and sampler.
     kw: dict[str, Any] = {"preset": preset, "max_steps": 20, "dropout": 0.1}
     straight = run_config(tmp_path, "straight", tok, data, **kw)
-    assert _train_in_process(straight) == EXIT_OK
+    assert run_in_process(straight) == EXIT_OK
 
     resumed = run_config(tmp_path, "resumed", tok, data, **kw)
-    assert _train_in_process(resumed, stop_at_step=7) == EXIT_PREEMPTED
-    assert _train_in_process(resumed) == EXIT_OK
+    assert run_in_process(resumed, stop_at_step=7) == EXIT_PREEMPTED
+    assert run_in_process(resumed) == EXIT_OK
 
     a = _steps(read_events(straight["output_dir"]))
     events_b = read_events(resumed["output_dir"])
@@ -148,7 +137,7 @@ def test_sigterm_saves_checkpoint_and_exits_75(
     assert latest.read_text().strip() == f"step-{step:08d}"
 
     # The next attempt picks the checkpoint up by itself.
-    assert _train_in_process(raw, stop_at_step=step + 2) == EXIT_PREEMPTED
+    assert run_in_process(raw, stop_at_step=step + 2) == EXIT_PREEMPTED
     start = [e for e in read_events(raw["output_dir"]) if e["type"] == "start"][-1]
     assert start["step"] == step and start["resumed_from"] == preempted["checkpoint"]
 

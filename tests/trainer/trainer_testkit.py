@@ -12,7 +12,10 @@ from typing import Any
 
 from trainer import shards
 from trainer import tokenizer as tokmod
-from trainer.config import PRESETS
+from trainer.config import PRESETS, RunConfig
+from trainer.distributed import Dist
+from trainer.events import EventWriter
+from trainer.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -141,6 +144,16 @@ def run_trainer(config_path: str, nproc: int = 1, timeout: float = 120) -> int:
     if proc.returncode not in (0, 1, 75):
         print(proc.stdout, proc.stderr)
     return proc.returncode
+
+
+def run_in_process(raw: dict[str, Any], stop_at_step: int | None = None) -> int:
+    """Run the trainer on a run.json dict in this process; its exit code."""
+    cfg = RunConfig.from_dict(raw)
+    events = EventWriter(cfg.output_dir)
+    try:
+        return Trainer(cfg, Dist(), events, stop_at_step=stop_at_step).run()
+    finally:
+        events.close()
 
 
 def read_events(output_dir: str) -> list[dict[str, Any]]:
