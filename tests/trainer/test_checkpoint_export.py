@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.trainer.sft_testkit import make_sft_shards, pretrain_base, run_in_process
+from tests.trainer.sft_testkit import make_sft_shards, pretrain_base
 from tests.trainer.test_sft_train import sft_config
+from tests.trainer.trainer_testkit import run_in_process
 from trainer import checkpoint as ckpt
 from trainer.checkpoint_export import export_checkpoint
 from trainer.config import EXIT_OK, RunConfig
 from trainer.sample import complete, load_model
-from trainer.sft import SFTTrainer
 
 SEQ_LEN = 64
 
@@ -34,7 +34,7 @@ def finished_run(tmp: Path, base: dict[str, Any], method: str) -> RunConfig:
     raw = sft_config(tmp, base, method, max_steps=4, eval_interval=4, checkpoint_interval=2)
     raw["training"]["seq_len"] = SEQ_LEN
     raw["sft"]["eval_prompts"] = []
-    assert run_in_process(SFTTrainer, raw) == EXIT_OK
+    assert run_in_process(raw) == EXIT_OK
     return RunConfig.from_dict(raw)
 
 
