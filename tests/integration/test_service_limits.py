@@ -470,11 +470,7 @@ def test_a_crashed_api_process_frees_its_streams_when_their_lease_ends(
     headers = dict(client.http.headers)
     job = client.create_job({**WAITING_JOB, "dataset_id": dataset_id, "name": "orphaned"})
     port = free_port()
-    s.env["TRAINYARD_EVENT_STREAM_LEASE_SECONDS"] = "3"
-    try:
-        s.start("doomed", "api", "--port", str(port))
-    finally:
-        del s.env["TRAINYARD_EVENT_STREAM_LEASE_SECONDS"]
+    s.start("doomed", "api", "--port", str(port), env={"TRAINYARD_EVENT_STREAM_LEASE_SECONDS": "3"})
     s.wait_ready(node=False, url=f"http://127.0.0.1:{port}")
     http, held = open_stream(f"http://127.0.0.1:{port}", headers, job["id"])
     assert held.status_code == 200
