@@ -18,6 +18,7 @@ import datetime
 import random
 from pathlib import Path
 
+import httpx
 import loadgen
 from _common import (
     children,
@@ -111,6 +112,12 @@ def main() -> None:
                 env={"PYTHONPATH": str(args.baseline.resolve())},
             )
             stack.wait_ready(node=False, url=apis["baseline"])
+            headers = {"Authorization": f"Bearer {key}"}
+            for request_of in pages.values():  # the same pages, byte for byte
+                for _ in range(10):
+                    _, target, _ = request_of(0)
+                    bodies = {httpx.get(u + target, headers=headers).content for u in apis.values()}
+                    assert len(bodies) == 1, f"the two APIs answer {target} differently"
         results: dict[str, list[dict[str, float]]] = {}
         for name, request_of in pages.items():
             for url in apis.values():
