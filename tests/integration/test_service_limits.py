@@ -463,7 +463,7 @@ def test_the_stream_cap_holds_across_api_processes(
     client.cancel_job(job["id"])
 
 
-def test_a_crashed_api_process_frees_its_streams_when_their_lease_ends(
+def test_a_stream_keeps_its_slot_past_its_lease_and_a_crash_frees_it_when_the_lease_ends(
     twins: tuple[Stack, list[str]], client: Client, dataset_id: str
 ) -> None:
     s, (url_a, _) = twins
@@ -474,6 +474,8 @@ def test_a_crashed_api_process_frees_its_streams_when_their_lease_ends(
     s.wait_ready(node=False, url=f"http://127.0.0.1:{port}")
     http, held = open_stream(f"http://127.0.0.1:{port}", headers, job["id"])
     assert held.status_code == 200
+    time.sleep(4.5)  # past its lease: renewed while the stream lasts
+    assert stream_status(url_a, headers, job["id"]).status_code == 429
     s.stop("doomed", signal.SIGKILL)  # no chance to give its slot back
     http.close()
     assert stream_status(url_a, headers, job["id"]).status_code == 429  # still held
