@@ -129,14 +129,18 @@ class SharedStore:
         if self.redis is None or time.monotonic() < self.down_until:
             return None
         try:
-            return await self.scripts[script](keys=[self.prefix + key], args=list(args))
+            answer = await self.scripts[script](keys=[self.prefix + key], args=list(args))
         except (RedisError, OSError) as exc:
-            if self.down_until == 0.0 or time.monotonic() > self.down_until + RETRY_SECONDS:
+            if not self.down_until:
                 log.warning(
                     "rate limits: Redis is not answering (%s); counting in this process", exc
                 )
             self.down_until = time.monotonic() + RETRY_SECONDS
             return None
+        if self.down_until:
+            log.warning("rate limits: Redis answers again; counting there")
+            self.down_until = 0.0
+        return answer
 
     async def close(self) -> None:
         """Close the connections (at shutdown)."""

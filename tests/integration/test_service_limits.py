@@ -531,6 +531,7 @@ def test_while_redis_is_away_each_process_counts_alone(
             time.sleep(limits.RETRY_SECONDS + 0.5)
             assert write(b).headers["RateLimit-Remaining"] == "2"  # b's own had 1 left
             assert write(a).headers["RateLimit-Remaining"] == "1"  # a's own was empty
+            assert "Redis answers again" in s.log("api")
             client.cancel_job(job["id"])
     finally:
         redis_server.kill()
