@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 from fastapi import FastAPI
 
-from api import errors, ui
+from api import errors, limits, ui
 from api.deps import key_cache
 from api.guard import Guard
 from api.model_pool import get_pool
@@ -70,6 +70,7 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
     else:
         yield
     await key_cache.close()
+    await limits.shared_store.close()
     if get_async_engine.cache_info().currsize:
         await get_async_engine().dispose()
     get_pool().close()
@@ -89,6 +90,7 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     key_cache.configure(settings)
+    limits.configure(settings)
     errors.install(app)
     for module in (
         health,

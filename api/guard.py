@@ -2,7 +2,8 @@
 
 An ASGI middleware in front of every `/v1` route: the API key is checked first (so a
 request without a valid key gets its 401 before a byte of its body is read), then the
-key's token bucket for the kind of call (reads, writes, uploads), then, for JSON routes,
+key's token bucket for the kind of call (reads, writes, uploads; shared by every API
+process when Redis is configured, see api/limits.py), then, for JSON routes,
 the body's size (413 past `max_json_bytes`, with or without Content-Length). Upload routes
 stream their own bodies under their own caps (api/uploads.py).
 """
@@ -10,16 +11,14 @@ stream their own bodies under their own caps (api/uploads.py).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
-import token_bucket
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError
+from api.limits import Buckets, Rate, shared_store
 from trainyard.settings import Settings
 
 # Routes that take a multipart body and bound it themselves, as they stream it to disk.
@@ -29,53 +28,6 @@ UPLOAD_ROUTES = {
     ("POST", "/v1/tokenizers"),
 }
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A token bucket's refill rate (tokens per second) and capacity (the burst)."""
-
-    per_second: float
-    burst: int
-
-    @classmethod
-    def parse(cls, text: str) -> Rate:
-        """Read "10/s:50" (10 a second, bursts of 50)."""
-        rate, _, burst = text.partition(":")
-        per_second = float(rate.removesuffix("/s"))
-        if not per_second > 0 or not math.isfinite(per_second):
-            raise ValueError(f"a rate must be a positive number per second, got {text!r}")
-        return cls(per_second, int(burst or max(1, math.ceil(per_second))))
-
-
-class Buckets:
-    """One token bucket per (API key, budget), in this process's memory."""
-
-    def __init__(self, rates: dict[str, Rate]) -> None:
-        self.rates = rates
-        self.storage = token_bucket.MemoryStorage()
-        self.limiters = {
-            budget: token_bucket.Limiter(rate.per_second, rate.burst, self.storage)
-            for budget, rate in rates.items()
-        }
-
-    def take(self, budget: str, key: str) -> tuple[bool, dict[str, str]]:
-        """Spend one token; whether it was there, and the RateLimit-* headers to send."""
-        rate = self.rates[budget]
-        bucket = f"{budget}:{key}"
-        allowed = self.limiters[budget].consume(bucket)
-        left = self.storage.get_token_count(bucket)
-        # Seconds until the bucket holds one whole token again (0 while it does).
-        wait = max(0.0, (1.0 - left) / rate.per_second)
-        headers = {
-            "RateLimit-Limit": str(rate.burst),
-            "RateLimit-Remaining": str(max(0, math.floor(left))),
-            "RateLimit-Reset": str(math.ceil(wait)),
-            "RateLimit-Policy": f"{rate.burst};w={math.ceil(rate.burst / rate.per_second)}",
-        }
-        if not allowed:
-            headers["Retry-After"] = str(max(1, math.ceil(wait)))
-        return allowed, headers
 
 
 def budget_of(method: str, path: str) -> str:
@@ -110,7 +62,8 @@ class Guard:
                     "reads": Rate.parse(settings.read_rate),
                     "writes": Rate.parse(settings.write_rate),
                     "uploads": Rate.parse(settings.upload_rate),
-                }
+                },
+                shared_store,
             )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -130,7 +83,7 @@ class Guard:
         budget = budget_of(method, scope["path"])
         limit_headers: dict[str, str] = {}
         if self.buckets is not None:
-            allowed, limit_headers = self.buckets.take(budget, key_hash)
+            allowed, limit_headers = await self.buckets.take(budget, key_hash)
             if not allowed:
                 error = ApiError(
                     429,

@@ -5,6 +5,10 @@ once. Target: p99 <= 50 ms.
 The jobs are inserted straight into the database (10,000 creates through the API would
 take minutes and measure something else); each is a finished copy of one job the API
 created.
+
+`--baseline DIR` also serves the same database from the code in DIR (e.g. `git archive` of
+an earlier commit unpacked there) in a second API process, and alternates rounds between
+the two, so both are measured under the same load from the machine's other users.
 """
 
 from __future__ import annotations
@@ -12,9 +16,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import random
+from pathlib import Path
 
+import httpx
 import loadgen
-from _common import corpus, load, machine, running_stack, tiny_spec
+from _common import (
+    children,
+    corpus,
+    cpu_by_pid,
+    cpu_used,
+    free_port_url,
+    load,
+    machine,
+    running_stack,
+    tiny_spec,
+)
 from sqlalchemy import create_engine, text
 
 from domain.orm import Job
@@ -28,6 +44,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--baseline", type=Path, help="code to compare with, side by side")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds per API and page kind")
     args = parser.parse_args()
     print(f"# {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {machine()}")
     with running_stack(node=False, extra_env={"TRAINYARD_RATE_LIMITS": "off"}) as stack:
@@ -83,27 +101,56 @@ def main() -> None:
                 b"",
             ),
         }
-        results = {}
-        for name, request_of in pages.items():
-            loadgen.run_groups(
-                stack.url, key=key, groups={"w": loadgen.Group(2, request_of)}, seconds=1
+        apis = {"api": stack.url}
+        if args.baseline:
+            apis["baseline"] = free_port_url()
+            stack.start(
+                "baseline",
+                "api",
+                "--port",
+                apis["baseline"].rsplit(":", 1)[1],
+                env={"PYTHONPATH": str(args.baseline.resolve())},
             )
+            stack.wait_ready(node=False, url=apis["baseline"])
+            headers = {"Authorization": f"Bearer {key}"}
+            for request_of in pages.values():  # the same pages, byte for byte
+                for _ in range(10):
+                    _, target, _ = request_of(0)
+                    bodies = {httpx.get(u + target, headers=headers).content for u in apis.values()}
+                    assert len(bodies) == 1, f"the two APIs answer {target} differently"
+        results: dict[str, list[dict[str, float]]] = {}
+        for name, request_of in pages.items():
+            for url in apis.values():
+                warm = {"w": loadgen.Group(2, request_of)}
+                loadgen.run_groups(url, key=key, groups=warm, seconds=1)
             for connections in (1, args.connections):
-                print(f"  load {load()}")
-                label = f"{name}, {connections} conn."
-                group = {label: loadgen.Group(connections, request_of)}
-                results[label] = loadgen.run_groups(
-                    stack.url, key=key, groups=group, seconds=args.seconds
-                )[label]
-    for name, r in results.items():
-        print(
-            f"{name:22} {r['rps']:6.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms"
-            f"  errors {r['errors']:.0f}"
-        )
-    for connections in (1, args.connections):
-        tail = f" {connections} conn."
-        worst = max(r["p99_ms"] for n, r in results.items() if n.endswith(tail))
-        print(f"{total} jobs,{tail}: worst p99 {worst:.1f} ms (target <= 50)")
+                for _ in range(args.rounds):
+                    for api, url in apis.items():
+                        print(f"  load {load()}")
+                        label = f"{api}: {name}, {connections} conn."
+                        group = {label: loadgen.Group(connections, request_of)}
+                        pid = stack.procs[api].pid
+                        cpu = cpu_by_pid([pid, *children(pid)])
+                        r = loadgen.run_groups(url, key=key, groups=group, seconds=args.seconds)
+                        r[label]["cpu_ms"] = cpu_used(cpu) * 1000 / max(1, r[label]["requests"])
+                        results.setdefault(label, []).append(r[label])
+    for name, rounds in results.items():
+        for r in rounds:
+            print(
+                f"{name:32} {r['rps']:6.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
+                f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']:.0f}  "
+                f"API CPU {r['cpu_ms']:.2f} ms/request"
+            )
+    for api in apis:
+        for connections in (1, args.connections):
+            tail = f" {connections} conn."
+            worst = max(
+                r["p99_ms"]
+                for n, rounds in results.items()
+                if n.startswith(f"{api}:") and n.endswith(tail)
+                for r in rounds
+            )
+            print(f"{api}: {total} jobs,{tail}: worst p99 {worst:.1f} ms (target <= 50)")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,13 @@ def dispatch(session: Session, storage: Storage, settings: Settings, out: list[M
     ]
     quotas = _quotas(session)
     blocked: dict[str, int] = {}  # pool -> the best priority that could not be placed
+    # What runs, read once for the whole tick: the gangs this tick launches are not
+    # running yet, so they can be neither victims nor room on its way.
+    running = _running(session) if waiting else []
+    # Shapes (pool, accelerator, gang, priority) for which preempting could make no room.
+    # Within a tick free slots only shrink, so a later job of such a shape finds none
+    # either, until a preemption changes what is running: one look per shape, not per job.
+    hopeless: set[tuple[object, ...]] = set()
     for job in _ordered(waiting, cluster):
         pool = job.spec["resources"]["pool"]
         if job.priority > blocked.get(pool, 100):
@@ -186,14 +193,30 @@ def dispatch(session: Session, storage: Storage, settings: Settings, out: list[M
         nodes = cluster.place(job)
         if nodes is None:
             reason = why_waiting(cluster, job)
-            if _preempt(session, cluster, job):
+            shape = _shape(job)
+            if shape not in hopeless and _preempt(session, cluster, job, running):
                 reason += "; lower-priority jobs are being preempted for it"
+                hopeless.clear()
+            else:
+                hopeless.add(shape)
             _set_reason(job, reason)
             blocked[pool] = min(blocked.get(pool, 100), job.priority)
             continue
         _set_reason(job, None)
         if _launch(session, storage, settings, job, nodes, out):
             cluster.take(job, nodes)
+
+
+def _shape(job: Job) -> tuple[object, ...]:
+    """What decides whether preemption can make room for a job."""
+    res = job.spec["resources"]
+    return (
+        res["pool"],
+        res["accelerator"],
+        res["nodes"],
+        res["processes_per_node"],
+        job.priority,
+    )
 
 
 def resend_dispatch(session: Session, settings: Settings, out: list[Message]) -> None:
@@ -216,19 +239,26 @@ def resend_dispatch(session: Session, settings: Settings, out: list[Message]) ->
         out.append((RUN_ATTEMPT, dict(attempt.outbox or {}), queue))
 
 
-def _preempt(session: Session, cluster: Cluster, job: Job) -> bool:
-    """Stop running jobs of a strictly lower priority (lowest first, newest first) when
-    that makes room for `job`. Returns whether room is being made (also when jobs stopped
-    earlier are still checkpointing, in which case no more are stopped)."""
-    pool = job.spec["resources"]["pool"]
+def _running(session: Session) -> list[tuple[Attempt, Job]]:
+    """The live attempts and their jobs."""
     rows = session.execute(
         select(Attempt, Job)
         .join(Job, Job.id == Attempt.job_id)
         .where(Attempt.status.in_(ACTIVE_ATTEMPT))
     ).all()
+    return [(attempt, owner) for attempt, owner in rows]
+
+
+def _preempt(
+    session: Session, cluster: Cluster, job: Job, running: list[tuple[Attempt, Job]]
+) -> bool:
+    """Stop running jobs of a strictly lower priority (lowest first, newest first) when
+    that makes room for `job`. Returns whether room is being made (also when jobs stopped
+    earlier are still checkpointing, in which case no more are stopped)."""
+    pool = job.spec["resources"]["pool"]
     held: dict[str, list[Attempt]] = defaultdict(list)
     jobs: dict[str, Job] = {}
-    for attempt, owner in rows:
+    for attempt, owner in running:
         if owner.spec["resources"]["pool"] == pool:
             held[owner.id].append(attempt)
             jobs[owner.id] = owner

@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy import Row, Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -19,7 +19,6 @@ from domain.db import get_async_engine
 from domain.errors import Conflict, Invalid, NotFound
 from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transition
 from domain.orm import Attempt, Dataset, Job, Node, Tokenizer
-from domain.paging import page_rows
 from trainer.config import ModelConfig, TrainingConfig
 from trainer.hf_config import model_config_from_hf
 from trainer.sizing import estimate_memory, fits, param_count
@@ -335,6 +334,24 @@ async def read(*, project_id: str, job_id: str) -> Row[Any]:
     return row
 
 
+def _list_statement(*, by_status: bool, after: bool) -> Select[Any]:
+    jobs = Job.__table__.c
+    query = select(Job.__table__).where(jobs.project_id == bindparam("project_id"))
+    if by_status:
+        query = query.where(jobs.status == bindparam("status"))
+    if after:
+        query = query.where(jobs.id < bindparam("after"))
+    return query.order_by(jobs.id.desc()).limit(bindparam("limit"))
+
+
+# The list's four statements, built once (building one took a tenth of a page's CPU).
+_LIST = {
+    (by_status, after): _list_statement(by_status=by_status, after=after)
+    for by_status in (False, True)
+    for after in (False, True)
+}
+
+
 async def list_rows(
     *,
     project_id: str,
@@ -344,11 +361,11 @@ async def list_rows(
 ) -> tuple[list[Row[Any]], bool]:
     """One page of the project's jobs (rows), newest first, optionally by status; whether
     more follow. Indexes on (project_id, id) and (project_id, status, id) serve the cursor."""
-    query = select(Job.__table__).where(Job.project_id == project_id)
-    if status:
-        query = query.where(Job.status == status)
+    query = _LIST[(status is not None, after is not None)]
+    values = {"project_id": project_id, "status": status, "after": after, "limit": limit + 1}
     async with get_async_engine().connect() as conn:
-        return await page_rows(conn, query, Job.__table__.c.id, limit=limit, after=after)
+        rows = (await conn.execute(query, values)).all()
+    return list(rows[:limit]), len(rows) > limit
 
 
 def of_owned_job(query: Any, job_column: Any, *, project_id: str, job_id: str) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Row, Select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy import ColumnElement, Select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 T = TypeVar("T")
@@ -38,21 +38,6 @@ async def page_async(
     """page() on an asyncio session: one query."""
     query = _paged(query, id_column, limit=limit, after=after, newest_first=newest_first)
     rows = list((await session.execute(query)).scalars())
-    return rows[:limit], len(rows) > limit
-
-
-async def page_rows(
-    conn: AsyncConnection,
-    query: Select[Any],
-    id_column: ColumnElement[Any],
-    *,
-    limit: int,
-    after: str | int | None,
-    newest_first: bool = True,
-) -> tuple[list[Row[Any]], bool]:
-    """page() of plain rows on an asyncio connection (no ORM session): one query."""
-    query = _paged(query, id_column, limit=limit, after=after, newest_first=newest_first)
-    rows = list((await conn.execute(query)).all())
     return rows[:limit], len(rows) > limit
 
 

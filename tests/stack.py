@@ -144,12 +144,13 @@ class Stack:
             raise RuntimeError(f"trainyard {' '.join(args)} failed:\n{out.stderr}")
         return out.stdout
 
-    def start(self, name: str, *args: str) -> None:
-        """Start one platform process in its own process group."""
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        """Start one platform process in its own process group (`env`: settings of its
+        own over the stack's)."""
         log = (self.logs / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "trainyard.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=self.workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -167,17 +168,19 @@ class Stack:
         self.wait_ready(node=node)
         return self
 
-    def wait_ready(self, node: bool, timeout: float = 90.0) -> None:
-        """Block until the API answers and, if asked, a node is online."""
+    def wait_ready(self, node: bool, timeout: float = 90.0, url: str | None = None) -> None:
+        """Block until the API (at `url`, default this stack's) answers and, if asked, a
+        node is online."""
         from sqlalchemy import create_engine as engine_for
 
+        url = url or self.url
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             dead = [n for n, p in self.procs.items() if p.poll() is not None]
             if dead:
                 raise RuntimeError(f"{dead} exited; see {self.logs}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                     if not node:
                         return
                     engine = engine_for(self.env["TRAINYARD_DATABASE_URL"])

@@ -93,13 +93,17 @@ class Settings(BaseSettings):
     model_calls_per_project: int = 2
     model_worker_memory_bytes: int = 16 * 1024**3
     model_call_seconds: float = 120.0
-    # Token buckets per API key and process: "rate/s:burst" for reads, writes and uploads;
-    # `TRAINYARD_RATE_LIMITS=off` turns them off (benchmarks).
+    # Token buckets per API key: "rate/s:burst" for reads, writes and uploads;
+    # `TRAINYARD_RATE_LIMITS=off` turns them off (benchmarks). With a Redis broker, every
+    # API process spends the same buckets and counts the same streams (api/limits.py).
     rate_limits: Literal["on", "off"] = "on"
     read_rate: str = "50/s:200"
     write_rate: str = "10/s:50"
     upload_rate: str = "1/s:10"
     event_streams_per_project: int = 16
+    # An open stream's slot is renewed while it lasts; one of a dead API process is free
+    # again after this long.
+    event_stream_lease_seconds: float = Field(30.0, gt=0)
     tmp_max_age_seconds: float = 6 * 3600  # the API sweeps older leftovers at start-up
 
     @property

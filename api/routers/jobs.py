@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -20,6 +19,7 @@ from api.deps import (
     SettingsDep,
 )
 from api.errors import ApiError
+from api.limits import StreamSlot, streams
 from api.schemas import CheckpointOut, EventOut, JobOut, MetricPoint, MetricsOut, Page
 from api.views import job_out, json_response
 from domain import jobs
@@ -103,10 +103,6 @@ def _events_after(job_id: str, after: int, limit: int) -> list[Event]:
         return rows
 
 
-# Live event streams open in this process, per project.
-_streams: Counter[str] = Counter()
-
-
 def _metrics_after(job_id: str, after: int, after_step: int) -> list[tuple[int, str, int, float]]:
     with get_sessionmaker()() as session:
         query = (
@@ -119,15 +115,15 @@ def _metrics_after(job_id: str, after: int, after_step: int) -> list[tuple[int, 
 
 
 async def _follow(
-    request: Request, project_id: str, job_id: str, after: int, metrics_after_step: int | None
+    request: Request, slot: StreamSlot, job_id: str, after: int, metrics_after_step: int | None
 ) -> AsyncIterator[str]:
+    renewing = asyncio.create_task(slot.keep())
     try:
         async for chunk in _events_live(request, job_id, after, metrics_after_step):
             yield chunk
     finally:
-        _streams[project_id] -= 1
-        if _streams[project_id] <= 0:
-            del _streams[project_id]
+        renewing.cancel()
+        await slot.close()
 
 
 async def _events_live(
@@ -180,8 +176,9 @@ async def job_events(
     if "text/event-stream" in request.headers.get("accept", ""):
         job = await jobs.get_async(session=session, project_id=project_id, job_id=job_id)
         start = after if after is not None else (last_event_id or 0)
-        cap = settings.event_streams_per_project
-        if _streams[project_id] >= cap:
+        slot = await streams.open(project_id)
+        if slot is None:
+            cap = settings.event_streams_per_project
             raise ApiError(
                 429,
                 "too_many_streams",
@@ -189,9 +186,8 @@ async def job_events(
                 {"limit": cap},
                 headers={"Retry-After": "5"},
             )
-        _streams[project_id] += 1
         return StreamingResponse(
-            _follow(request, project_id, job.id, start, metrics_after_step),
+            _follow(request, slot, job.id, start, metrics_after_step),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )

@@ -4,6 +4,8 @@ outside client would, and the answer and what it left behind are checked."""
 from __future__ import annotations
 
 import json
+import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -18,8 +20,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from api import limits
 from tests.conftest import MAX_LINE, corpus
-from tests.stack import Database, Stack
+from tests.stack import REDIS_URL, Database, Stack, ThrowawayRedis, free_port
 from trainyard.client import Client, TrainyardError
 
 pytestmark = pytest.mark.integration
@@ -348,3 +351,219 @@ def test_the_api_refuses_to_start_with_a_placeholder_secret(stack: Stack) -> Non
     )
     assert out.returncode != 0
     assert "TRAINYARD_NODE_SECRET still holds a placeholder secret" in out.stderr
+
+
+# One deployment, several API processes: the budgets and the stream caps are the
+# deployment's, kept in Redis, not each process's. Writes get one token per 100 s here, so
+# no token comes back while a test spends them (the refill is checked on `tight` above).
+
+WAITING_JOB = {**JOB, "resources": {"accelerator": "gpu"}}  # no GPU node: it stays queued
+SLOW_WRITES = "0.01/s:4"
+
+
+@pytest.fixture(scope="module")
+def twins(
+    stack: Stack, postgres_db: Database, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, list[str]]]:
+    """Two uvicorn servers of one deployment (one database, one Redis, one key prefix) on
+    ports of their own, with a small write budget and one event stream per project."""
+    extra = {"TRAINYARD_WRITE_RATE": SLOW_WRITES, "TRAINYARD_EVENT_STREAMS_PER_PROJECT": "1"}
+    with Stack(tmp_path_factory.mktemp("twins"), postgres_db.url, extra_env=extra) as s:
+        s.env["TRAINYARD_STORAGE_ROOT"] = stack.env["TRAINYARD_STORAGE_ROOT"]
+        urls = []
+        for name, port in (("api", s.port), ("api2", free_port())):
+            s.start(name, "api", "--port", str(port))
+            urls.append(f"http://127.0.0.1:{port}")
+        for url in urls:
+            s.wait_ready(node=False, url=url)
+        yield s, urls
+
+
+def write(http: httpx.Client) -> httpx.Response:
+    """A write that spends a token and changes nothing (its empty spec is refused)."""
+    return http.post("/v1/jobs", json={})
+
+
+def spend_writes(http: httpx.Client, most: int = 20) -> list[httpx.Response]:
+    """Write until the first 429 (at most `most` requests); the answers."""
+    answers = [write(http)]
+    while answers[-1].status_code != 429 and len(answers) < most:
+        answers.append(write(http))
+    return answers
+
+
+def test_one_budget_across_api_processes(twins: tuple[Stack, list[str]]) -> None:
+    s, (url_a, url_b) = twins
+    key = {"Authorization": f"Bearer {s.new_key('shared-budget')}"}
+    a, b = (httpx.Client(base_url=u, headers=key, timeout=10) for u in (url_a, url_b))
+    first = write(b)
+    assert first.status_code == 422 and first.headers["RateLimit-Remaining"] == "3"
+    answers = spend_writes(a)
+    assert [r.status_code for r in answers] == [422, 422, 422, 429], [r.text for r in answers]
+    assert [r.headers["RateLimit-Remaining"] for r in answers] == ["2", "1", "0", "0"]
+    # The bucket a emptied is the one b spends from.
+    refused = write(b)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert refused.headers["RateLimit-Limit"] == "4"
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 100
+    assert refused.headers["RateLimit-Policy"] == "4;w=400"
+    # Reads have a budget of their own (the default 50/s:200), untouched.
+    read = b.get("/v1/jobs")
+    assert read.status_code == 200 and read.headers["RateLimit-Limit"] == "200"
+    # So has every other key.
+    other = {"Authorization": f"Bearer {s.new_key('shared-budget-2')}"}
+    assert httpx.post(f"{url_b}/v1/jobs", json={}, headers=other).status_code == 422
+
+
+def open_stream(url: str, headers: dict[str, str], job_id: str) -> tuple[httpx.Client, Any]:
+    """A live event stream of the job, opened; (its client, the response to close)."""
+    http = httpx.Client(base_url=url, headers=headers, timeout=10)
+    request = http.build_request(
+        "GET", f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"}
+    )
+    return http, http.send(request, stream=True)
+
+
+def stream_status(url: str, headers: dict[str, str], job_id: str) -> httpx.Response:
+    """Try to open a stream; the answer (a stream that opens is closed again at once)."""
+    http, response = open_stream(url, headers, job_id)
+    if response.status_code != 200:
+        response.read()
+    response.close()
+    http.close()
+    return response
+
+
+def seconds_until(status: int, answer: Any, within: float) -> float:
+    """Seconds until `answer()` gave `status` (failing after `within`)."""
+    start = time.monotonic()
+    while (got := answer().status_code) != status:
+        assert time.monotonic() - start < within, f"still {got} after {within} s"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def test_the_stream_cap_holds_across_api_processes(
+    twins: tuple[Stack, list[str]], client: Client, dataset_id: str
+) -> None:
+    _, (url_a, url_b) = twins
+    headers = dict(client.http.headers)
+    job = client.create_job({**WAITING_JOB, "dataset_id": dataset_id, "name": "followed"})
+    http, first = open_stream(url_a, headers, job["id"])
+    assert first.status_code == 200
+    refused = stream_status(url_b, headers, job["id"])
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
+    assert refused.json()["error"]["code"] == "too_many_streams"
+    first.close()
+    http.close()
+    # Given back when its client leaves, long before its 30 s lease would run out.
+    assert seconds_until(200, lambda: stream_status(url_b, headers, job["id"]), within=10) < 10
+    client.cancel_job(job["id"])
+
+
+def test_a_stream_keeps_its_slot_past_its_lease_and_a_crash_frees_it_when_the_lease_ends(
+    twins: tuple[Stack, list[str]], client: Client, dataset_id: str
+) -> None:
+    s, (url_a, _) = twins
+    headers = dict(client.http.headers)
+    job = client.create_job({**WAITING_JOB, "dataset_id": dataset_id, "name": "orphaned"})
+    port = free_port()
+    s.start("doomed", "api", "--port", str(port), env={"TRAINYARD_EVENT_STREAM_LEASE_SECONDS": "3"})
+    s.wait_ready(node=False, url=f"http://127.0.0.1:{port}")
+    http, held = open_stream(f"http://127.0.0.1:{port}", headers, job["id"])
+    assert held.status_code == 200
+    time.sleep(4.5)  # past its lease: renewed while the stream lasts
+    assert stream_status(url_a, headers, job["id"]).status_code == 429
+    s.stop("doomed", signal.SIGKILL)  # no chance to give its slot back
+    http.close()
+    assert stream_status(url_a, headers, job["id"]).status_code == 429  # still held
+    # Free once the dead process's lease has run out.
+    seconds_until(200, lambda: stream_status(url_a, headers, job["id"]), within=15)
+    client.cancel_job(job["id"])
+
+
+def test_while_redis_is_away_each_process_counts_alone(
+    stack: Stack,
+    postgres_db: Database,
+    client: Client,
+    dataset_id: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Redis gone: requests are still served and still limited, each process holding the
+    key to a budget of its own; Redis back: one budget again."""
+    workdir = tmp_path_factory.mktemp("redis-away")
+    redis_server = ThrowawayRedis(workdir)
+    redis_server.start()
+    extra = {"TRAINYARD_WRITE_RATE": "0.01/s:3", "TRAINYARD_EVENT_STREAMS_PER_PROJECT": "1"}
+    try:
+        with Stack(workdir, postgres_db.url, broker_url=redis_server.url, extra_env=extra) as s:
+            s.env["TRAINYARD_STORAGE_ROOT"] = stack.env["TRAINYARD_STORAGE_ROOT"]
+            urls = [s.url, f"http://127.0.0.1:{free_port()}"]
+            for name, url in zip(("api", "api2"), urls, strict=True):
+                s.start(name, "api", "--port", url.rsplit(":", 1)[1])
+                s.wait_ready(node=False, url=url)
+            key = {"Authorization": f"Bearer {s.new_key('redis-away')}"}
+            a, b = (httpx.Client(base_url=u, headers=key, timeout=10) for u in urls)
+            assert spend_writes(a)[-1].status_code == 429
+            assert write(b).status_code == 429  # one budget
+
+            redis_server.kill()
+            started = time.monotonic()
+            first = write(b)  # b's own bucket, full
+            assert first.status_code == 422, first.text
+            assert first.headers["RateLimit-Remaining"] == "2"
+            assert time.monotonic() - started < 5  # no long wait for the missing Redis
+            answers = spend_writes(a)
+            assert [r.status_code for r in answers] == [422, 422, 422, 429]
+            assert write(b).headers["RateLimit-Remaining"] == "1"  # not a's budget
+            sse = dict(client.http.headers)
+            job = client.create_job({**WAITING_JOB, "dataset_id": dataset_id, "name": "away"})
+            http, held = open_stream(urls[0], sse, job["id"])
+            assert held.status_code == 200
+            assert stream_status(urls[0], sse, job["id"]).status_code == 429  # the cap holds
+            held.close()
+            http.close()
+            assert "Redis is not answering" in s.log("api")
+
+            redis_server.start()  # empty: every bucket full
+            time.sleep(limits.RETRY_SECONDS + 0.5)
+            assert write(b).headers["RateLimit-Remaining"] == "2"  # b's own had 1 left
+            assert write(a).headers["RateLimit-Remaining"] == "1"  # a's own was empty
+            assert "Redis answers again" in s.log("api")
+            client.cancel_job(job["id"])
+    finally:
+        redis_server.kill()
+
+
+def test_concurrent_takes_never_spend_a_token_twice() -> None:
+    """Forty calls at once over four connection pools on a bucket of ten: exactly ten
+    pass, and the bucket is left to expire."""
+    import asyncio
+
+    from redis import Redis as SyncRedis
+
+    from api.limits import Buckets, Rate, SharedStore
+    from trainyard.settings import Settings
+
+    settings = Settings(broker_url=REDIS_URL, queue_prefix=f"t{secrets.token_hex(4)}.")
+    bucket = f"{settings.queue_prefix}trainyard:rate:reads:k"
+
+    async def burst() -> list[bool]:
+        stores = [SharedStore() for _ in range(4)]  # four processes' connections
+        for store in stores:
+            store.configure(settings)
+        buckets = [Buckets({"reads": Rate.parse("0.001/s:10")}, st) for st in stores]
+        answers = await asyncio.gather(*(buckets[n % 4].take("reads", "k") for n in range(40)))
+        for store in stores:
+            await store.close()
+        return [allowed for allowed, _ in answers]
+
+    plain = SyncRedis.from_url(REDIS_URL)
+    try:
+        assert sum(asyncio.run(burst())) == 10
+        assert 0 < plain.pttl(bucket) <= 10 / 0.001 * 1000 + 1000
+    finally:
+        plain.delete(bucket)
+        plain.close()
