@@ -102,11 +102,14 @@ class Trainer:
         # A mixture of experts' router losses and loads, summed over this step's micro-steps.
         self._router_sums: torch.Tensor | None = None
         t = cfg.training
-        per_step = t.micro_batch_size * dist.world_size
+        # Data-parallel rank and size: the ranks of a tensor-parallel group share batches.
+        self.layout = parallel.layout(cfg.resources, dist)
+        replicas = self.layout.dp_size
+        per_step = t.micro_batch_size * replicas
         if t.batch_size % per_step:
             raise ValueError(
-                f"batch_size ({t.batch_size}) must be a multiple of micro_batch_size x world_size"
-                f" ({t.micro_batch_size} x {dist.world_size} = {per_step})"
+                f"batch_size ({t.batch_size}) must be a multiple of micro_batch_size x "
+                f"data-parallel size ({t.micro_batch_size} x {replicas} = {per_step})"
             )
         self.grad_accum = t.batch_size // per_step
         self.tokens_per_step = t.batch_size * t.seq_len
@@ -115,11 +118,12 @@ class Trainer:
         use_bf16 = t.precision == "bf16" or (
             t.precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
         )
-        self.sharded = cfg.resources.strategy == "fsdp" and dist.has_group
-        # FSDP casts parameters to bf16 itself (its mixed precision policy); DDP uses autocast.
+        self.sharded = self.layout.sharded
+        # FSDP casts parameters to bf16 itself (its mixed precision policy); DDP and tensor
+        # parallelism alone use autocast.
         self.autocast: Any = (
             torch.autocast(dev.type, dtype=torch.bfloat16)
-            if use_bf16 and not self.sharded
+            if use_bf16 and not self.layout.fsdp
             else contextlib.nullcontext()
         )
 
@@ -135,11 +139,13 @@ class Trainer:
             dist=dist,
             bf16=use_bf16,
             compile=t.compile,
+            layout=self.layout,
         )
         self.optimizer = self._build_optimizer()
         self.data = self._build_data()
-        # Ranks differ in dropout masks; their streams are checkpointed, so resume is exact.
-        torch.manual_seed(t.seed + dist.rank)
+        # Replicas differ in dropout masks (a tensor-parallel group must not: its ranks hold
+        # one replica); the streams are checkpointed, so resume is exact.
+        torch.manual_seed(t.seed + self.layout.dp_rank)
 
         self.resumed_from: str | None = None
         self._maybe_resume()
@@ -165,16 +171,22 @@ class Trainer:
         """This rank's batches: random windows of the token shards."""
         t, data = self.cfg.training, self.cfg.data
         assert isinstance(data, DataConfig)
-        return TokenData(data, t.seq_len, seed=t.seed, rank=self.dist.rank, device=self.dist.device)
+        return TokenData(
+            data, t.seq_len, seed=t.seed, rank=self.layout.dp_rank, device=self.dist.device
+        )
 
     def _maybe_resume(self) -> None:
         found = ckpt.load_latest(self.cfg.checkpoint_dir, self.dist.rank)
         if found is None:
             return
-        if found.sharded != self.sharded:
-            saved = "FSDP (sharded)" if found.sharded else "DDP or one process"
-            raise ValueError(f"{found.path} was saved under {saved}; resume with the same strategy")
-        if self.sharded:
+        if self.sharded and not found.sharded:
+            raise ValueError(
+                f"{found.path} was saved under DDP or by one process; resume it with "
+                "strategy 'ddp'"
+            )
+        if found.sharded:
+            # Distributed checkpoints are resharded on load: into this run's shards, or
+            # into whole tensors under DDP or in one process.
             state = parallel.sharded_state(self.raw_model, self.optimizer)
             ckpt.load_sharded(found.path, state)
             parallel.load_sharded_state(self.raw_model, self.optimizer, state)
@@ -201,7 +213,9 @@ class Trainer:
     def _data_without_rank_state(self, step: int) -> None:
         """Place the sampler of a rank that did not exist when the checkpoint was saved."""
         # World size grew since the save: this rank gets a fresh, distinct stream.
-        self.data.generator.manual_seed(self.cfg.training.seed * 7919 + self.dist.rank + step)
+        self.data.generator.manual_seed(
+            self.cfg.training.seed * 7919 + self.layout.dp_rank + step
+        )
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         # Only set a flag: the checkpoint must be taken at a step boundary, by all ranks.
@@ -218,6 +232,7 @@ class Trainer:
                 world_size=dist.world_size,
                 device=str(dist.device),
                 sharded=self.sharded,
+                tensor_parallel_size=self.layout.tp_size,
                 params=param_count(self.model_cfg),
                 flops_per_token=self.flops_per_token,
                 resumed_from=self.resumed_from,
@@ -368,12 +383,15 @@ class Trainer:
         # Sums of val_metrics, then what they count for.
         totals = torch.zeros(len(self.val_metrics) + 1, device=dist.device)
         batches = self.data.val_batches(t.micro_batch_size, t.eval_batches)
-        # Under FSDP every forward is a collective, so every rank runs the same number;
-        # ranks past the end repeat batch 0 and do not count it.
-        rounds = -(-len(batches) // dist.world_size) if self.sharded else len(batches)
+        # Data-parallel groups split the batches (the ranks of a tensor-parallel group run
+        # the same ones, and their sums and counts both scale by its size in the total).
+        # Under FSDP or tensor parallelism every forward is a collective, so every rank
+        # runs the same number; ranks past the end repeat batch 0 and do not count it.
+        rank, size = self.layout.dp_rank, self.layout.dp_size
+        rounds = -(-len(batches) // size) if self.sharded else len(batches)
         for r in range(rounds):
-            i = r * dist.world_size + dist.rank if self.sharded else r
-            if not self.sharded and i % dist.world_size != dist.rank:
+            i = r * size + rank if self.sharded else r
+            if not self.sharded and i % size != rank:
                 continue
             with self.autocast:
                 loss, count = self._val_loss_terms(batches[i] if i < len(batches) else batches[0])

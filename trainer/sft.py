@@ -160,8 +160,8 @@ class SFTTrainer(Trainer):
             t.seq_len,
             packing=self.sft.packing,
             seed=t.seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
+            rank=self.layout.dp_rank,  # a tensor-parallel group reads one stream
+            world_size=self.layout.dp_size,
             device=dist.device,
         )
         if self.sft.epochs is not None:
