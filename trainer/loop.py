@@ -181,8 +181,7 @@ class Trainer:
             return
         if self.sharded and not found.sharded:
             raise ValueError(
-                f"{found.path} was saved under DDP or by one process; resume it with "
-                "strategy 'ddp'"
+                f"{found.path} was saved under DDP or by one process; resume it with strategy 'ddp'"
             )
         if found.sharded:
             # Distributed checkpoints are resharded on load: into this run's shards, or
@@ -213,9 +212,7 @@ class Trainer:
     def _data_without_rank_state(self, step: int) -> None:
         """Place the sampler of a rank that did not exist when the checkpoint was saved."""
         # World size grew since the save: this rank gets a fresh, distinct stream.
-        self.data.generator.manual_seed(
-            self.cfg.training.seed * 7919 + self.layout.dp_rank + step
-        )
+        self.data.generator.manual_seed(self.cfg.training.seed * 7919 + self.layout.dp_rank + step)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         # Only set a flag: the checkpoint must be taken at a step boundary, by all ranks.

@@ -71,7 +71,9 @@ def _fully_shard(model: CausalLM, *, bf16: bool, compile: bool, mesh: Any = None
 
     # Each block is one all-gather unit; the root holds embeddings, final norm and head
     # (tied weights stay in one unit). bf16 compute with fp32 gradient reduction.
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+    mp = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32
+    )
     for block in model.blocks():
         if compile:
             block.compile()
@@ -145,7 +147,7 @@ def micro_steps(model: nn.Module, n: int) -> Iterator[contextlib.AbstractContext
         if isinstance(model, DDP) and not last:
             yield model.no_sync()
         elif replicas is not None and isinstance(model, replicas) and last:
-            yield model.averaging_gradients()
+            yield model.averaging_gradients()  # type: ignore[operator]
         else:
             if is_sharded(model):
                 model.set_requires_gradient_sync(last)  # type: ignore[operator]

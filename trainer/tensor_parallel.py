@@ -71,7 +71,14 @@ class Replicated(ParallelStyle):
     """
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
-        return distribute_module(module, device_mesh, None, _as_replicated, _as_local)
+        # The hooks return the inputs and outputs they replace (torch's stub says None).
+        return distribute_module(
+            module,
+            device_mesh,
+            None,
+            _as_replicated,  # type: ignore[arg-type]
+            _as_local,
+        )
 
 
 def _block_plan() -> dict[str, ParallelStyle]:
