@@ -176,7 +176,9 @@ class Trainer:
         )
 
     def _maybe_resume(self) -> None:
-        found = ckpt.load_latest(self.cfg.checkpoint_dir, self.dist.rank)
+        lay = self.layout
+        place = ckpt.Place(self.dist.rank, lay.dp_rank, self.dist.world_size, lay.tp_size)
+        found = ckpt.load_latest(self.cfg.checkpoint_dir, place)
         if found is None:
             return
         if self.sharded and not found.sharded:
@@ -425,6 +427,7 @@ class Trainer:
                 "tokens": self.tokens,
                 "val_loss": self.val_loss,
                 "loss": self.last_loss,
+                "tensor_parallel_size": self.layout.tp_size,
                 "lr_scheduler": {"schedule": self.cfg.training.lr_schedule, "last_step": self.step},
             },
             rank_state={"data": self.data.state_dict(), "rng": ckpt.rng_state()},

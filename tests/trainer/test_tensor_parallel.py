@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.trainer.dist_worker import TP_CASES
+from tests.trainer.sft_testkit import make_sft_shards, pretrain_base, run_in_process
+from tests.trainer.test_sft_train import PROMPTS, SEQ_LEN, sft_config
 from tests.trainer.trainer_testkit import (
     REPO,
     env,
@@ -29,6 +31,7 @@ from trainer.events import EventWriter
 from trainer.export import from_hf_state_dict
 from trainer.loop import Trainer
 from trainer.sample import load_model
+from trainer.sft import SFTTrainer
 from trainer.sizing import estimate_memory
 
 # 5 steps of a global batch of 8: 2 micro-batches of 4 on each data-parallel group.
@@ -282,3 +285,31 @@ def test_run_config_rejects_what_cannot_be_split(
     patch(raw)
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_dict(raw)
+
+
+def test_sft_under_tp_matches_one_process(tmp_path: Path) -> None:
+    """Fine-tuning a llama base split over 2 processes: the same losses, validation loss
+    and greedy chat samples (decoded with each rank's share of the kv heads cached)."""
+    export = pretrain_base(tmp_path / "base", "tiny-llama", SEQ_LEN)
+    train, val, tok = make_sft_shards(tmp_path / "base", f"{export}/tokenizer.json", SEQ_LEN)
+    base = {"export": export, "train": train, "val": val, "tokenizer": tok}
+    kw = {"max_steps": 4, "eval_interval": 4, "checkpoint_interval": 4}
+    one = sft_config(tmp_path / "one", base, "full", **kw)
+    assert run_in_process(SFTTrainer, one) == EXIT_OK
+    tp = sft_config(tmp_path / "tp", base, "full", **kw)
+    tp["resources"].update(strategy="tp", processes_per_node=2)
+    assert run_trainer(write_config(tp, tmp_path / "tp.json"), nproc=2, timeout=300) == EXIT_OK
+
+    def outcome(raw: dict[str, Any]) -> tuple[list[float], list[float], list[str]]:
+        events = _events(raw)
+        assert events[-1]["type"] == "done"
+        return (
+            [e["loss"] for e in events if e["type"] == "step"],
+            [e["val_loss"] for e in events if e["type"] == "eval"],
+            [e["completion"] for e in events if e["type"] == "sample"],
+        )
+
+    (ref_loss, ref_val, ref_samples), (loss, val_loss, samples) = outcome(one), outcome(tp)
+    assert len(loss) == 4 and loss == pytest.approx(ref_loss, abs=1e-5)
+    assert val_loss == pytest.approx(ref_val, abs=1e-5)
+    assert len(samples) == len(PROMPTS) and samples == ref_samples
