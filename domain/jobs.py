@@ -19,7 +19,7 @@ from domain.db import get_async_engine
 from domain.errors import Conflict, Invalid, NotFound
 from domain.lifecycle import ACTIVE_ATTEMPT, TERMINAL, JobStatus, record, transition
 from domain.orm import Attempt, Dataset, Job, Node, Tokenizer
-from trainer.config import ModelConfig, TrainingConfig
+from trainer.config import TENSOR_PARALLEL, ModelConfig, TrainingConfig, tensor_parallel_problem
 from trainer.hf_config import model_config_from_hf
 from trainer.sizing import estimate_memory, fits, param_count
 from trainyard.ids import new_id
@@ -80,6 +80,16 @@ def _resolve_base_model(
         "moe": dataclasses.asdict(cfg.moe) if cfg.moe is not None else None,
     }
     resolved["model"].update(arch)
+    res = resolved["resources"]
+    if res["strategy"] in TENSOR_PARALLEL:
+        problem = tensor_parallel_problem(cfg, res["tensor_parallel_size"])
+        if problem is not None:
+            field, message = problem
+            raise Invalid(
+                "invalid_request",
+                f"{message} (the architecture of base model {base.id})",
+                [{"field": field, "message": message}],
+            )
     training = resolved["training"]
     if "seq_len" not in spec.training.model_fields_set:
         training["seq_len"] = min(context, 2048)
@@ -175,6 +185,7 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
         dropout=training["dropout"],
     )
     world = res["nodes"] * res["processes_per_node"]
+    tp = res.get("tensor_parallel_size") or 1
     # DPO keeps a frozen copy of the base model on every process (fp32, never sharded).
     reference = 4 * param_count(cfg) if resolved["type"] == "dpo" else 0
     gib = 1024**3
@@ -183,7 +194,7 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
         if ram is None:
             return  # no CPU node has told its RAM yet: nothing to hold the job against
         per_process = estimate_memory(
-            cfg, TrainingConfig(**training), world, res["strategy"], "cpu"
+            cfg, TrainingConfig(**training), world, res["strategy"], "cpu", tensor_parallel_size=tp
         )
         per_process["total"] += reference
         need = res["processes_per_node"] * (per_process["total"] + CPU_PROCESS_BYTES)
@@ -199,7 +210,9 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
                 {"estimate_bytes": per_process, "node_memory_bytes": ram, "needed_bytes": need},
             )
         return
-    estimate = estimate_memory(cfg, TrainingConfig(**training), world, res["strategy"], "gpu")
+    estimate = estimate_memory(
+        cfg, TrainingConfig(**training), world, res["strategy"], "gpu", tensor_parallel_size=tp
+    )
     estimate["total"] += reference
     device = _node_memory(session, res["pool"], "gpu") or default_gpu_bytes
     if not fits(estimate, device):

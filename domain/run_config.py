@@ -123,6 +123,7 @@ def run_config(
         resources=ResourcesConfig(
             accelerator=accelerator,
             strategy=spec["resources"]["strategy"],
+            tensor_parallel_size=spec["resources"].get("tensor_parallel_size"),
             nodes=spec["resources"]["nodes"],
             processes_per_node=spec["resources"]["processes_per_node"],
             dist_timeout_seconds=settings.dist_timeout_seconds,

@@ -225,10 +225,33 @@ class Checkpoint:
         return self.train_state.get("format") == "dcp"
 
 
-def load(path: str, rank: int = 0) -> Checkpoint:
+@dataclass(frozen=True)
+class Place:
+    """Where a rank sits: its rank, its data-parallel rank, and the layout's sizes."""
+
+    rank: int
+    dp_rank: int
+    world_size: int
+    tp_size: int = 1
+
+    def source_rank(self, train_state: dict[str, Any]) -> int:
+        """Whose sampler and RNG state this rank continues from: its own under the
+        layout the checkpoint was saved with; after a change of layout, the first rank of
+        the saved group that read the same data-parallel share (the ranks of a
+        tensor-parallel group are consecutive and read one stream), so the ranks of a new
+        group never read different batches."""
+        saved_tp = int(train_state.get("tensor_parallel_size", 1))
+        if train_state.get("world_size") == self.world_size and saved_tp == self.tp_size:
+            return self.rank
+        return self.dp_rank * saved_tp
+
+
+def load(path: str, rank: int | Place = 0) -> Checkpoint:
     """Read a checkpoint directory for the given rank onto the CPU."""
     with open(os.path.join(path, "train_state.json"), encoding="utf-8") as f:
         train_state = json.load(f)
+    if isinstance(rank, Place):
+        rank = rank.source_rank(train_state)
     rank_file = os.path.join(path, f"rank-{rank:05d}.pt")
     rank_state = (
         torch.load(rank_file, map_location="cpu", weights_only=True)
@@ -253,7 +276,7 @@ def load_sharded(path: str, state: dict[str, Any]) -> None:
     dcp.load(state, checkpoint_id=os.path.join(path, SHARDED))
 
 
-def load_latest(checkpoint_dir: str, rank: int = 0) -> Checkpoint | None:
+def load_latest(checkpoint_dir: str, rank: int | Place = 0) -> Checkpoint | None:
     """The newest committed checkpoint for this rank, or None when there is none."""
     path = latest_path(checkpoint_dir)
     return load(path, rank) if path is not None else None

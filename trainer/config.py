@@ -34,6 +34,11 @@ EXIT_FAILED = 1
 EXIT_PREEMPTED = 75  # SIGTERM received and a checkpoint was saved; resume later
 
 Arch = Literal["gpt2", "llama"]
+# ddp: replicas; fsdp: parameters sharded over the ranks; tp: each block's matrices split
+# over tensor_parallel_size ranks (replicas across groups of them); fsdp+tp: tensor parallel
+# within a group, FSDP shards across the groups.
+Strategy = Literal["ddp", "fsdp", "tp", "fsdp+tp"]
+TENSOR_PARALLEL = ("tp", "fsdp+tp")
 
 # Unknown keys are errors, and scalars are strict: `"n_layer": "2"` or `true` is a mistake,
 # not a 2 or a 1. Nested sections may be given as objects (dicts) or as dataclasses.
@@ -252,17 +257,82 @@ class DPOConfig:
     beta: Annotated[float, Strict(), Field(gt=0.0)] = 0.1  # higher: the policy moves less far
 
 
+def tensor_parallel_problem(model: ModelConfig, size: int) -> tuple[str, str] | None:
+    """Why `model` cannot be split over `size` tensor-parallel ranks, as (field, message);
+    None when it can. Attention heads and the MLP's hidden units are split, so each must
+    divide evenly; only the llama blocks have a plan, and experts none yet."""
+    where = f"resources.tensor_parallel_size ({size})"
+    if model.arch != "llama":
+        return "model.arch", (
+            f"model.arch {model.arch!r} has no tensor-parallel plan; strategies 'tp' and "
+            "'fsdp+tp' need arch 'llama' (use 'ddp' or 'fsdp' for gpt2)"
+        )
+    if model.moe is not None:
+        return "model.moe", (
+            "a mixture of experts (model.moe) cannot be split by tensor parallelism yet; "
+            "use strategy 'ddp' or 'fsdp'"
+        )
+    for field_name, value in (
+        ("model.n_head", model.n_head),
+        ("model.n_kv_head", model.kv_heads),
+        ("model.d_ff", model.ff_dim),
+    ):
+        if value % size:
+            what = "the MLP hidden size model.d_ff" if field_name == "model.d_ff" else field_name
+            return field_name, f"{what} ({value}) must be divisible by {where}"
+    return None
+
+
+def layout_problem(
+    strategy: str, tensor_parallel_size: int | None, processes: int
+) -> tuple[str, str] | None:
+    """Why a tensor-parallel size does not fit the strategy and the number of processes,
+    as (field, message); None when it fits."""
+    if tensor_parallel_size is None:
+        return None
+    if strategy not in TENSOR_PARALLEL:
+        if tensor_parallel_size > 1:
+            return "resources.tensor_parallel_size", (
+                f"resources.tensor_parallel_size ({tensor_parallel_size}) needs "
+                f"resources.strategy 'tp' or 'fsdp+tp', got {strategy!r}"
+            )
+        return None
+    if processes % tensor_parallel_size:
+        return "resources.tensor_parallel_size", (
+            f"resources.tensor_parallel_size ({tensor_parallel_size}) must divide the number of "
+            f"processes (nodes x processes_per_node = {processes})"
+        )
+    return None
+
+
 @dataclass(config=_STRICT)
 class ResourcesConfig:
     """What the trainer runs on."""
 
     accelerator: Literal["cpu", "gpu", "auto"] = "auto"
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    strategy: Strategy = "ddp"
     nodes: Positive = 1
     processes_per_node: Positive = 1
+    # Ranks that split each block under strategy tp or fsdp+tp; None: the processes on a
+    # node (torchrun's LOCAL_WORLD_SIZE), so tensor parallelism stays within a node.
+    tensor_parallel_size: Positive | None = None
     # A collective waits this long for a peer before failing (a vanished host otherwise
     # hangs the survivors for the backend's default of 10 to 30 minutes).
     dist_timeout_seconds: Annotated[float, Strict(), Field(gt=0.0)] = 300.0
+
+    @check(mode="after")
+    def _layout_fits(self) -> ResourcesConfig:
+        problem = layout_problem(
+            self.strategy, self.tensor_parallel_size, self.nodes * self.processes_per_node
+        )
+        if problem is not None:
+            raise ValueError(problem[1])
+        return self
+
+    @property
+    def tensor_parallel(self) -> bool:
+        """Whether the strategy splits blocks over ranks (tp or fsdp+tp)."""
+        return self.strategy in TENSOR_PARALLEL
 
 
 def _data_format(value: Any) -> str:
@@ -315,6 +385,12 @@ class RunConfig:
                 raise ValueError("model is required for pretraining")
             if self.sft is not None or not isinstance(self.data, DataConfig):
                 raise ValueError("the sft section and data.format 'sft' need type 'sft' or 'dpo'")
+        res = self.resources
+        if self.model is not None and res.tensor_parallel:
+            size = res.tensor_parallel_size or res.processes_per_node
+            problem = tensor_parallel_problem(self.model, size)
+            if problem is not None:
+                raise ValueError(problem[1])
         if self.model is not None and self.training.seq_len > self.model.seq_len:
             raise ValueError(
                 f"training.seq_len ({self.training.seq_len}) exceeds model.seq_len "

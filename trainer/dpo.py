@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer import parallel
 from trainer.config import RunConfig
 from trainer.distributed import Dist
 from trainer.dpo_data import DPOBatch, DPOData
@@ -69,8 +70,10 @@ class DPOTask(FineTuning):
     val_metrics: tuple[str, ...] = tuple(f"val_{name}" for name in PAIR_METRICS)
     data_class = DPOData
 
-    def __init__(self, cfg: RunConfig, dist: Dist, events: EventWriter, *, sharded: bool) -> None:
-        super().__init__(cfg, dist, events, sharded=sharded)
+    def __init__(
+        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
+    ) -> None:
+        super().__init__(cfg, dist, events, layout=layout)
         assert cfg.dpo is not None
         self.beta = cfg.dpo.beta
         self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()

@@ -107,11 +107,14 @@ class Trainer:
         self._saved_step = -1
         self._val_step = -1  # the step val_loss was measured at
         t = cfg.training
-        per_step = t.micro_batch_size * dist.world_size
+        # Data-parallel rank and size: the ranks of a tensor-parallel group share batches.
+        self.layout = parallel.layout(cfg.resources, dist)
+        replicas = self.layout.dp_size
+        per_step = t.micro_batch_size * replicas
         if t.batch_size % per_step:
             raise ValueError(
-                f"batch_size ({t.batch_size}) must be a multiple of micro_batch_size x world_size"
-                f" ({t.micro_batch_size} x {dist.world_size} = {per_step})"
+                f"batch_size ({t.batch_size}) must be a multiple of micro_batch_size x "
+                f"data-parallel size ({t.micro_batch_size} x {replicas} = {per_step})"
             )
         self.grad_accum = t.batch_size // per_step
         self.tokens_per_step = t.batch_size * t.seq_len
@@ -120,17 +123,18 @@ class Trainer:
         use_bf16 = t.precision == "bf16" or (
             t.precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
         )
-        self.sharded = cfg.resources.strategy == "fsdp" and dist.has_group
-        # FSDP casts parameters to bf16 itself (its mixed precision policy); DDP uses autocast.
+        self.sharded = self.layout.sharded
+        # FSDP casts parameters to bf16 itself (its mixed precision policy); DDP and tensor
+        # parallelism alone use autocast.
         self.autocast: Any = (
             torch.autocast(dev.type, dtype=torch.bfloat16)
-            if use_bf16 and not self.sharded
+            if use_bf16 and not self.layout.fsdp
             else contextlib.nullcontext()
         )
 
         self.tokenizer_eot = tokmod.eot_id(tokmod.load(cfg.tokenizer_path))
         torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts it)
-        self.task = TASKS[cfg.type](cfg, dist, events, sharded=self.sharded)
+        self.task = TASKS[cfg.type](cfg, dist, events, layout=self.layout)
         # The run length can follow the data (fine-tuning for epochs): the schedule and
         # progress use the task's.
         t = dataclasses.replace(t, max_steps=self.task.max_steps)
@@ -145,10 +149,12 @@ class Trainer:
             dist=dist,
             bf16=use_bf16,
             compile=t.compile,
+            layout=self.layout,
         )
         self.optimizer = self.task.optimizer()
-        # Ranks differ in dropout masks; their streams are checkpointed, so resume is exact.
-        torch.manual_seed(t.seed + dist.rank)
+        # Replicas differ in dropout masks (a tensor-parallel group must not: its ranks hold
+        # one replica); the streams are checkpointed, so resume is exact.
+        torch.manual_seed(t.seed + self.layout.dp_rank)
 
         self.resumed_from: str | None = None
         self._maybe_resume()
@@ -156,13 +162,18 @@ class Trainer:
         self.peak_flops = peak_flops(dev)
 
     def _maybe_resume(self) -> None:
-        found = ckpt.load_latest(self.cfg.checkpoint_dir, self.dist.rank)
+        lay = self.layout
+        place = ckpt.Place(self.dist.rank, lay.dp_rank, self.dist.world_size, lay.tp_size)
+        found = ckpt.load_latest(self.cfg.checkpoint_dir, place)
         if found is None:
             return
-        if found.sharded != self.sharded:
-            saved = "FSDP (sharded)" if found.sharded else "DDP or one process"
-            raise ValueError(f"{found.path} was saved under {saved}; resume with the same strategy")
-        if self.sharded:
+        if self.sharded and not found.sharded:
+            raise ValueError(
+                f"{found.path} was saved under DDP or by one process; resume it with strategy 'ddp'"
+            )
+        if found.sharded:
+            # Distributed checkpoints are resharded on load: into this run's shards, or
+            # into whole tensors under DDP or in one process.
             state = parallel.sharded_state(self.raw_model, self.optimizer)
             ckpt.load_sharded(found.path, state)
             parallel.load_sharded_state(self.raw_model, self.optimizer, state)
@@ -201,6 +212,7 @@ class Trainer:
                 world_size=dist.world_size,
                 device=str(dist.device),
                 sharded=self.sharded,
+                tensor_parallel_size=self.layout.tp_size,
                 params=param_count(self.model_cfg),
                 flops_per_token=self.flops_per_token,
                 resumed_from=self.resumed_from,
@@ -320,12 +332,15 @@ class Trainer:
         self.model.eval()
         # Sums of the task's val_metrics, then what they count for.
         totals = torch.zeros(len(self.task.val_metrics) + 1, device=dist.device)
-        # Under FSDP every forward is a collective, so every rank runs the same number;
-        # ranks past the end repeat batch 0 and do not count it.
-        rounds = -(-len(batches) // dist.world_size) if self.sharded else len(batches)
+        # Data-parallel groups split the batches (the ranks of a tensor-parallel group run
+        # the same ones, and their sums and counts both scale by its size in the total).
+        # Under FSDP or tensor parallelism every forward is a collective, so every rank
+        # runs the same number; ranks past the end repeat batch 0 and do not count it.
+        rank, size = self.layout.dp_rank, self.layout.dp_size
+        rounds = -(-len(batches) // size) if self.sharded else len(batches)
         for r in range(rounds):
-            i = r * dist.world_size + dist.rank if self.sharded else r
-            if not self.sharded and i % dist.world_size != dist.rank:
+            i = r * size + rank if self.sharded else r
+            if not self.sharded and i % size != rank:
                 continue
             with self.autocast:
                 sums, count = self.task.val_terms(batches[i] if i < len(batches) else batches[0])
@@ -361,6 +376,7 @@ class Trainer:
                 "tokens": self.tokens,
                 "val_loss": self.val_loss,
                 "loss": self.last_loss,
+                "tensor_parallel_size": self.layout.tp_size,
                 "lr_scheduler": {"schedule": self.cfg.training.lr_schedule, "last_step": self.step},
             },
             rank_state={"data": self.task.data.state_dict(), "rng": ckpt.rng_state()},

@@ -36,16 +36,23 @@ class KVCache:
     def __init__(
         self, cfg: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype
     ) -> None:
-        # Preallocated to the full context: decoding writes one position per step in place.
-        shape = (cfg.n_layer, batch, cfg.kv_heads, cfg.seq_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nkv, T_max, hs)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.n_layer, self.batch, self.seq_len = cfg.n_layer, batch, cfg.seq_len
+        self.device, self.dtype = device, dtype
+        self.k = self.v = torch.empty(0)  # allocated by the first update
         self.pos = 0  # positions filled; the next token's position
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, nkv, T, hs) keys and values at the current position; return all so far."""
+        if not self.k.numel():
+            # Preallocated to the full context: decoding writes one position per step in
+            # place. nkv is the heads this rank computes: all of them, or its share of them
+            # under tensor parallelism.
+            _, heads, _, head_dim = k.shape
+            shape = (self.n_layer, self.batch, heads, self.seq_len, head_dim)
+            self.k = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            self.v = torch.zeros(shape, device=self.device, dtype=self.dtype)
         end = self.pos + k.shape[2]
         self.k[layer, :, :, self.pos : end] = k
         self.v[layer, :, :, self.pos : end] = v

@@ -25,14 +25,19 @@ class PretrainTask:
     val_metrics: tuple[str, ...] = ("val_loss",)
     im_end_id: int | None = None
 
-    def __init__(self, cfg: RunConfig, dist: Dist, events: EventWriter, *, sharded: bool) -> None:
+    def __init__(
+        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
+    ) -> None:
         assert cfg.model is not None and isinstance(cfg.data, DataConfig)
         self.cfg, self.dist = cfg, dist
         t = cfg.training
         # The job's training.dropout is the one hyper-parameter source; it overrides the
         # architecture's default.
         self.model = build_model(dataclasses.replace(cfg.model, dropout=t.dropout)).to(dist.device)
-        self.data = TokenData(cfg.data, t.seq_len, seed=t.seed, rank=dist.rank, device=dist.device)
+        # A tensor-parallel group reads one stream.
+        self.data = TokenData(
+            cfg.data, t.seq_len, seed=t.seed, rank=layout.dp_rank, device=dist.device
+        )
         self.max_steps = t.max_steps
         self.router = RouterTally(self.model.cfg.moe_layers, dist)
 

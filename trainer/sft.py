@@ -118,11 +118,14 @@ class FineTuning:
 
     data_class: type[SFTData] = SFTData  # the batches of the shards' kind
 
-    def __init__(self, cfg: RunConfig, dist: Dist, events: EventWriter, *, sharded: bool) -> None:
+    def __init__(
+        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
+    ) -> None:
         assert cfg.sft is not None and isinstance(cfg.data, SFTDataConfig)
-        self.cfg, self.dist, self.sharded, self.sft = cfg, dist, sharded, cfg.sft
+        self.cfg, self.dist, self.sft = cfg, dist, cfg.sft
+        self.layout, self.sharded = layout, layout.sharded
         t = cfg.training
-        if self.sft.method == "lora" and sharded:
+        if self.sft.method == "lora" and self.sharded:
             raise ValueError("sft.method 'lora' runs under strategy 'ddp'; use 'ddp'")
         self.tokenizer = tokmod.load(cfg.tokenizer_path)
         self.im_end_id: int | None = chat.special_id(self.tokenizer, tokmod.IM_END)
@@ -148,8 +151,8 @@ class FineTuning:
             t.seq_len,
             packing=self.sft.packing,
             seed=t.seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
+            rank=self.layout.dp_rank,  # a tensor-parallel group reads one stream
+            world_size=self.layout.dp_size,
             device=dist.device,
         )
         self.max_steps = t.max_steps
@@ -198,8 +201,10 @@ class SFTTask(FineTuning):
     metrics: tuple[str, ...] = ("loss", "token_accuracy")
     val_metrics: tuple[str, ...] = ("val_loss", "val_token_accuracy")
 
-    def __init__(self, cfg: RunConfig, dist: Dist, events: EventWriter, *, sharded: bool) -> None:
-        super().__init__(cfg, dist, events, sharded=sharded)
+    def __init__(
+        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
+    ) -> None:
+        super().__init__(cfg, dist, events, layout=layout)
         self.router = RouterTally(self.model.cfg.moe_layers, dist)
 
     def weight(self, batches: list[SFTBatch]) -> torch.Tensor:

@@ -5,7 +5,7 @@ Torch-free, like trainer.config: the API sizes jobs with it before any node is i
 
 from __future__ import annotations
 
-from trainer.config import ConfigError, ModelConfig, TrainingConfig
+from trainer.config import TENSOR_PARALLEL, ConfigError, ModelConfig, TrainingConfig
 
 
 def _mlp_params(cfg: ModelConfig, layer: int, *, active: bool = False) -> int:
@@ -32,6 +32,14 @@ def _block_params(cfg: ModelConfig, layer: int, *, active: bool = False) -> int:
     kv = cfg.kv_heads * cfg.head_dim
     attn = d * d + 2 * d * kv + d * d
     return attn + mlp + 2 * d  # two RMSNorms, weight only
+
+
+def _split_block_params(cfg: ModelConfig, layer: int) -> int:
+    """Parameters of block `layer` that tensor parallelism splits: the attention and MLP
+    projections of a dense llama block (its norms stay whole on every rank)."""
+    if cfg.arch != "llama" or cfg.is_moe_layer(layer):
+        return 0
+    return _block_params(cfg, layer) - 2 * cfg.d_model
 
 
 def param_count(cfg: ModelConfig, *, active: bool = False) -> int:
@@ -73,7 +81,9 @@ GPU_RESERVED_BYTES = 1 << 30  # CUDA context, NCCL buffers and allocator fragmen
 _FP32 = 4
 
 
-def _activation_elements(cfg: ModelConfig, compiled: bool, layer: int = 0) -> tuple[int, int]:
+def _activation_elements(
+    cfg: ModelConfig, compiled: bool, layer: int = 0, tp: int = 1
+) -> tuple[int, int]:
     """Saved-for-backward elements per token in one block: (residual-stream, compute dtype).
 
     Counted op by op from what autograd keeps for our model.py:
@@ -89,6 +99,8 @@ def _activation_elements(cfg: ModelConfig, compiled: bool, layer: int = 0) -> tu
     Under torch.compile the pointwise activations are recomputed in the backward pass
     rather than saved (inductor's partitioner keeps the matmul outputs only): GELU's output
     and SiLU's output and product drop out, leaving 1 ff (gpt2) and 2 ff (llama).
+    Tensor parallelism over tp ranks leaves the residual stream and the norm outputs
+    whole and splits the rest of a llama block: 2d + (5d + 4ff) / tp.
     """
     d, ff = cfg.d_model, cfg.ff_dim
     if cfg.arch == "gpt2":
@@ -97,7 +109,7 @@ def _activation_elements(cfg: ModelConfig, compiled: bool, layer: int = 0) -> tu
     if cfg.moe is not None and cfg.is_moe_layer(layer):
         k = cfg.moe.top_k
         return 4 * d, 7 * d + k * per_ff * ff + 2 * k * d + 2 * cfg.moe.num_experts
-    return 4 * d, 7 * d + per_ff * ff
+    return 4 * d, 2 * d + (5 * d + per_ff * ff) // tp
 
 
 def estimate_memory(
@@ -106,11 +118,16 @@ def estimate_memory(
     world_size: int,
     strategy: str,
     accelerator: str,
+    *,
+    tensor_parallel_size: int = 1,
 ) -> dict[str, int]:
     """Bytes per device for a training job: weights, gradients, AdamW, activations, total.
 
     Weights, gradients and both AdamW moments are fp32 (4 bytes x N parameters each, 16N
-    together); FSDP shards all three over world_size, DDP replicates them. bf16 runs
+    together); FSDP shards all three over world_size, DDP replicates them. Under
+    strategies tp and fsdp+tp, N counts a rank's share: the attention and MLP
+    projections divided by tensor_parallel_size, embeddings, norms and head whole; fsdp+tp
+    then shards that over the world_size / tensor_parallel_size data-parallel groups. bf16 runs
     ("auto" or "gpu" accelerator with precision auto/bf16) add the half-precision weight
     copies the forward pass keeps (2N under DDP autocast; under FSDP two unsharded blocks
     in flight, the one computing and the one prefetched, plus their fp32 gradients).
@@ -133,25 +150,33 @@ def estimate_memory(
     """
     if world_size < 1:
         raise ConfigError("world_size must be >= 1")
-    if strategy not in ("ddp", "fsdp"):
-        raise ConfigError(f"strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+    if strategy not in ("ddp", "fsdp", *TENSOR_PARALLEL):
+        raise ConfigError(f"strategy must be 'ddp', 'fsdp', 'tp' or 'fsdp+tp', got {strategy!r}")
+    tp = tensor_parallel_size if strategy in TENSOR_PARALLEL else 1
+    if tp < 1 or world_size % tp:
+        raise ConfigError(
+            f"tensor_parallel_size ({tensor_parallel_size}) must divide world_size ({world_size})"
+        )
+    fsdp = strategy in ("fsdp", "fsdp+tp")
     if accelerator not in ("cpu", "gpu", "auto"):
         raise ConfigError(f"accelerator must be 'cpu', 'gpu' or 'auto', got {accelerator!r}")
     on_gpu = accelerator != "cpu"  # "auto" is checked against a GPU: the worst case
     bf16 = training.precision == "bf16" or (training.precision == "auto" and on_gpu)
     e = 2 if bf16 else _FP32
-    n = param_count(model_cfg)
-    shards = world_size if strategy == "fsdp" else 1
+    d, v, n_layer = model_cfg.d_model, model_cfg.vocab_size, model_cfg.n_layer
+    split = [_split_block_params(model_cfg, i) for i in range(n_layer)]
+    # One rank's parameters: its share of the split projections, the rest whole.
+    n = param_count(model_cfg) - sum(split) + sum(split) // tp
+    shards = world_size // tp if fsdp else 1
     sharded = -(-n // shards) * _FP32  # ceil: FSDP pads every parameter to divide evenly
 
-    d, v, n_layer = model_cfg.d_model, model_cfg.vocab_size, model_cfg.n_layer
     if model_cfg.moe is None:
         block = (n - v * d * (1 if model_cfg.tie_embeddings else 2)) // max(1, n_layer)
     else:
         block = max(_block_params(model_cfg, i) for i in range(n_layer))
     if not bf16:
         working = 0
-    elif strategy == "fsdp":
+    elif fsdp:
         working = 2 * block * (2 + _FP32)  # two gathered bf16 blocks and their fp32 grads
     else:
         working = 2 * n  # autocast's bf16 weight copies, kept for the backward pass
@@ -159,10 +184,10 @@ def estimate_memory(
     compiled = training.compile and on_gpu
     masks = 2 * d if training.dropout > 0 else 0
     # Autocast keeps the residual stream in fp32; FSDP's bf16 parameters make it bf16.
-    residual = e if strategy == "fsdp" else _FP32
+    residual = e if fsdp else _FP32
     per_block = []
     for layer in range(n_layer):
-        r, c = _activation_elements(model_cfg, compiled, layer)
+        r, c = _activation_elements(model_cfg, compiled, layer, tp)
         per_block.append(residual * r + e * c + masks)
     final_norm = (2 if model_cfg.arch == "gpt2" else 3) * d * _FP32 + d * e
     head = 2 * v * _FP32 + final_norm

@@ -3,7 +3,7 @@
 The Trainer (trainer.loop) owns everything the kinds share: processes, wrapping, optimizer
 steps, gradient accumulation, clipping, the learning-rate schedule, evaluation cadence,
 checkpoints, events and export. A Task (trainer.pretrain, trainer.sft, trainer.dpo) is
-built once per run, as TASKS[cfg.type](cfg, dist, events, sharded=...) in trainer.loop,
+built once per run, as TASKS[cfg.type](cfg, dist, events, layout=...) in trainer.loop,
 before the model is wrapped, and answers the Trainer's calls.
 """
 

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     res = cfg.resources
     dist = Dist.init(
-        res.accelerator, group=res.strategy == "fsdp", timeout_s=res.dist_timeout_seconds
+        res.accelerator, group=res.strategy != "ddp", timeout_s=res.dist_timeout_seconds
     )
     events = EventWriter(cfg.output_dir, enabled=dist.is_main)
     trainer: Trainer | None = None

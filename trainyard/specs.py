@@ -11,7 +11,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from trainer.config import PRESETS, MoEConfig
+from trainer.config import (
+    PRESETS,
+    TENSOR_PARALLEL,
+    ModelConfig,
+    MoEConfig,
+    layout_problem,
+    tensor_parallel_problem,
+)
 
 BYTE_VOCAB = 257  # 256 byte values and <|endoftext|>
 NAME_LENGTH = 200  # the names' columns
@@ -176,12 +183,35 @@ class ResourcesSpec(Strict):
     nodes: int = Field(1, ge=1, le=256)
     processes_per_node: int = Field(1, ge=1, le=64)
     accelerator: Literal["auto", "gpu", "cpu"] = "auto"
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    # ddp: replicas; fsdp: sharded parameters; tp: each llama block split over
+    # tensor_parallel_size processes; fsdp+tp: tensor parallel within a node, FSDP across.
+    strategy: Literal["ddp", "fsdp", "tp", "fsdp+tp"] = "ddp"
+    # Processes that split each block (tp, fsdp+tp): processes_per_node when left out.
+    tensor_parallel_size: int | None = Field(None, ge=1, le=64)
     pool: str = Field("default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     # Lower runs first; within one priority, the project using the fewest slots goes next.
     priority: int = Field(50, ge=1, le=99)
     # New attempts after a trainer failure; a lost node or a preemption costs none.
     max_restarts: int = Field(3, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _layout(self) -> ResourcesSpec:
+        problem = layout_problem(
+            self.strategy, self.tensor_parallel_size, self.nodes * self.processes_per_node
+        )
+        if problem is not None:
+            raise ValueError(problem[1])
+        if self.strategy in TENSOR_PARALLEL:
+            if self.tensor_parallel_size is None:
+                self.tensor_parallel_size = self.processes_per_node
+        else:
+            self.tensor_parallel_size = 1
+        return self
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Processes that read different batches: groups of tensor_parallel_size share one."""
+        return self.nodes * self.processes_per_node // (self.tensor_parallel_size or 1)
 
 
 class LoraSpec(Strict):
@@ -268,20 +298,46 @@ class JobSpec(Strict):
                 f"training.warmup_steps ({t.warmup_steps}) must not exceed "
                 f"training.max_steps ({t.max_steps})"
             )
-        world = self.resources.nodes * self.resources.processes_per_node
+        self._tensor_parallel_fits()
+        res = self.resources
+        world = res.data_parallel_size
+        # Under tensor parallelism a group of processes reads one micro-batch.
+        readers = "processes" if res.strategy not in TENSOR_PARALLEL else "data-parallel groups"
         if t.micro_batch_size is None:
             if t.batch_size % world:
                 raise ValueError(
                     f"training.batch_size ({t.batch_size}) must be divisible by the number of "
-                    f"processes ({world})"
+                    f"{readers} ({world})"
                 )
             t.micro_batch_size = t.batch_size // world
         if t.batch_size % (t.micro_batch_size * world):
             raise ValueError(
                 f"training.batch_size ({t.batch_size}) must be a multiple of "
-                f"training.micro_batch_size ({t.micro_batch_size}) x processes ({world})"
+                f"training.micro_batch_size ({t.micro_batch_size}) x {readers} ({world})"
             )
         return self
+
+    def _tensor_parallel_fits(self) -> None:
+        """A pretraining model must split evenly over the tensor-parallel size (a base
+        model's architecture is checked when the job is created)."""
+        res, m = self.resources, self.model
+        if res.strategy not in TENSOR_PARALLEL or self.type in FINE_TUNING:
+            return
+        assert m.arch is not None and m.n_layer and m.n_head and m.d_model
+        cfg = ModelConfig(
+            arch=m.arch,
+            n_layer=m.n_layer,
+            n_head=m.n_head,
+            d_model=m.d_model,
+            n_kv_head=m.n_kv_head,
+            d_ff=m.d_ff,
+            moe=m.moe,
+            vocab_size=self.tokenizer.vocab_size or BYTE_VOCAB,
+            seq_len=self.training.seq_len,
+        )
+        problem = tensor_parallel_problem(cfg, res.tensor_parallel_size or 1)
+        if problem is not None:
+            raise ValueError(problem[1])
 
     def _sft_defaults(self) -> None:
         if self.model.base_model_id is None:

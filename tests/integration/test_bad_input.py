@@ -132,6 +132,21 @@ def test_job_on_invalid_dataset_is_409_naming_it(client: Client, tmp_path: Path)
         ({"model": {"n_layer": 2, "n_head": 3, "d_model": 64}}, "model"),
         ({"tokenizer": {"type": "bpe", "vocab_size": 10}}, "tokenizer.vocab_size"),
         ({"resources": {"processes_per_node": 0}}, "resources.processes_per_node"),
+        (
+            {"model": {"preset": "tiny"}, "resources": {"strategy": "tp", "processes_per_node": 2}},
+            "model.arch 'gpt2' has no tensor-parallel plan",
+        ),
+        (
+            {
+                "model": {"arch": "llama", "n_layer": 2, "n_head": 2, "d_model": 64},
+                "resources": {"strategy": "fsdp+tp", "processes_per_node": 4},
+            },
+            "model.n_head (2) must be divisible by resources.tensor_parallel_size (4)",
+        ),
+        (
+            {"resources": {"strategy": "tp", "processes_per_node": 2, "tensor_parallel_size": 4}},
+            "resources: resources.tensor_parallel_size (4) must divide the number of processes",
+        ),
     ],
 )
 def test_bad_job_spec_is_422_naming_the_field(

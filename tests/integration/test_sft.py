@@ -168,6 +168,18 @@ def test_sft_spec_errors(
             }
         )
     assert err.value.status == 422 and "training.seq_len" in err.value.message
+    with pytest.raises(TrainyardError) as err:  # tensor parallelism of a gpt2 base model
+        client.create_job(
+            {
+                "type": "sft",
+                "dataset_id": sft_dataset["id"],
+                "model": {"base_model_id": base_model["id"]},
+                "resources": {"strategy": "tp", "processes_per_node": 2},
+            }
+        )
+    assert err.value.status == 422 and err.value.message.startswith("model.arch 'gpt2'")
+    assert [d["field"] for d in err.value.details] == ["model.arch"]
+    assert str(base_model["id"]) in err.value.message
     with pytest.raises(TrainyardError) as err:  # a model that is not ours
         client.create_job(
             {

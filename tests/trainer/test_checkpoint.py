@@ -81,3 +81,18 @@ def test_best_checkpoint_is_kept_while_best(tmp_path: Path) -> None:
     # Re-saving the best step in place keeps the pointer valid.
     _save(tmp_path, 60, keep=2, val_loss=1.0)
     assert (tmp_path / "best").read_text().strip() == "step-00000060"
+
+
+def test_a_new_layout_continues_the_stream_of_the_same_data_parallel_share() -> None:
+    """Sampler and RNG state follow the data-parallel share: the ranks of a tensor-parallel
+    group read one stream, so after a change of layout they continue the same one."""
+    tp2_of_4 = {"world_size": 4, "tensor_parallel_size": 2}  # groups {0, 1} and {2, 3}
+    # The same layout: each rank its own file.
+    assert [ckpt.Place(r, r // 2, 4, 2).source_rank(tp2_of_4) for r in range(4)] == [0, 1, 2, 3]
+    # Saved under TP, read under DDP on 2 ranks: the first rank of each saved group.
+    assert [ckpt.Place(r, r, 2).source_rank(tp2_of_4) for r in range(2)] == [0, 2]
+    # Saved by 2 DDP or FSDP ranks, read by one TP group of 2: both continue rank 0.
+    fsdp2 = {"world_size": 2}
+    assert [ckpt.Place(r, 0, 2, 2).source_rank(fsdp2) for r in range(2)] == [0, 0]
+    # DDP growing from 2 to 4 ranks: the new ranks find no file of theirs (and reseed).
+    assert [ckpt.Place(r, r, 4).source_rank(fsdp2) for r in range(4)] == [0, 1, 2, 3]

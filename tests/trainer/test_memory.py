@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from trainer.config import PRESETS, ModelConfig, TrainingConfig
+from trainer.config import PRESETS, ConfigError, ModelConfig, TrainingConfig
 from trainer.model import build_model, configure_optimizer
 from trainer.sizing import estimate_memory, fits
 
@@ -101,3 +101,25 @@ def test_compile_and_fsdp_change_the_activation_terms() -> None:
     # On the CPU nothing is compiled for the estimate's purposes: no change.
     cpu = estimate_memory(cfg, dataclasses.replace(t, compile=True), 1, "ddp", "cpu")
     assert cpu["activations"] == estimate_memory(cfg, t, 1, "ddp", "cpu")["activations"]
+
+
+def test_tensor_parallel_divides_the_split_projections() -> None:
+    """Attention and MLP projections and their activations are divided by the tensor-parallel
+    size; embeddings, norms and the residual stream are not. fsdp+tp shards the rest over
+    the data-parallel groups."""
+    cfg = ModelConfig("llama", 4, 8, 256, vocab_size=1000, seq_len=128, d_ff=1024)
+    t = TrainingConfig(seq_len=128, batch_size=8, micro_batch_size=4, precision="fp32")
+    ddp = estimate_memory(cfg, t, 4, "ddp", "cpu")
+    tp = estimate_memory(cfg, t, 4, "tp", "cpu", tensor_parallel_size=4)
+    d, ff, layers, tokens = 256, 1024, 4, 4 * 128
+    split = layers * (4 * d * d + 3 * d * ff)  # q, k, v, o and gate, up, down
+    assert ddp["parameters"] - tp["parameters"] == 4 * (split - split // 4)
+    per_token = layers * (5 * d + 4 * ff) * 4  # fp32 q, k, v, attention out, o input, MLP
+    assert ddp["activations"] - tp["activations"] == tokens * (per_token - per_token // 4)
+    both = estimate_memory(cfg, t, 8, "fsdp+tp", "cpu", tensor_parallel_size=4)
+    assert both["parameters"] == tp["parameters"] // 2
+    # A size of 1, or a strategy that does not split, is the plain estimate.
+    assert estimate_memory(cfg, t, 4, "tp", "cpu", tensor_parallel_size=1) == ddp
+    assert estimate_memory(cfg, t, 4, "ddp", "cpu", tensor_parallel_size=4) == ddp
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size \(3\) must divide world_size"):
+        estimate_memory(cfg, t, 4, "tp", "cpu", tensor_parallel_size=3)

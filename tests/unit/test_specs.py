@@ -39,6 +39,7 @@ def test_omitted_fields_get_their_documented_defaults() -> None:
         "processes_per_node": 1,
         "accelerator": "auto",
         "strategy": "ddp",
+        "tensor_parallel_size": 1,
         "pool": "default",
         "priority": 50,
         "max_restarts": 3,
@@ -180,6 +181,10 @@ def test_byte_vocab_is_fixed_at_257() -> None:
         {"validation": {"dataset_id": "ds_val"}},
         {"training": {"batch_size": 16, "micro_batch_size": 2, "lr": 3e-3, "min_lr": 0.0}},
         {"resources": {"processes_per_node": 4, "accelerator": "cpu", "strategy": "fsdp"}},
+        {
+            "model": {"preset": "tiny-llama"},
+            "resources": {"processes_per_node": 2, "strategy": "tp"},
+        },
         {"model": {"preset": "tiny-moe"}},
         {"model": {"preset": "tiny-llama", "moe": {"num_experts": 8, "router_z_loss_coef": 1e-3}}},
     ],
@@ -239,3 +244,85 @@ def test_a_dpo_job_resolves_its_dpo_section_and_round_trips() -> None:
 )
 def test_dpo_spec_errors_name_their_field(spec: dict[str, Any], named: str) -> None:
     assert named in rejection(**spec)
+
+
+# ---------------------------------------------------------------------------- tensor parallel
+
+LLAMA = {"arch": "llama", "n_layer": 2, "n_head": 8, "d_model": 128, "n_kv_head": 4}
+
+
+def test_tensor_parallel_size_defaults_to_the_processes_of_a_node() -> None:
+    spec = resolve(
+        model=LLAMA,
+        training={"batch_size": 12},
+        resources={"nodes": 2, "processes_per_node": 4, "strategy": "fsdp+tp"},
+    )
+    assert spec["resources"]["tensor_parallel_size"] == 4
+    # The 4 processes of a node read one micro-batch: 2 data-parallel groups share 12.
+    assert spec["training"]["micro_batch_size"] == 6
+
+
+def test_an_explicit_tensor_parallel_size_sets_the_data_parallel_groups() -> None:
+    spec = resolve(
+        model=LLAMA,
+        training={"batch_size": 8},
+        resources={"processes_per_node": 4, "strategy": "tp", "tensor_parallel_size": 2},
+    )
+    assert spec["resources"]["tensor_parallel_size"] == 2
+    assert spec["training"]["micro_batch_size"] == 4
+
+
+def _tp(processes: int, **resources: Any) -> dict[str, Any]:
+    return {"strategy": "tp", "processes_per_node": processes, **resources}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"model": {"preset": "tiny"}, "resources": _tp(2)},
+            "model.arch 'gpt2' has no tensor-parallel plan",
+        ),
+        (
+            {"model": {**LLAMA, "n_head": 4, "n_kv_head": 1}, "resources": _tp(2)},
+            "model.n_kv_head (1) must be divisible by resources.tensor_parallel_size (2)",
+        ),
+        (
+            {
+                "model": {"arch": "llama", "n_layer": 2, "n_head": 2, "d_model": 64},
+                "resources": _tp(4),
+            },
+            "model.n_head (2) must be divisible by resources.tensor_parallel_size (4)",
+        ),
+        (
+            {"model": {**LLAMA, "d_ff": 102}, "resources": _tp(4)},
+            "model.d_ff (102) must be divisible by resources.tensor_parallel_size (4)",
+        ),
+        (
+            {"model": {"preset": "tiny-moe"}, "resources": _tp(2, strategy="fsdp+tp")},
+            "a mixture of experts (model.moe) cannot be split by tensor parallelism yet",
+        ),
+        (
+            {"model": LLAMA, "resources": _tp(4, tensor_parallel_size=3)},
+            "resources.tensor_parallel_size (3) must divide the number of processes",
+        ),
+        (
+            {"model": LLAMA, "resources": _tp(2, strategy="ddp", tensor_parallel_size=2)},
+            "resources.tensor_parallel_size (2) needs resources.strategy 'tp' or 'fsdp+tp'",
+        ),
+        (
+            {"model": LLAMA, "resources": _tp(2, tensor_parallel_size=0)},
+            "resources.tensor_parallel_size: Input should be greater than or equal to 1",
+        ),
+        (
+            {
+                "model": LLAMA,
+                "training": {"batch_size": 6, "micro_batch_size": 2},
+                "resources": _tp(4, tensor_parallel_size=2),
+            },
+            "multiple of training.micro_batch_size (2) x data-parallel groups (2)",
+        ),
+    ],
+)
+def test_tensor_parallel_errors_name_their_field(spec: dict[str, Any], message: str) -> None:
+    assert message in rejection(**spec)
