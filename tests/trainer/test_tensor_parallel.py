@@ -31,7 +31,6 @@ from trainer.events import EventWriter
 from trainer.export import from_hf_state_dict
 from trainer.loop import Trainer
 from trainer.sample import load_model
-from trainer.sft import SFTTrainer
 from trainer.sizing import estimate_memory
 
 # 5 steps of a global batch of 8: 2 micro-batches of 4 on each data-parallel group.
@@ -295,7 +294,7 @@ def test_sft_under_tp_matches_one_process(tmp_path: Path) -> None:
     base = {"export": export, "train": train, "val": val, "tokenizer": tok}
     kw = {"max_steps": 4, "eval_interval": 4, "checkpoint_interval": 4}
     one = sft_config(tmp_path / "one", base, "full", **kw)
-    assert run_in_process(SFTTrainer, one) == EXIT_OK
+    assert run_in_process(one) == EXIT_OK
     tp = sft_config(tmp_path / "tp", base, "full", **kw)
     tp["resources"].update(strategy="tp", processes_per_node=2)
     assert run_trainer(write_config(tp, tmp_path / "tp.json"), nproc=2, timeout=300) == EXIT_OK
