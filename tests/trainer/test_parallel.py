@@ -16,6 +16,7 @@ from tests.trainer.trainer_testkit import (
     make_dataset,
     read_events,
     run_config,
+    run_dist_worker,
     run_in_process,
     run_trainer,
     write_config,
@@ -29,28 +30,13 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, An
     return make_dataset(tmp_path_factory.mktemp("data"))
 
 
-def _worker(*args: str) -> int:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run(
-        [*cmd, "-m", "tests.trainer.dist_worker", *args],
-        cwd=REPO,
-        env=env(),
-        timeout=180,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        print(proc.stdout, proc.stderr)
-    return proc.returncode
-
-
 def _losses(output_dir: str) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in read_events(output_dir) if e["type"] == "step"}
 
 
 def test_ddp_fsdp_and_one_process_agree(tmp_path: Path) -> None:
     out = tmp_path / "parity.json"
-    assert _worker("parity", str(out)) == 0
+    assert run_dist_worker("parity", str(out)) == 0
     for preset, r in json.loads(out.read_text()).items():
         assert r["grads"] > 0
         # DDP over 2 ranks == one process accumulating 2 micro-batches of the same batch.
@@ -76,7 +62,7 @@ def test_fsdp_resume_matches_uninterrupted(tmp_path: Path, dataset: tuple[str, d
         raw["resources"]["strategy"] = "fsdp"
     assert run_trainer(write_config(straight, tmp_path / "a.json"), nproc=2) == EXIT_OK
     path = write_config(resumed, tmp_path / "b.json")
-    assert _worker("train", path, "3") == 0
+    assert run_dist_worker("train", path, "3") == 0
     assert read_events(resumed["output_dir"])[-1]["type"] == "preempted"
     step3 = Path(resumed["checkpoint_dir"]) / "step-00000003"
     assert (step3 / "sharded" / ".metadata").exists() and not (step3 / "model.pt").exists()

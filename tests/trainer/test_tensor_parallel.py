@@ -4,8 +4,6 @@ distributed checkpoints resume exactly and load into another layout; exports loa
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +15,10 @@ from tests.trainer.dist_worker import TP_CASES
 from tests.trainer.sft_testkit import make_sft_shards, pretrain_base, run_in_process
 from tests.trainer.test_sft_train import PROMPTS, SEQ_LEN, sft_config
 from tests.trainer.trainer_testkit import (
-    REPO,
-    env,
     make_dataset,
     read_events,
     run_config,
+    run_dist_worker,
     run_trainer,
     write_config,
 )
@@ -40,21 +37,6 @@ STEPS = {"max_steps": 5, "batch_size": 8, "micro_batch_size": 4, "eval_interval"
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     return make_dataset(tmp_path_factory.mktemp("data"))
-
-
-def _worker(*args: str) -> int:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run(
-        [*cmd, "-m", "tests.trainer.dist_worker", *args],
-        cwd=REPO,
-        env=env(),
-        timeout=180,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        print(proc.stdout, proc.stderr[-5000:])
-    return proc.returncode
 
 
 def _config(
@@ -113,7 +95,7 @@ def test_tp_model_matches_one_process(tmp_path: Path) -> None:
     """Logits, loss, gradients and the clipped norm of tp and fsdp+tp models, with the
     blocks split over 2 ranks and with 2 data-parallel replicas, against one process."""
     out = tmp_path / "tp-parity.json"
-    assert _worker("tp-parity", str(out)) == 0
+    assert run_dist_worker("tp-parity", str(out)) == 0
     results = json.loads(out.read_text())
     assert len(results) == 5
     for name, r in results.items():
@@ -204,7 +186,7 @@ def test_tp_resume_matches_uninterrupted(
     checkpoint: the same loss at every step as the run that went straight through."""
     resumed = _config(tmp_path, "resumed", dataset, "tp", **TP)
     path = write_config(resumed, tmp_path / "resumed.json")
-    assert _worker("train", path, "3") == 0
+    assert run_dist_worker("train", path, "3") == 0
     assert _events(resumed)[-1]["type"] == "preempted"
     step3 = Path(resumed["checkpoint_dir"]) / "step-00000003"
     assert (step3 / "sharded" / ".metadata").exists()

@@ -160,3 +160,19 @@ def read_events(output_dir: str) -> list[dict[str, Any]]:
     """Parsed events.jsonl of a run."""
     with open(os.path.join(output_dir, "events.jsonl"), encoding="utf-8") as f:
         return [json.loads(line) for line in f]
+
+
+def run_dist_worker(*args: str) -> int:
+    """Run tests.trainer.dist_worker under torchrun with 2 processes; its exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*cmd, "-m", "tests.trainer.dist_worker", *args],
+        cwd=REPO,
+        env=env(),
+        timeout=180,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        print(proc.stdout, proc.stderr[-5000:])
+    return proc.returncode
