@@ -79,3 +79,20 @@ def test_fair_share_one_project_s_many_jobs_do_not_starve_another_s_one() -> Non
 def test_fair_share_counts_the_slots_each_project_already_runs() -> None:
     order = _ordered([job(1, project="busy"), job(2, project="idle")], cluster({"a": 1}, busy=4))
     assert [j.id for j in order] == ["job_2", "job_1"]
+
+
+def test_on_a_full_cluster_projects_take_turns() -> None:
+    # One slot, just freed: both projects use nothing. The project whose job was placed
+    # last waits for the one never served, though its queued jobs are older.
+    c = cluster({"a": 1})
+    c.placed_at["many"] = T0 + timedelta(seconds=100)
+    many = [job(n, project="many") for n in range(2, 6)]
+    one = job(50, project="one")
+    assert [j.id for j in _ordered([*many, one], c)][:3] == ["job_50", "job_2", "job_3"]
+
+
+def test_between_projects_served_before_the_one_served_longest_ago_goes_first() -> None:
+    c = cluster({"a": 1})
+    c.placed_at.update(recent=T0 + timedelta(seconds=90), earlier=T0 + timedelta(seconds=10))
+    order = _ordered([job(1, project="recent"), job(2, project="earlier")], c)
+    assert [j.id for j in order] == ["job_2", "job_1"]
