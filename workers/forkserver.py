@@ -155,8 +155,7 @@ def _run_agent(conn: socket.socket, request: dict[str, Any]) -> None:
     os.setsid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # SIGTERM to the group is for the ranks (checkpoint and exit); the agent stays to
-    # report what they did. SIGKILL ends it like any other member. (Ignored already, as
-    # in the server: said again, since the group's SIGTERM is what matters here.)
+    # report what they did. SIGKILL ends it like any other member.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _title(f"trainyard-launch --config {request['config']}")
     os.chdir(request["cwd"])
