@@ -277,6 +277,8 @@ class QuotaIn(BaseModel):
     max_running_slots: int | None = Field(None, ge=0)
     max_queued_jobs: int | None = Field(None, ge=0)
     max_storage_bytes: int | None = Field(None, ge=0)
+    # The best (lowest) resources.priority the project's jobs may ask for, 1 to 99.
+    best_priority: int | None = Field(None, ge=1, le=99)
 
 
 class QuotaOut(QuotaIn):

@@ -257,6 +257,10 @@ def ingest(
     job = session.get(Job, attempt.job_id)
     assert job is not None
     if attempt.status == AttemptStatus.RUNNING:
+        # The lease first, on its own: storing a large batch (the replay after an outage)
+        # may take longer than the node timeout.
+        attempt.heartbeat_at = utcnow()
+        session.commit()
         # Only rank 0 of a gang carries events; the other ranks' reports are heartbeats.
         for seq, event in sorted(events, key=lambda e: e[0]):
             if seq <= attempt.last_seq:

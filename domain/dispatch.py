@@ -3,8 +3,11 @@ order, and mint their attempts.
 
 Order: lower `priority` first; within a priority, the project using the fewest slots goes
 next (recounted after every placement, so one project's many jobs cannot starve another's
-one), then the oldest job. A job that cannot be placed keeps the nodes of its pool from jobs
-of a lower priority (no starvation by smaller jobs) and says why in `waiting_reason`.
+one), and between projects that use as few, the one whose last job was placed longest ago
+(so on a full cluster, where every project uses nothing while a slot is free, the projects
+take turns); within a project, the oldest job. A job that cannot be placed keeps the nodes
+of its pool from jobs of a lower priority (no starvation by smaller jobs) and says why in
+`waiting_reason`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -29,7 +32,7 @@ from domain.lifecycle import (
     record,
     transition,
 )
-from domain.orm import Attempt, Job, Node, Quota
+from domain.orm import Attempt, Job, Node, Project, Quota
 from domain.run_config import run_config
 from trainyard.ids import hash_secret, new_id
 from trainyard.messaging import RUN_ATTEMPT, Message
@@ -44,6 +47,8 @@ class Cluster:
     nodes: list[Node]
     free: dict[str, int]
     used_by_project: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # When each project last had a job placed (never: absent).
+    placed_at: dict[str, datetime] = field(default_factory=dict)
 
     @classmethod
     def load(cls, session: Session) -> Cluster:
@@ -58,7 +63,14 @@ class Cluster:
             .scalars()
             .all()
         )
-        cluster = cls(nodes=nodes, free={n.id: n.slots for n in nodes})
+        placed = session.execute(
+            select(Project.id, Project.last_placed_at).where(Project.last_placed_at.is_not(None))
+        ).all()
+        cluster = cls(
+            nodes=nodes,
+            free={n.id: n.slots for n in nodes},
+            placed_at={p: at for p, at in placed if at is not None},
+        )
         for node_id, project_id, slots in rows:
             if node_id in cluster.free:
                 cluster.free[node_id] -= int(slots or 0)
@@ -120,22 +132,34 @@ def why_waiting(cluster: Cluster, job: Job) -> str:
 
 
 def _ordered(waiting: list[Job], cluster: Cluster) -> list[Job]:
-    """Priority first, then the project using the fewest slots, then age (fair share)."""
+    """Priority first, then the project using the fewest slots, then the project served
+    longest ago, then age (fair share)."""
     by_priority: dict[int, dict[str, list[Job]]] = defaultdict(lambda: defaultdict(list))
     for job in sorted(waiting, key=lambda j: j.created_at):
         by_priority[job.priority][job.project_id].append(job)
     ordered: list[Job] = []
     used = dict(cluster.used_by_project)
+    # When each project was last served: (0, time) before this pass, (1, n) for the n-th
+    # pick of this pass; a project never served goes before both.
+    served: dict[str, tuple[int, float]] = {
+        p: (0, at.timestamp()) for p, at in cluster.placed_at.items()
+    }
+    never = (-1, 0.0)
     for priority in sorted(by_priority):
         queues = by_priority[priority]
         while queues:
-            project = min(queues, key=lambda p: (used.get(p, 0), queues[p][0].created_at))
+            project = min(
+                queues,
+                key=lambda p: (used.get(p, 0), served.get(p, never), queues[p][0].created_at),
+            )
             job = queues[project].pop(0)
             if not queues[project]:
                 del queues[project]
             ordered.append(job)
-            # Assume it will run: the next pick goes to a project that has less.
+            # Assume it will run: the next pick goes to a project that has less, or that
+            # has waited longer since its last turn.
             used[project] = used.get(project, 0) + slots_of(job)
+            served[project] = (1, float(len(ordered)))
     return ordered
 
 
@@ -348,6 +372,9 @@ def _launch(
         session.add(attempt)
         out.append((RUN_ATTEMPT, payload, node.queue))
     job.attempt = number
+    project = session.get(Project, job.project_id)
+    if project is not None:
+        project.last_placed_at = now
     names = [n.name for n in nodes]
     record(
         session,

@@ -282,6 +282,10 @@ def create(
     _check_memory(session, resolved, default_gpu_bytes)
     _check_nodes(session, resolved)
     quotas.check_submit(session=session, project_id=project_id)
+    given = spec.resources.priority if "priority" in spec.resources.model_fields_set else None
+    resolved["resources"]["priority"] = quotas.priority(
+        session=session, project_id=project_id, asked=given
+    )
     fields: dict[str, Any] = {
         "id": new_id("job"),
         "project_id": project_id,
@@ -425,11 +429,14 @@ def pause(*, session: Session, project_id: str, job_id: str) -> Job:
 
 def resume(*, session: Session, project_id: str, job_id: str) -> Job:
     """Put a paused job back in the queue; it resumes from its latest checkpoint. A job
-    that is not paused but still active is left as it is (idempotent)."""
+    already waiting to run (queued, preparing, preempted) is left as it is (idempotent);
+    a running or finished one cannot be resumed."""
     job = get(session=session, project_id=project_id, job_id=job_id)
-    if job.status in TERMINAL or job.status == JobStatus.CANCELLING:
+    if job.status in TERMINAL or job.status in (JobStatus.CANCELLING, JobStatus.RUNNING):
         raise Conflict(
-            "job_not_resumable", f"a {job.status} job cannot be resumed", {"status": job.status}
+            "job_not_resumable",
+            f"a {job.status} job cannot be resumed; only a paused one can",
+            {"status": job.status},
         )
     if job.status == JobStatus.PAUSED:
         transition(session, job, JobStatus.QUEUED, "resumed by the user")

@@ -52,6 +52,9 @@ class Project(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the scheduler last placed one of its jobs: between projects that use as few
+    # slots, the one served longest ago goes next.
+    last_placed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ApiKey(Base):
@@ -287,6 +290,8 @@ class Quota(Base):
     max_running_slots: Mapped[int | None] = mapped_column(Integer, default=None)
     max_queued_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
     max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The lowest (best) priority number the project's jobs may use.
+    best_priority: Mapped[int | None] = mapped_column(Integer, default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

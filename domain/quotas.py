@@ -1,5 +1,6 @@
 """Per-project quotas, set by an admin: running slots (over it a job waits in the queue),
-queued jobs and storage bytes (over them a submit or upload is refused, storing nothing)."""
+queued jobs and storage bytes (over them a submit or upload is refused, storing nothing),
+and the best priority the project's jobs may ask for (a default is clamped to it)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from domain.dispatch import slots_of
 from domain.errors import NotFound, QuotaExceeded
 from domain.lifecycle import WAITING, JobStatus
 from domain.orm import Dataset, Job, Project, Quota
+from trainyard.specs import DEFAULT_PRIORITY
 
 # Jobs that count as queued: not yet running, not finished.
 QUEUED = (*WAITING, JobStatus.PAUSED)
@@ -42,6 +44,7 @@ def set_quota(
     max_running_slots: int | None,
     max_queued_jobs: int | None,
     max_storage_bytes: int | None,
+    best_priority: int | None = None,
 ) -> Quota:
     """Replace a project's quota (None: no limit)."""
     project = _project(session, project_name)
@@ -49,6 +52,7 @@ def set_quota(
     quota.max_running_slots = max_running_slots
     quota.max_queued_jobs = max_queued_jobs
     quota.max_storage_bytes = max_storage_bytes
+    quota.best_priority = best_priority
     session.add(quota)
     session.commit()
     return quota
@@ -103,6 +107,24 @@ def check_submit(*, session: Session, project_id: str) -> None:
             f"{quota.max_queued_jobs}",
             {"quota": "max_queued_jobs", "limit": quota.max_queued_jobs, "used": queued},
         )
+
+
+def priority(*, session: Session, project_id: str, asked: int | None) -> int:
+    """The priority a new job runs at: the one it asked for, or the default clamped to the
+    project's `best_priority` (lower runs first). Asking for a better one than the cap is
+    refused; a default never is."""
+    quota = session.get(Quota, project_id)
+    cap = None if quota is None else quota.best_priority
+    if asked is None:
+        return DEFAULT_PRIORITY if cap is None else max(DEFAULT_PRIORITY, cap)
+    if cap is not None and asked < cap:
+        raise QuotaExceeded(
+            "quota_exceeded",
+            f"resources.priority {asked} is better than the project's quota best_priority "
+            f"of {cap} (lower runs first); ask for {cap} or more, or leave it out",
+            {"quota": "best_priority", "limit": cap, "asked": asked, "field": "resources.priority"},
+        )
+    return asked
 
 
 def check_storage(*, session: Session, project_id: str, adding: int) -> None:

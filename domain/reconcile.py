@@ -52,7 +52,8 @@ def _declare_lost(session: Session, settings: Settings) -> None:
     never_started = now - timedelta(seconds=settings.attempt_timeout_seconds)
     lost = (
         session.execute(
-            select(Attempt).where(
+            select(Attempt)
+            .where(
                 ((Attempt.status == AttemptStatus.RUNNING) & (Attempt.heartbeat_at < quiet))
                 | (
                     # Minted (or renewed when the API came back) and never started, or
@@ -64,6 +65,8 @@ def _declare_lost(session: Session, settings: Settings) -> None:
                     )
                 )
             )
+            # An attempt whose report is being stored right now holds its row: it is alive.
+            .with_for_update(skip_locked=True)
         )
         .scalars()
         .all()

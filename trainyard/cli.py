@@ -228,12 +228,15 @@ def _quotas(args: argparse.Namespace) -> int:
                 max_running_slots=args.max_running_slots,
                 max_queued_jobs=args.max_queued_jobs,
                 max_storage_bytes=args.max_storage_bytes,
+                best_priority=args.best_priority,
             )
         else:
             quota = client.quota(args.project)
     for name in ("running_slots", "queued_jobs", "storage_bytes"):
         limit = quota[f"max_{name}"]
         print(f"{name:<14} {quota[name]} of {'unlimited' if limit is None else limit}")
+    best = quota["best_priority"]
+    print(f"{'best_priority':<14} {'any (1)' if best is None else best}")
     return 0
 
 
@@ -289,6 +292,12 @@ def parser() -> argparse.ArgumentParser:
     quotas.add_argument("--max-running-slots", type=int)
     quotas.add_argument("--max-queued-jobs", type=int)
     quotas.add_argument("--max-storage-bytes", type=int)
+    quotas.add_argument(
+        "--best-priority",
+        type=int,
+        help="the lowest resources.priority the project may ask for (1 to 99); a job that "
+        "gives none gets the default or this, whichever is worse",
+    )
     quotas.set_defaults(func=_quotas)
 
     api = sub.add_parser("api", help="serve the HTTP API")

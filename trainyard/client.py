@@ -7,7 +7,8 @@
     job = client.jobs.wait(job.id)
 
 Calls retry with backoff on 429 and 5xx (honouring `Retry-After`) and on a connection
-that failed before the request was sent; errors raise TrainyardError with the API's code,
+that failed before the request was sent (a 429 `quota_exceeded` is a refusal, not a rate
+limit: it is not retried); errors raise TrainyardError with the API's code,
 message and details. Only httpx, httpx-sse, tenacity and pydantic are needed: no torch.
 """
 
@@ -187,7 +188,9 @@ class Client:
 
         def retryable(exc: BaseException) -> bool:
             if isinstance(exc, _Retryable):
-                return exc.response.status_code == 429 or bool(safe_to_repeat)
+                if exc.response.status_code == 429:
+                    return TrainyardError.from_response(exc.response).code != "quota_exceeded"
+                return bool(safe_to_repeat)
             if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
                 return True
             return isinstance(exc, httpx.TransportError) and bool(safe_to_repeat)
@@ -295,7 +298,8 @@ class Client:
         return dict(self.request("GET", f"/v1/quotas/{project}"))
 
     def set_quota(self, project: str, **limits: int | None) -> dict[str, Any]:
-        """Set a project's quota (max_running_slots, max_queued_jobs, max_storage_bytes)."""
+        """Set a project's quota (max_running_slots, max_queued_jobs, max_storage_bytes,
+        best_priority); a limit left out is lifted."""
         return dict(self.request("PUT", f"/v1/quotas/{project}", json=limits))
 
     def events(self, job_id: str, after: int | None = None, limit: int = 100) -> dict[str, Any]:

@@ -58,11 +58,10 @@ class Settings(BaseSettings):
     upload_chunk_bytes: int = 1024 * 1024
     cancel_grace_seconds: float = 10.0
     exit_grace_seconds: float = 30.0  # after the trainer's final event, before it is stopped
-    # On, one-node jobs fork their ranks from a process that has already imported torch and
-    # the trainer (TRAINYARD_FORK_SERVER=1); off, they start under torchrun as multi-node
-    # jobs do. Off by default until the fault tests (node shutdown, API and broker outages)
-    # pass with it.
-    fork_server: bool = False
+    # One-node jobs fork their ranks from a process that has already imported torch and
+    # the trainer; off (TRAINYARD_FORK_SERVER=0), they start under torchrun as multi-node
+    # jobs always do.
+    fork_server: bool = True
     heartbeat_seconds: float = 2.0
     node_timeout_seconds: float = 30.0
     attempt_timeout_seconds: float = 60.0

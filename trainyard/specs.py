@@ -22,6 +22,7 @@ from trainer.config import (
 
 BYTE_VOCAB = 257  # 256 byte values and <|endoftext|>
 NAME_LENGTH = 200  # the names' columns
+DEFAULT_PRIORITY = 50  # of a job that gives none (1 to 99, lower runs first)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -190,7 +191,8 @@ class ResourcesSpec(Strict):
     tensor_parallel_size: int | None = Field(None, ge=1, le=64)
     pool: str = Field("default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     # Lower runs first; within one priority, the project using the fewest slots goes next.
-    priority: int = Field(50, ge=1, le=99)
+    # Left out: DEFAULT_PRIORITY, or the project's quota cap if that is worse.
+    priority: int = Field(DEFAULT_PRIORITY, ge=1, le=99)
     # New attempts after a trainer failure; a lost node or a preemption costs none.
     max_restarts: int = Field(3, ge=0, le=100)
 

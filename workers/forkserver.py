@@ -7,8 +7,16 @@ would give them (static rendezvous on this host). Multi-node jobs still go throu
 
 Per launch the server forks an *agent*: a new session (one process group the node worker
 signals for cancel) that forks one process per rank, waits for them as torchrun's agent
-does, and sends their outcome back over the launch's connection. A killed node worker takes
-everything with it: server, agents and ranks each die with their parent (PR_SET_PDEATHSIG).
+does, and sends their outcome back over the launch's connection.
+
+Lifetimes follow the node worker, never the server:
+- the server runs in a session of its own and ignores SIGTERM and SIGINT, so a signal to
+  the node worker's process group (a host shutting down) reaches the node worker alone,
+  which stops its ranks (they checkpoint) before it exits; the server dies with the node
+  worker (PR_SET_PDEATHSIG) and is started again by it if it dies before (`ForkServer`);
+- an agent watches its connection to the node worker: when that closes (the node worker
+  killed) it kills its ranks; a server that dies leaves agents and ranks running;
+- ranks die with their agent (PR_SET_PDEATHSIG), as torchrun's workers do with torchrun.
 
 Run as `python -m workers.forkserver NAME` (an abstract socket name); the node worker does
 this itself.
@@ -19,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
 import select
 import signal
@@ -33,7 +42,11 @@ from typing import Any
 
 from workers.launcher import die_with_parent, trainer_env, trainer_environ
 
+log = logging.getLogger(__name__)
+
 RANK_FAILURE_GRACE_S = 10.0  # after one rank fails, how long the others get to notice
+RESTART_DELAY_S = 1.0  # between a server's death and its successor (no busy loop)
+CONNECT_TIMEOUT_S = 30.0
 
 
 def _title(text: str) -> None:
@@ -89,18 +102,38 @@ def _run_rank(request: dict[str, Any], local_rank: int, agent: int) -> None:
         os._exit(code)
 
 
-def _wait_ranks(pids: dict[int, int]) -> int:
-    """Wait for every rank; the first failure's code (negative: killed by that signal)."""
+def _kill(pids: dict[int, int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _closed(conn: socket.socket) -> bool:
+    """Whether the node worker's end of the connection has gone (it sends nothing after
+    the request, so anything readable is its end)."""
+    ready, _, _ = select.select([conn], [], [], 0)
+    if not ready:
+        return False
+    try:
+        return not conn.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return True
+
+
+def _wait_ranks(pids: dict[int, int], conn: socket.socket) -> int:
+    """Wait for every rank; the first failure's code (negative: killed by that signal).
+    If the node worker goes, the ranks go too: nobody would report them."""
     first_failure: int | None = None
     deadline: float | None = None
     while pids:
         if deadline is not None and time.monotonic() > deadline:
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            _kill(pids)
             deadline = None
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
+            if _closed(conn):
+                _kill(pids)
+                os._exit(1)
             time.sleep(0.05)
             continue
         if pid not in pids:
@@ -116,9 +149,10 @@ def _wait_ranks(pids: dict[int, int]) -> int:
 
 
 def _run_agent(conn: socket.socket, request: dict[str, Any]) -> None:
-    """In the forked agent: a new process group, the ranks, then their outcome to the client."""
+    """In the forked agent: a new process group, the ranks, then their outcome to the client.
+    It outlives the server (no death signal from it) and dies with the node worker instead,
+    whose end of `conn` closes then."""
     os.setsid()
-    die_with_parent()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # SIGTERM to the group is for the ranks (checkpoint and exit); the agent stays to
     # report what they did. SIGKILL ends it like any other member.
@@ -141,9 +175,10 @@ def _run_agent(conn: socket.socket, request: dict[str, Any]) -> None:
         if pid == 0:
             conn.close()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             _run_rank(request, local_rank, agent)
         pids[pid] = local_rank
-    code = _wait_ranks(pids)
+    code = _wait_ranks(pids, conn)
     with contextlib.suppress(OSError):
         conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
     os._exit(0)
@@ -152,6 +187,9 @@ def _run_agent(conn: socket.socket, request: dict[str, Any]) -> None:
 def serve(name: str) -> None:
     """Listen on an abstract Unix socket and fork an agent per launch request, forever."""
     die_with_parent()
+    # The node worker decides when training stops; the server goes when it goes.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind("\0" + name)
     listener.listen(16)
@@ -238,33 +276,63 @@ class ForkedGroup:
 
 
 class ForkServer:
-    """The node worker's handle on its fork server: started once, restarted if it died."""
+    """The node worker's handle on its fork server: started once, and started again by a
+    thread of its own whenever it dies."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started = threading.Event()
+        self._keeper: threading.Thread | None = None
         # Linux's abstract socket namespace: nothing on disk to clean up after a kill -9.
         self.name = f"trainyard-forkserver-{os.getpid()}-{uuid.uuid4().hex}"
+        self.starts = 0
 
     def start(self) -> None:
-        """Start the server (it imports torch and the trainer in the background)."""
+        """Start the keeper thread, which starts the server (it imports torch and the
+        trainer in the background) and restarts it whenever it exits."""
         with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                return
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "workers.forkserver", self.name],
-                stdin=subprocess.DEVNULL,
-                # OpenMP reads its settings when torch loads it, here, once for all ranks.
-                env=trainer_env(trainer_environ()),
-                # Must come from a thread that lives as long as the worker: the death
-                # signal follows the thread that forked, not the process.
-                preexec_fn=die_with_parent,
-            )
+            if self._keeper is None:
+                # The death signal follows the thread that forked, not the process: the
+                # keeper lives as long as the node worker, and the server with it.
+                self._keeper = threading.Thread(target=self._keep, name="forkserver", daemon=True)
+                self._keeper.start()
+        self._started.wait()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "workers.forkserver", self.name],
+            stdin=subprocess.DEVNULL,
+            # OpenMP reads its settings when torch loads it, here, once for all ranks.
+            env=trainer_env(trainer_environ()),
+            # Out of the node worker's process group: a SIGTERM to that group is the node
+            # worker's to pass on to the ranks, once, in order.
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+
+    def _keep(self) -> None:
+        while True:
+            proc = self._spawn()
+            with self._lock:
+                self._proc = proc
+                self.starts += 1
+            self._started.set()
+            code = proc.wait()
+            log.warning("fork server exited with %s; starting it again", code)
+            time.sleep(RESTART_DELAY_S)
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid now (None before its first start)."""
+        with self._lock:
+            return None if self._proc is None else self._proc.pid
 
     def launch(
         self, config: Path, nproc: int, *, env: dict[str, str], cwd: Path, log: Path
     ) -> ForkedGroup:
-        """Fork the ranks of a one-node job; a handle on their process group."""
+        """Fork the ranks of a one-node job; a handle on their process group. Raises
+        OSError if the server cannot be reached (the caller falls back to torchrun)."""
         from trainyard.net import free_port
 
         self.start()
@@ -277,7 +345,7 @@ class ForkServer:
             "master_port": free_port(),
         }
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while True:  # the socket appears as soon as the server process runs
             try:
                 conn.connect("\0" + self.name)
@@ -296,7 +364,8 @@ _server_lock = threading.Lock()
 
 
 def get() -> ForkServer:
-    """This process's fork server, started on first use."""
+    """This process's fork server, started on first use (call it first from the main
+    thread or any thread: the server's own keeper thread starts it)."""
     global _server
     with _server_lock:
         if _server is None:

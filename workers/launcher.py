@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     from workers.forkserver import ForkedGroup
+
+log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 # Resolved once here: the child between fork and exec must not load libraries.
@@ -98,7 +101,8 @@ def trainer_environ() -> dict[str, str]:
 
 class Launch:
     """One process group for one attempt (one node of its gang) on this node: ranks forked
-    from the warm fork server for a one-node job (unless `warm` is off), else torchrun."""
+    from the warm fork server for a one-node job (unless `warm` is off, or the server cannot
+    be reached), else torchrun."""
 
     def __init__(
         self,
@@ -118,17 +122,25 @@ class Launch:
         self.log_path = self.folder / f"train{suffix}.log"
         child_env = trainer_env({**trainer_environ(), **(env or {})})
         self.log: BinaryIO = self.log_path.open("ab")
-        self.proc: subprocess.Popen[bytes] | ForkedGroup
-        if warm and (nnodes == 1 or master is None):
-            # One node: fork the ranks from the warm process that has imported torch.
-            from workers import forkserver
-
-            self.proc = forkserver.get().launch(
-                run_config, nproc, env=child_env, cwd=self.folder, log=self.log_path
-            )
-        else:
-            self.proc = self._torchrun(nproc, child_env, nnodes, node_rank, master, suffix)
+        # A gang always starts under torchrun: its rendezvous spans hosts.
+        forked = self._fork(nproc, child_env) if warm and nnodes == 1 else None
+        self.proc: subprocess.Popen[bytes] | ForkedGroup = forked or self._torchrun(
+            nproc, child_env, nnodes, node_rank, master, suffix
+        )
         self.events = EventFollower(self.folder / "events.jsonl")
+
+    def _fork(self, nproc: int, env: dict[str, str]) -> ForkedGroup | None:
+        """One node: fork the ranks from the warm process that has imported torch; None
+        if it cannot be reached (the ranks then start under torchrun)."""
+        from workers import forkserver
+
+        try:
+            return forkserver.get().launch(
+                self.run_config, nproc, env=env, cwd=self.folder, log=self.log_path
+            )
+        except OSError as exc:
+            log.warning("fork server unreachable (%s); starting under torchrun", exc)
+            return None
 
     def _torchrun(
         self,

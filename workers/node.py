@@ -71,6 +71,10 @@ def node_queue(settings: Settings) -> str:
 
 FINAL_EVENTS = ("done", "error", "preempted")
 _shutting_down = threading.Event()
+# Set once the agent has told the API this node is leaving (or tried): an attempt stopped by
+# the shutdown reports its end after that, so it is never placed back on this node.
+_left = threading.Event()
+LEAVE_WAIT_S = 15.0
 
 
 class Agent:
@@ -110,7 +114,10 @@ class Agent:
         shutdown, tell the API to place nothing more here."""
         while not self.stop.is_set():
             if _shutting_down.is_set():
-                self._leave()
+                try:
+                    self._leave()
+                finally:
+                    _left.set()
                 return
             try:
                 if self.node_id is None:
@@ -123,7 +130,8 @@ class Agent:
                     response.raise_for_status()
             except httpx.HTTPError as exc:
                 log.warning("API unreachable from node agent: %s", exc)
-            self.stop.wait(self.settings.heartbeat_seconds)
+            # A shutdown wakes the agent at once: it leaves before the attempts end.
+            _shutting_down.wait(self.settings.heartbeat_seconds)
 
     def _leave(self) -> None:
         if self.node_id is None:
@@ -137,8 +145,7 @@ class Agent:
 
 @worker_init.connect
 def _warm_fork_server(**_: Any) -> None:
-    # From the worker's main thread, so that the server lives (and dies) with the worker;
-    # it imports torch and the trainer now, not when the first job arrives.
+    # It imports torch and the trainer now, not when the first job arrives.
     if get_settings().fork_server:
         forkserver.get()
 
@@ -240,6 +247,8 @@ def supervise(payload: AttemptPayload, settings: Settings) -> None:
         raise
     finally:
         launch.close()
+        if _shutting_down.is_set() and reason != "cancelled":
+            _left.wait(LEAVE_WAIT_S)
         reporter.finish(
             code, launch.log_tail(), reason, preempted=reason is not None and reason != "cancelled"
         )

@@ -9,6 +9,9 @@ from typing import Any
 import httpx
 
 log = logging.getLogger(__name__)
+# Events per request: a replay after an outage goes in requests short enough to renew the
+# attempt's lease well within the node timeout, even on a busy API.
+BATCH = 200
 
 
 class ApiUnavailable(Exception):
@@ -72,12 +75,21 @@ class Reporter:
         """Send what is queued (also a heartbeat); False while the API is away."""
         try:
             while True:
-                batch = self.pending[:1000]
+                batch = self.pending[:BATCH]
                 state = self._post("/events", {"events": batch})
                 self.cancel = bool(state.get("cancel"))
                 acked = int(state.get("last_seq", 0))
                 self.pending = [p for p in self.pending if p["seq"] > acked]
-                if not self.pending or len(batch) < 1000:
+                if self.pending and state.get("status") != "running":
+                    # The attempt has ended (declared lost, stopped): the API stores no more
+                    # of its events, and sending them again would never end.
+                    log.warning(
+                        "attempt is %s; dropping %d events the API no longer takes",
+                        state.get("status"),
+                        len(self.pending),
+                    )
+                    self.pending = []
+                if not self.pending or len(batch) < BATCH:
                     return True
         except ApiUnavailable as exc:
             log.warning("API unavailable; %d events buffered: %s", len(self.pending), exc)

@@ -43,6 +43,7 @@ def _quota_out(usage: quotas.Usage) -> QuotaOut:
         max_running_slots=q.max_running_slots,
         max_queued_jobs=q.max_queued_jobs,
         max_storage_bytes=q.max_storage_bytes,
+        best_priority=q.best_priority,
         running_slots=usage.running_slots,
         queued_jobs=usage.queued_jobs,
         storage_bytes=usage.storage_bytes,

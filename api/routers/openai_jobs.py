@@ -138,7 +138,7 @@ def pause_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> FineT
 @router.post("/{job_id}/resume", response_model=FineTuningJobOut)
 def resume_job(job_id: str, project_id: ProjectDep, session: SessionDep) -> FineTuningJobOut:
     """Resume a paused job from its latest checkpoint; a job that is not paused is a 400
-    here, as OpenAI answers (the native route treats it as already resumed)."""
+    here, as OpenAI answers (the native route takes a queued one as already resumed)."""
     job = _job(session, project_id, job_id)
     if job.status != JobStatus.PAUSED:
         raise Conflict("job_not_paused", f"job {job.id} is {job.status}, not paused")

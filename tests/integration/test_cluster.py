@@ -175,13 +175,20 @@ def test_two_nodes_train_exactly_like_one_node_with_two_processes(
     reference, spanned = losses(client, one_node["id"]), losses(client, two_nodes["id"])
     assert sorted(spanned) == sorted(reference) == list(range(1, STEPS + 1))
     worst = max(abs(spanned[s] - reference[s]) for s in reference)
-    assert worst <= 1e-6, (worst, reference, spanned)
+    # Not bit-exact: each rank of the 2-node job has both of this host's cores, each rank
+    # of the 1-node job one, so their reductions add in another order (1.2e-6 seen here:
+    # 2.5 float32 ulps at a loss of 5). A wrong batch or gradient is off by far more.
+    assert worst <= 5e-6, (worst, reference, spanned)
     events = client.events(two_nodes["id"], limit=1000)["data"]
     scheduled = next(e for e in events if e["type"] == "scheduled")
     assert scheduled["data"]["nodes"] == ["a", "b"]
     # Each node of the gang kept its own log in the shared attempt folder.
-    folder = Path(cluster.env["TRAINYARD_STORAGE_ROOT"]) / "jobs" / two_nodes["id"] / "attempt-1"
+    jobs = Path(cluster.env["TRAINYARD_STORAGE_ROOT"]) / "jobs"
+    folder = jobs / two_nodes["id"] / "attempt-1"
     assert (folder / "train.log").exists() and (folder / "train-node1.log").exists()
+    # A gang starts under torchrun (its log folders), a one-node job from the fork server.
+    assert (folder / "logs").is_dir() and (folder / "logs-node1").is_dir()
+    assert not (jobs / one_node["id"] / "attempt-1" / "logs").exists()
 
 
 def test_a_gang_that_does_not_fit_waits_and_says_why(

@@ -110,6 +110,23 @@ def test_429_waits_for_retry_after_and_keeps_the_idempotency_key(
     assert len(keys) == 2 and keys[0] == keys[1] and keys[0].startswith("sdk-")
 
 
+def test_a_quota_refusal_is_not_retried(server: tuple[str, Script]) -> None:
+    url, script = server
+    over = {
+        "error": {
+            "code": "quota_exceeded",
+            "message": "the project has 2 queued jobs, its quota max_queued_jobs is 2",
+            "details": {"quota": "max_queued_jobs", "limit": 2, "used": 2},
+        }
+    }
+    script.replies = [send(429, over), send(201, JOB)]
+    with Client(url, "key", backoff=0.01) as client, pytest.raises(TrainyardError) as refused:
+        client.jobs.create({"dataset_id": "ds_1"})
+    assert (refused.value.status, refused.value.code) == (429, "quota_exceeded")
+    assert refused.value.details["quota"] == "max_queued_jobs"
+    assert len(script.seen) == 1
+
+
 def test_each_create_gets_its_own_key(server: tuple[str, Script]) -> None:
     url, script = server
     script.replies = [send(201, JOB), send(201, JOB)]

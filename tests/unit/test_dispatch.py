@@ -195,3 +195,20 @@ def test_a_queue_of_higher_priority_jobs_preempts_the_lower_one_once(
             (j.waiting_reason or "").endswith("lower-priority jobs are being preempted for it")
             for j in waiting
         )
+
+
+def test_on_a_full_cluster_projects_take_turns() -> None:
+    # One slot, just freed: both projects use nothing. The project whose job was placed
+    # last waits for the one never served, though its queued jobs are older.
+    c = cluster({"a": 1})
+    c.placed_at["many"] = T0 + timedelta(seconds=100)
+    many = [job(n, project="many") for n in range(2, 6)]
+    one = job(50, project="one")
+    assert [j.id for j in _ordered([*many, one], c)][:3] == ["job_50", "job_2", "job_3"]
+
+
+def test_between_projects_served_before_the_one_served_longest_ago_goes_first() -> None:
+    c = cluster({"a": 1})
+    c.placed_at.update(recent=T0 + timedelta(seconds=90), earlier=T0 + timedelta(seconds=10))
+    order = _ordered([job(1, project="recent"), job(2, project="earlier")], c)
+    assert [j.id for j in order] == ["job_2", "job_1"]
