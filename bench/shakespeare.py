@@ -161,7 +161,7 @@ def api_run(text: Path, val: Path, steps: int, compile: bool | None, seed: int) 
         assert state["status"] == "succeeded", state
         folder = Storage(stack.workdir / "storage").attempt_dir(job["id"], 1)
         events = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
-        compiled = json.loads((folder / "run.json").read_text())["training"]["compile"]
+        compiled = next(e for e in events if e["type"] == "start")["compiled"]
         model = load_model(str(stack.workdir / "storage" / "models" / state["model_id"])).model
     data = np.memmap(val, dtype=np.uint16, mode="r")
     with torch.no_grad():

@@ -165,7 +165,9 @@ class TrainingConfig:
     checkpoint_interval: Positive = 500
     seed: Int = 1337
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    compile: StrictBool = False
+    # "auto": compile on CUDA, where it pays for its compile time; eager on CPU, where a
+    # short run's compile time exceeds what it saves (bench/RESULTS.md, "Compile by default").
+    compile: StrictBool | Literal["auto"] = "auto"
     # Recompute each block's activations in the backward pass instead of storing them:
     # about a third more compute for activation memory that no longer grows with depth.
     activation_checkpointing: StrictBool = False

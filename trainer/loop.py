@@ -142,13 +142,14 @@ class Trainer:
         self.raw_model = self.task.model
         self.model_cfg = self.raw_model.cfg
         self.raw_model.set_activation_checkpointing(t.activation_checkpointing)
+        self.compiled = dev.type == "cuda" if t.compile == "auto" else bool(t.compile)
         # Under FSDP raw_model is sharded in place, so it must happen before the optimizer.
         self.model = parallel.wrap(
             self.raw_model,
             strategy=cfg.resources.strategy,
             dist=dist,
             bf16=use_bf16,
-            compile=t.compile,
+            compile=self.compiled,
             layout=self.layout,
         )
         self.optimizer = self.task.optimizer()
@@ -213,6 +214,7 @@ class Trainer:
                 device=str(dist.device),
                 sharded=self.sharded,
                 tensor_parallel_size=self.layout.tp_size,
+                compiled=self.compiled,
                 params=param_count(self.model_cfg),
                 flops_per_token=self.flops_per_token,
                 resumed_from=self.resumed_from,

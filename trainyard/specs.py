@@ -175,7 +175,7 @@ class TrainingSpec(Strict):
     checkpoint_interval: int = Field(500, ge=1)
     seed: int = Field(1337, ge=0, le=2**31 - 1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"  # auto: on for GPU processes, off on CPU
     activation_checkpointing: bool = False
 
 

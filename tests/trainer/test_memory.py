@@ -90,12 +90,13 @@ def test_compile_and_fsdp_change_the_activation_terms() -> None:
     """Compiled runs recompute pointwise activations; FSDP's bf16 weights halve the residual."""
     cfg = ModelConfig("llama", 4, 8, 256, vocab_size=1000, seq_len=128, d_ff=1024)
     t = TrainingConfig(seq_len=128, batch_size=4, micro_batch_size=4, precision="bf16")
-    eager = estimate_memory(cfg, t, 1, "ddp", "gpu")
+    eager = estimate_memory(cfg, dataclasses.replace(t, compile=False), 1, "ddp", "gpu")
     compiled = estimate_memory(cfg, dataclasses.replace(t, compile=True), 1, "ddp", "gpu")
+    assert estimate_memory(cfg, t, 1, "ddp", "gpu") == compiled  # the default compiles on GPU
     tokens, d, ff, layers = 4 * 128, 256, 1024, 4
     # Two of the four ff-wide tensors per block (SiLU output and the product) are not kept.
     assert eager["activations"] - compiled["activations"] == tokens * layers * 2 * ff * 2
-    fsdp = estimate_memory(cfg, t, 1, "fsdp", "gpu")
+    fsdp = estimate_memory(cfg, dataclasses.replace(t, compile=False), 1, "fsdp", "gpu")
     # The llama residual terms (4d per block) are kept in bf16 rather than fp32.
     assert eager["activations"] - fsdp["activations"] == tokens * layers * 4 * d * 2
     # On the CPU nothing is compiled for the estimate's purposes: no change.
