@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import random
 import signal
 import time
 import uuid
@@ -29,7 +28,7 @@ from tokenizers import Tokenizer
 
 from domain import claims, migrate
 from domain.orm import Dataset, PrepClaim, Project
-from tests.conftest import stack_database
+from tests.conftest import pseudo_corpus, stack_database
 from tests.stack import Database, Stack
 from trainyard.client import Client
 from trainyard.messaging import PREPARE_JOB, build_app
@@ -166,23 +165,6 @@ def test_a_holder_whose_claim_was_taken_over_learns_it_from_its_heartbeat(
 
 
 # A real prep worker killed mid-tokenization.
-
-SYLLABLES = [a + b for a in "bcdfghjklmnprstvwz" for b in "aeiou"] + ["th", "sh", "str"]
-
-
-def pseudo_corpus(path: Path, megabytes: float, seed: int) -> str:
-    """Text of many made-up words, so training and applying a BPE tokenizer take a while."""
-    rng = random.Random(seed)
-    words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(20000)]
-    lines: list[str] = []
-    size = 0
-    while size < megabytes * 1e6:
-        line = " ".join(rng.choice(words) for _ in range(rng.randint(6, 14))) + "\n"
-        lines.append(line)
-        size += len(line)
-    content = "".join(lines)
-    path.write_text(content)
-    return content
 
 
 @pytest.fixture(scope="module")
