@@ -144,12 +144,13 @@ class Stack:
             raise RuntimeError(f"trainyard {' '.join(args)} failed:\n{out.stderr}")
         return out.stdout
 
-    def start(self, name: str, *args: str) -> None:
-        """Start one platform process in its own process group."""
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        """Start one platform process in its own process group (with settings of its own
+        over the stack's, if given)."""
         log = (self.logs / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "trainyard.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=self.workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
