@@ -412,6 +412,8 @@ def kill_prep(dep: Deployment, workdir: Path) -> Result:
         return rows[0] if rows else None
 
     first = wait_for(tokenizing, 300, "the prep worker to tokenize")
+    time.sleep(1.5)  # well into it
+    assert tokenizing() == first, "the tokenization ended before the kill"
     fault = time.time()
     dep.stack.stop("prep", signal.SIGKILL)
     dep.stack.start("prep", "worker", "prep", "--loglevel", "INFO")
@@ -501,7 +503,9 @@ def embedded(workdir: Path) -> Result:
                         return pid
             return None
 
-        wait_for(node_pid, 180, "the embedded node worker", interval=0.3)
+        # Found by its command line before Celery renames the process.
+        first = wait_for(node_pid, 180, "the embedded node worker", interval=0.05)
+        known = set(children(up.pid))
         key = (
             subprocess.run(
                 [sys.executable, "-m", "trainyard.cli", "keys", "create", "--project", "faults"],
@@ -527,12 +531,10 @@ def embedded(workdir: Path) -> Result:
             return run.last_step(job_id, 1) >= CHECKPOINT_EVERY + 5 and run.checkpointed(job_id)
 
         wait_for(trained, 300, "the job to train", interval=0.1)
-        first = node_pid()
-        assert first is not None
         fault = time.time()
         os.kill(first, signal.SIGKILL)
         wait_for(
-            lambda: (p := node_pid()) and p != first, 120, "the node worker's restart", interval=0.1
+            lambda: set(children(up.pid)) - known, 120, "the node worker's restart", interval=0.1
         )
         restarted = time.time() - fault
 
