@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import corpus  # noqa: E402
+from tests.conftest import corpus, pseudo_corpus  # noqa: E402
 from tests.stack import Database, Stack  # noqa: E402
 
-__all__ = ["corpus"]
+__all__ = ["corpus", "pseudo_corpus"]
 
 
 def load() -> str:

@@ -152,6 +152,12 @@ def validate(
     report = formats.validate(
         storage.dataset_source(dataset.id), dataset.format, dataset.kind, max_line_bytes
     )
+    # Locked to the commit: of two deliveries that checked the file at once, one records
+    # the verdict (and sends its webhook).
+    session.refresh(dataset, with_for_update=True)
+    if dataset.status != "validating":
+        session.rollback()
+        return dataset
     dataset.errors = report.errors
     if report.ok:
         dataset.status, dataset.records = "ready", report.records

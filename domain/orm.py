@@ -19,6 +19,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -128,6 +129,40 @@ class DatasetTokens(Base):
     __table_args__ = (UniqueConstraint("dataset_id", "tokenizer_key", name="uq_dataset_tokens"),)
 
 
+class PrepClaim(Base):
+    """One prep worker's claim on a piece of preparation: a BPE tokenizer trained on a dataset
+    (`tokenizer`), a dataset's token shards (`tokens`) or its chat shards (`sft`), under a
+    tokenizer key. At most one claim per piece is `active`; its holder renews `heartbeat_at`
+    (the database's clock) while it works, stages into a folder named by the claim, and moves
+    the result into place only while it still holds the claim. A claim left unrenewed for
+    the claim time is `expired` by the worker that takes over; the rows are its history."""
+
+    __tablename__ = "prep_claims"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    tokenizer_key: Mapped[str] = mapped_column(String(120))
+    # The job whose delivery took the claim, and the process holding it (host:pid).
+    job_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    worker: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # domain.claims.Status
+    claimed_at: Mapped[datetime] = mapped_column()
+    heartbeat_at: Mapped[datetime] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    __table_args__ = (
+        Index(
+            "uq_prep_claims_active",
+            "kind",
+            "dataset_id",
+            "tokenizer_key",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+        Index("ix_prep_claims_job", "job_id"),
+    )
+
+
 class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -149,6 +184,10 @@ class Job(Base):
     # Why a queued job is not running yet ("waiting for 2 nodes with 1 free slot").
     waiting_reason: Mapped[str | None] = mapped_column(Text, default=None)
     prepared: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The prep claim (another worker's, still live) that the job's last prep delivery found
+    # on what it needed, so it did nothing: the control loop sends it again once that claim
+    # has ended or gone quiet.
+    prep_waiting_for: Mapped[int | None] = mapped_column(Integer, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # Set by the OpenAI-compatible route: the caller's metadata, the name suffix and the
     # base model as the caller named it (a model id or a model's name).

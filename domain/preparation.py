@@ -8,9 +8,11 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from domain import claims
 from domain.db import utcnow
+from domain.lease import db_now
 from domain.lifecycle import JobStatus, fail, record, transition
-from domain.orm import Dataset, DatasetTokens, Job, Tokenizer
+from domain.orm import Dataset, DatasetTokens, Job, PrepClaim, Tokenizer
 from trainyard.messaging import CLEAN_DATASET, PREPARE_JOB, VALIDATE_DATASET, Message
 from trainyard.settings import Settings
 from trainyard.specs import FINE_TUNING
@@ -64,9 +66,56 @@ def start_preparing(session: Session, settings: Settings, out: list[Message]) ->
         out.append((PREPARE_JOB, {"job_id": job.id}, settings.queue("prep")))
 
 
+def wake_waiting(session: Session, settings: Settings, out: list[Message]) -> None:
+    """Send again the prep message of each preparing job whose preparation waits on a claim
+    (its own, or another worker's that made a delivery do nothing) that can no longer bring
+    it forward: its worker went quiet (every claim time at most, until another takes over),
+    or it ended and the job's own worker is not carrying on from it."""
+    ttl = timedelta(seconds=settings.prep_claim_seconds)
+    quiet = db_now(session) - ttl
+    waiting = session.execute(
+        select(Job, PrepClaim)
+        .outerjoin(PrepClaim, PrepClaim.id == Job.prep_waiting_for)
+        .where(
+            Job.status == JobStatus.PREPARING,
+            Job.prepared.is_(False),
+            Job.prep_waiting_for.is_not(None),
+        )
+    ).all()
+    for job, claim in waiting:
+        if claim is not None and claim.status == claims.Status.ACTIVE:
+            if claim.heartbeat_at >= quiet or job.updated_at >= utcnow() - ttl:
+                continue  # working, or sent again less than a claim time ago
+            job.updated_at = utcnow()
+        elif claim is not None and claim.status == claims.Status.EXPIRED:
+            successor = session.execute(
+                select(PrepClaim.id).where(
+                    PrepClaim.kind == claim.kind,
+                    PrepClaim.dataset_id == claim.dataset_id,
+                    PrepClaim.tokenizer_key == claim.tokenizer_key,
+                    PrepClaim.status == claims.Status.ACTIVE,
+                )
+            ).scalar()
+            job.prep_waiting_for = successor
+            if successor is not None:
+                continue  # another delivery took the work over: wait for that one
+        elif (
+            claim is not None
+            and claim.status == claims.Status.DONE
+            and claim.job_id == job.id
+            and claim.ended_at is not None
+            and claim.ended_at >= quiet
+        ):
+            continue  # the job's own worker goes on to its next piece
+        else:
+            job.prep_waiting_for = None
+        out.append((PREPARE_JOB, {"job_id": job.id}, settings.queue("prep")))
+
+
 def resend_prep(session: Session, settings: Settings, out: list[Message]) -> None:
     """Re-send prep messages that seem lost; the tasks check the database, so a duplicate
     of one still running does nothing."""
+    wake_waiting(session, settings, out)
     stale = utcnow() - timedelta(seconds=settings.prep_timeout_seconds)
     for job in session.execute(
         select(Job).where(

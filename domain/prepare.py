@@ -9,20 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from domain import claims
 from domain.lifecycle import JobStatus, fail, record
 from domain.orm import Dataset, DatasetTokens, Job, Tokenizer
 from trainer import sft_shards, shards
 from trainer import tokenizer as toks
 from trainyard import datasets as formats
+from trainyard.settings import get_settings
 from trainyard.specs import FINE_TUNING, tuning
 from trainyard.storage import Storage
 
@@ -53,8 +53,13 @@ def _limited(docs: Iterator[str], budget: int) -> Iterator[str]:
             return
 
 
-def ensure_tokenizer(session: Session, storage: Storage, key: str) -> Path:
-    """The tokenizer file for a key, training the BPE tokenizer on first use."""
+def _claim_time() -> float:
+    return get_settings().prep_claim_seconds
+
+
+def ensure_tokenizer(session: Session, storage: Storage, key: str, job_id: str) -> Path:
+    """The tokenizer file for a key, training the BPE tokenizer on first use (under a claim:
+    one worker trains it)."""
     path = storage.tokenizer_file(key)
     if key == "byte":
         if not path.exists():
@@ -68,42 +73,89 @@ def ensure_tokenizer(session: Session, storage: Storage, key: str) -> Path:
     source = session.get(Dataset, row.source_dataset_id)
     if source is None or source.status != "ready":
         raise PrepareError("dataset_unusable", f"dataset {row.source_dataset_id} is not ready")
-    docs = formats.documents(storage.dataset_source(source.id), source.format)
-    tok = toks.train_bpe(_limited(docs, BPE_TRAINING_BYTES), row.vocab_size)
-    _write_tokenizer(path, tok)
+    claim = claims.take(
+        session,
+        kind=claims.Kind.TOKENIZER,
+        dataset_id=source.id,
+        key=key,
+        target=path,
+        ttl=_claim_time(),
+        job_id=job_id,
+    )
+    session.refresh(row)
+    if row.status == "ready" and path.exists():  # trained while this worker was claiming
+        claims.release(session, claim)
+        return path
+
+    def train(result: Path) -> None:
+        docs = claims.watched(
+            formats.documents(storage.dataset_source(source.id), source.format), claim
+        )
+        toks.train_bpe(_limited(docs, BPE_TRAINING_BYTES), row.vocab_size).save(str(result))
+
+    claims.build(session, claim, train)
     row.status = "ready"
     session.commit()
     return path
 
 
 def ensure_tokens(
-    session: Session, storage: Storage, dataset: Dataset, key: str, tokenizer_path: Path
+    session: Session,
+    storage: Storage,
+    dataset: Dataset,
+    key: str,
+    tokenizer_path: Path,
+    job_id: str,
 ) -> dict[str, object]:
-    """The shard index of a dataset under a tokenizer, tokenizing it on first use."""
+    """The shard index of a dataset under a tokenizer, tokenizing it on first use (under a
+    claim: one worker tokenizes it)."""
     out = storage.tokens_dir(dataset.id, key)
+
+    def ready() -> DatasetTokens | None:
+        row = session.execute(
+            select(DatasetTokens).where(
+                DatasetTokens.dataset_id == dataset.id, DatasetTokens.tokenizer_key == key
+            )
+        ).scalar()
+        return (
+            row
+            if row is not None and row.status == "ready" and (out / "index.json").exists()
+            else None
+        )
+
+    if ready() is not None:
+        return dict(json.loads((out / "index.json").read_text()))
+    claim = claims.take(
+        session,
+        kind=claims.Kind.TOKENS,
+        dataset_id=dataset.id,
+        key=key,
+        target=out,
+        ttl=_claim_time(),
+        job_id=job_id,
+    )
+    session.expire_all()
+    if ready() is not None:  # tokenized while this worker was claiming
+        claims.release(session, claim)
+        return dict(json.loads((out / "index.json").read_text()))
+
+    def tokenize(result: Path) -> dict[str, Any]:
+        docs = claims.watched(
+            formats.documents(storage.dataset_source(dataset.id), dataset.format), claim
+        )
+        return shards.write_shards(
+            docs, str(tokenizer_path), str(result), append_eot=dataset.format == "jsonl"
+        )
+
+    index = claims.build(session, claim, tokenize)
     row = session.execute(
         select(DatasetTokens).where(
             DatasetTokens.dataset_id == dataset.id, DatasetTokens.tokenizer_key == key
         )
     ).scalar()
-    if row is not None and row.status == "ready" and (out / "index.json").exists():
-        return dict(json.loads((out / "index.json").read_text()))
     if row is None:
         row = DatasetTokens(dataset_id=dataset.id, tokenizer_key=key)
-        try:
-            with session.begin_nested():
-                session.add(row)
-        except IntegrityError:
-            row = session.execute(
-                select(DatasetTokens).where(
-                    DatasetTokens.dataset_id == dataset.id, DatasetTokens.tokenizer_key == key
-                )
-            ).scalar_one()
-        session.commit()
-    docs = formats.documents(storage.dataset_source(dataset.id), dataset.format)
-    index = shards.write_shards(
-        docs, str(tokenizer_path), str(out), append_eot=dataset.format == "jsonl"
-    )
+        session.add(row)
     row.status, row.tokens, row.dtype = "ready", int(index["tokens"]), str(index["dtype"])
     session.commit()
     return index
@@ -144,53 +196,73 @@ def _prompt(record: dict[str, Any]) -> dict[str, Any]:
     return {"messages": messages[:last], "reference": messages[last]["content"]}
 
 
+def _sft_reused(out: Path) -> dict[str, Any] | None:
+    """What an earlier job's chat shards in `out` hold, if they are complete."""
+    if (out / "train" / "index.json").exists() and (out / "eval_prompts.json").exists():
+        return {"train": json.loads((out / "train" / "index.json").read_text()), "reused": True}
+    return None
+
+
 def prepare_sft(session: Session, storage: Storage, job: Job) -> dict[str, Any]:
     """Tokenize a fine-tuning job's chat examples (or preference pairs) with its base model's
     tokenizer, once per (dataset, base model, kind, seq_len, overlong policy, split)."""
     spec = job.spec
     key = str(job.tokenizer_key)
     out = storage.sft_tokens_dir(job.dataset_id, key)
-    if (out / "train" / "index.json").exists() and (out / "eval_prompts.json").exists():
-        train = json.loads((out / "train" / "index.json").read_text())
-        return {"train": train, "reused": True}
     base_tokenizer = storage.model_dir(key.partition("/")[0]) / "tokenizer.json"
     dataset = session.get(Dataset, job.dataset_id)
     assert dataset is not None
     seq_len, overlong = spec["training"]["seq_len"], tuning(spec)["overlong"]
     kind: sft_shards.Kind = "dpo" if job.type == "dpo" else "sft"
-    val_records: list[dict[str, Any]] = []
     fraction = spec["validation"].get("fraction")
     val_id = spec["validation"].get("dataset_id")
-    records = _records(storage.dataset_source(dataset.id))
-    staging = out.parent / f".{out.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        train = sft_shards.write_sft_shards(
-            _split(records, None if val_id else fraction, val_records),
-            str(base_tokenizer),
-            str(staging / "train"),
-            seq_len=seq_len,
-            overlong=overlong,
-            kind=kind,
-        )
-    except ValueError as exc:
-        raise PrepareError("dataset_unusable", f"dataset {dataset.id}: {exc}") from exc
-    if val_id:
-        val_records = list(_records(storage.dataset_source(val_id)))
-    val = None
-    if val_records:
-        val = sft_shards.write_sft_shards(
-            iter(val_records),
-            str(base_tokenizer),
-            str(staging / "val"),
-            seq_len=seq_len,
-            overlong=overlong,
-            kind=kind,
-        )
-    prompts = [_prompt(r) for r in val_records[: tuning(spec)["eval_prompts"]]]
-    (staging / "eval_prompts.json").write_text(json.dumps(prompts))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.replace(out)
+    if (reused := _sft_reused(out)) is not None:
+        return reused
+    claim = claims.take(
+        session,
+        kind=claims.Kind.SFT,
+        dataset_id=dataset.id,
+        key=key,
+        target=out,
+        ttl=_claim_time(),
+        job_id=job.id,
+    )
+    if (reused := _sft_reused(out)) is not None:  # written while this worker was claiming
+        claims.release(session, claim)
+        return reused
+
+    def tokenize(staging: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        val_records: list[dict[str, Any]] = []
+        records = claims.watched(_records(storage.dataset_source(dataset.id)), claim)
+        try:
+            train = sft_shards.write_sft_shards(
+                _split(records, None if val_id else fraction, val_records),
+                str(base_tokenizer),
+                str(staging / "train"),
+                seq_len=seq_len,
+                overlong=overlong,
+                kind=kind,
+            )
+        except ValueError as exc:
+            raise PrepareError("dataset_unusable", f"dataset {dataset.id}: {exc}") from exc
+        if val_id:
+            val_records = list(_records(storage.dataset_source(val_id)))
+        val = None
+        if val_records:
+            val = sft_shards.write_sft_shards(
+                claims.watched(iter(val_records), claim),
+                str(base_tokenizer),
+                str(staging / "val"),
+                seq_len=seq_len,
+                overlong=overlong,
+                kind=kind,
+            )
+        prompts = [_prompt(r) for r in val_records[: tuning(spec)["eval_prompts"]]]
+        (staging / "eval_prompts.json").write_text(json.dumps(prompts))
+        return train, val
+
+    train, val = claims.build(session, claim, tokenize)
+    session.commit()
     summary = {
         k: train[k]
         for k in (
@@ -259,6 +331,23 @@ def prepare(*, session: Session, storage: Storage, job_id: str) -> None:
         else:
             report = {"tokens": _prepare_tokens(session, storage, job)}
             message = "token shards ready"
+    except claims.Busy as busy:
+        # Another worker is preparing what this job needs: this delivery does nothing (and
+        # does not count against the job); the control loop sends the job again when that
+        # claim ends or goes quiet.
+        session.rollback()
+        waiting = session.get(Job, job_id, with_for_update=True)
+        assert waiting is not None
+        waiting.prep_waiting_for = busy.claim_id
+        waiting.prep_deliveries = max(0, waiting.prep_deliveries - 1)
+        session.commit()
+        log.info("job %s waits for prep claim %s of %s", job_id, busy.claim_id, busy.worker)
+        return
+    except claims.Lost as lost:
+        # This worker went quiet and another took over its work: that one finishes it.
+        session.rollback()
+        log.warning("job %s: %s; nothing of it is kept", job_id, lost)
+        return
     except Exception as exc:
         session.rollback()
         code = exc.code if isinstance(exc, PrepareError) else "preparation_failed"
@@ -270,16 +359,19 @@ def prepare(*, session: Session, storage: Storage, job_id: str) -> None:
         fail(session, job, code, message)
         session.commit()
         return
-    session.refresh(job)
-    if job.status != JobStatus.PREPARING:
-        return  # cancelled while we worked
+    # Locked, so two deliveries that both found everything ready record it once.
+    session.refresh(job, with_for_update=True)
+    if job.status != JobStatus.PREPARING or job.prepared:
+        session.rollback()
+        return  # cancelled while we worked, or another delivery finished it
     job.prepared = True
+    job.prep_waiting_for = None
     record(session, job, "prepared", message, **report)
     session.commit()
 
 
 def _prepare_tokens(session: Session, storage: Storage, job: Job) -> dict[str, int]:
-    tokenizer_path = ensure_tokenizer(session, storage, str(job.tokenizer_key))
+    tokenizer_path = ensure_tokenizer(session, storage, str(job.tokenizer_key), job.id)
     seq_len = job.spec["training"]["seq_len"]
     counts = {}
     dataset_ids = [job.dataset_id]
@@ -290,7 +382,9 @@ def _prepare_tokens(session: Session, storage: Storage, job: Job) -> dict[str, i
         dataset = session.get(Dataset, dataset_id)
         if dataset is None or dataset.status != "ready":
             raise PrepareError("dataset_unusable", f"dataset {dataset_id} is not ready")
-        index = ensure_tokens(session, storage, dataset, str(job.tokenizer_key), tokenizer_path)
+        index = ensure_tokens(
+            session, storage, dataset, str(job.tokenizer_key), tokenizer_path, job.id
+        )
         counts[dataset_id] = int(index["tokens"])  # type: ignore[call-overload]
         if counts[dataset_id] < 2 * (seq_len + 1):
             raise PrepareError(

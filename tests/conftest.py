@@ -62,6 +62,24 @@ def corpus(lines: int = 2000, seed: int = 0) -> str:
     )
 
 
+SYLLABLES = [a + b for a in "bcdfghjklmnprstvwz" for b in "aeiou"] + ["th", "sh", "str"]
+
+
+def pseudo_corpus(path: Path, megabytes: float, seed: int) -> str:
+    """Text of many made-up words, so training and applying a BPE tokenizer take a while."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(20000)]
+    lines: list[str] = []
+    size = 0
+    while size < megabytes * 1e6:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(6, 14))) + "\n"
+        lines.append(line)
+        size += len(line)
+    content = "".join(lines)
+    path.write_text(content)
+    return content
+
+
 @pytest.fixture(scope="session")
 def postgres_db() -> Iterator[Database]:
     """A fresh database on the test PostgreSQL server."""

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # A run message no node has claimed after this long is sent again (the outbox).
     dispatch_resend_seconds: float = Field(10.0, gt=0)
     prep_timeout_seconds: float = 900.0
+    # A prep worker renews its claim on what it prepares every third of this; a claim left
+    # unrenewed this long (its worker killed) is taken over by the next delivery.
+    prep_claim_seconds: float = Field(30.0, gt=0)
     # Attempts a job may lose to vanished nodes before it fails (trainer failures count
     # against the job's own `resources.max_restarts`; preemption never counts).
     max_lost_attempts: int = 10

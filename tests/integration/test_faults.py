@@ -1,11 +1,11 @@
 """Faults and what each may cost, on a deployment of its own (PostgreSQL, a Redis of its
 own that the tests restart, Celery, torchrun) with a 5-second node timeout:
 
-- the API down for three node timeouts: training goes on, no attempt is lost, and every
-  event the trainer wrote is stored exactly once;
+- the API down for 60 s (twelve node timeouts): training goes on, no attempt is lost, and
+  every event the trainer wrote is stored exactly once;
 - SIGTERM to the node worker (a host shutting down): its job checkpoints at once and
   resumes on another node at no cost, with the loss series of an uninterrupted run;
-- Redis killed and restarted empty while jobs run and more wait: every job runs exactly
+- Redis killed and restarted empty while 2 jobs run and 20 wait: every job runs exactly
   once, and none loses an attempt (the dispatch outbox re-sends what no node claimed).
 
 A constant learning rate makes a job's loss series independent of its length, so long
@@ -39,10 +39,8 @@ pytestmark = [
 ]
 
 NODE_TIMEOUT_S = 5
-OUTAGE_S = 3 * NODE_TIMEOUT_S
-# Jobs waiting while Redis restarts (the issue's 20 take minutes of torchrun start-ups on
-# two cores; this many already need the outbox for most of them).
-QUEUED = 8
+OUTAGE_S = 60
+QUEUED = 20  # jobs waiting while Redis restarts
 # What the trainer itself writes to events.jsonl besides steps (which become metrics).
 TRAINER_EVENTS = ("start", "eval", "checkpoint", "log", "preempted", "done", "error")
 
@@ -159,6 +157,13 @@ def trainer_lines(stack: Stack, job_id: str, number: int) -> list[dict[str, Any]
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def online_nodes(db: Engine) -> list[str]:
+    with db.connect() as conn:
+        return [
+            str(n) for (n,) in conn.execute(text("SELECT name FROM nodes WHERE status = 'online'"))
+        ]
+
+
 def running_at_step(client: Client, job_id: str, step: int) -> bool:
     job = client.job(job_id)
     assert job["status"] not in ("succeeded", "failed", "cancelled"), job
@@ -247,6 +252,12 @@ def test_a_redis_restart_loses_no_job_and_no_attempt(
     dataset_id: str,
     reference: dict[int, float],
 ) -> None:
+    # Twenty-two jobs would take minutes of torchrun start-ups on two cores: this node forks
+    # each job's rank from a process that has imported torch already. (What is tested here
+    # is dispatch; the other faults run under torchrun.)
+    stack.stop("node")
+    stack.start("node", "worker", "node", "--name", "forking", env={"TRAINYARD_FORK_SERVER": "1"})
+    wait_for(lambda: online_nodes(db) == ["forking"], 120, "the forking node")
     running = [str(client.create_job(spec(dataset_id, REFERENCE_STEPS))["id"]) for _ in range(2)]
     wait_for(lambda: all(running_at_step(client, j, 1) for j in running), 120, "two jobs to run")
     queued = [str(client.create_job(spec(dataset_id, SHORT_STEPS))["id"]) for _ in range(QUEUED)]
