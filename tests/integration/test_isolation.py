@@ -94,7 +94,10 @@ def test_every_route_with_an_id_is_in_the_table() -> None:
         for kind in PREFIX:
             path = path.replace("{" + kind + "}", "{" + kind + "_id}")
         path = path.replace("/files/model.safetensors", "/files/{name}")
-        # A model is shown by its id or its name (the OpenAI API's way): one path route.
+        # A model is shown, and generates, by its id, its name or a checkpoint's id (the
+        # OpenAI API's way): path routes.
+        generate = "/v1/models/{model_id}/generate"
+        path = path.replace(generate, "/v1/models/{model_ref:path}/generate")
         listed.add((method, "/v1/models/{model_ref:path}" if path == MODEL_SHOW else path))
     missing = public_routes_with_an_id() - listed - COVERED_ELSEWHERE
     assert not missing, f"routes with an id and no cross-project case: {sorted(missing)}"

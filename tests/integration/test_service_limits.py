@@ -276,7 +276,9 @@ def test_reads_past_the_budget_are_429_with_retry_after(tight: Stack) -> None:
 def test_event_streams_per_project_are_capped(
     tight: Stack, client: Client, dataset_id: str
 ) -> None:
-    job = client.create_job({**JOB, "dataset_id": dataset_id, "name": "streamed"})
+    # Long enough to be live while both streams open: a finished job's stream ends.
+    training = {**JOB["training"], "max_steps": 100_000}
+    job = client.create_job({**JOB, "training": training, "dataset_id": dataset_id, "name": "s"})
     http = httpx.Client(base_url=tight.url, headers=dict(client.http.headers), timeout=10)
     sse = {"Accept": "text/event-stream"}
     with http.stream("GET", f"/v1/jobs/{job['id']}/events", headers=sse) as first:

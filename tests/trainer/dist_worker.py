@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 import torch
+import torch.distributed as td
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import parallel
@@ -160,6 +161,10 @@ def main(argv: list[str]) -> int:
             if dist.is_main:
                 with open(argv[1], "w", encoding="utf-8") as f:
                     json.dump(results, f)
+            # Every rank's collectives done before the groups go: gloo threads still holding
+            # work at teardown abort the process ("terminate called without an active
+            # exception"), seen once in a full run.
+            td.barrier()
             return 0
         cfg = RunConfig.load(argv[1])
         events = EventWriter(cfg.output_dir, enabled=dist.is_main)
