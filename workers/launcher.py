@@ -37,8 +37,11 @@ def trainer_env(env: Mapping[str, str]) -> dict[str, str]:
     """The environment trainer ranks run in: `env`, with defaults it does not set."""
     # OpenMP threads that spin while they wait for work make a shared or busy CPU crawl
     # (a step of the tiny model 20 to 30 times slower at load 14 on 2 cores); passive
-    # waiting costs a dedicated machine little.
-    return {"OMP_WAIT_POLICY": "PASSIVE", **env, "PYTHONUNBUFFERED": "1"}
+    # waiting costs a dedicated machine little. MKL's strict reproducibility mode makes a
+    # CPU rank's matrix products independent of where its buffers happen to be aligned, so
+    # the same job gives the same numbers on any layout of processes and nodes.
+    defaults = {"OMP_WAIT_POLICY": "PASSIVE", "MKL_CBWR": "AUTO,STRICT"}
+    return {**defaults, **env, "PYTHONUNBUFFERED": "1"}
 
 
 class EventFollower:
