@@ -223,4 +223,6 @@ async def require_admin(authorization: Annotated[str | None, Header()] = None) -
 
 AdminDep = Depends(require_admin)
 # A paging cursor is an id: letters, digits and underscores (never a NUL for the database).
-CursorQuery = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
+# An id to page after: letters, digits, "_" and "-" (OpenAI-style ids), nothing that a
+# database could choke on (a NUL reaching PostgreSQL is a server error).
+CursorQuery = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
+from api.deps import CursorQuery, ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError
 from api.openai_schemas import FileDeleted, FileOut, ListOut
 from api.openai_views import file_out
@@ -71,7 +71,7 @@ def list_files(
     project_id: ProjectDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
-    after: str | None = None,
+    after: CursorQuery = None,
     order: Literal["asc", "desc"] = "desc",
     purpose: str | None = None,
 ) -> ListOut[FileOut]:

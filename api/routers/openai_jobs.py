@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import ProjectDep, SessionDep, SettingsDep
+from api.deps import CursorQuery, ProjectDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.openai_schemas import (
     FineTuningJobIn,
@@ -96,7 +96,7 @@ def list_jobs(
     project_id: ProjectDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: CursorQuery = None,
 ) -> dict[str, Any]:
     """List fine-tuning jobs, newest first; `metadata[k]=v` keeps jobs whose metadata has
     that pair, and `metadata=null` keeps jobs without metadata."""
@@ -176,7 +176,7 @@ def job_checkpoints(
     project_id: ProjectDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
-    after: str | None = None,
+    after: CursorQuery = None,
 ) -> dict[str, Any]:
     """The job's checkpoints, newest first, with their metrics."""
     job = _job(session, project_id, job_id)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 
-from api.deps import ProjectDep, SessionDep
+from api.deps import CursorQuery, ProjectDep, SessionDep
 from api.schemas import Page
 from api.webhook_schemas import DeliveryOut, WebhookIn, WebhookOut, WebhookSecretOut
 from domain import webhooks
@@ -29,7 +29,7 @@ def list_webhooks(
     project_id: ProjectDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: CursorQuery = None,
 ) -> dict[str, Any]:
     """List the project's webhooks, newest first."""
     query = select(Webhook).where(Webhook.project_id == project_id)
@@ -62,7 +62,7 @@ def list_deliveries(
     project_id: ProjectDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: str | None = None,
+    after: CursorQuery = None,
 ) -> dict[str, Any]:
     """The webhook's deliveries, oldest first: status, tries, response code, next retry."""
     hook = webhooks.get(session=session, project_id=project_id, webhook_id=webhook_id)

@@ -172,6 +172,13 @@ def test_non_numbers_and_control_characters_are_422(
         ("/v1/jobs/{job}/events?metrics_after_step=2147483648", 422),
         ("/v1/jobs/{job}/events?after=-1", 422),
         ("/v1/datasets?after=" + "a" * 65, 422),
+        ("/v1/webhooks?after=wh_%00x", 422),
+        ("/v1/webhooks/wh_%00x/deliveries", 404),
+        ("/v1/webhooks/wh_x/deliveries?after=%00", 422),
+        # The OpenAI-compatible routes answer a bad request as 400, in OpenAI's shape.
+        ("/v1/files?after=ds_%00x", 400),
+        ("/v1/fine_tuning/jobs?after=job_%00x", 400),
+        ("/v1/fine_tuning/jobs/{job}/checkpoints?after=%00", 400),
     ],
 )
 def test_cursors_and_ids_that_no_row_can_have(
