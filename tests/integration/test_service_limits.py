@@ -179,6 +179,12 @@ def test_non_numbers_and_control_characters_are_422(
         ("/v1/files?after=ds_%00x", 400),
         ("/v1/fine_tuning/jobs?after=job_%00x", 400),
         ("/v1/fine_tuning/jobs/{job}/checkpoints?after=%00", 400),
+        ("/v1/files/ds_%00x", 404),
+        ("/v1/files/ds_%00x/content", 404),
+        ("/v1/fine_tuning/jobs/job_%00x", 404),
+        ("/v1/fine_tuning/jobs/job_%00x/events", 404),
+        ("/v1/models/m%00x", 404),
+        ("/v1/webhooks/wh_%00x", 404),
     ],
 )
 def test_cursors_and_ids_that_no_row_can_have(
