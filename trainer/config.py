@@ -91,6 +91,9 @@ class ModelConfig:
     norm_eps: Annotated[float, Strict(), Field(gt=0.0)] = 1e-5
     tie_embeddings: StrictBool = True
     moe: MoEConfig | None = None  # llama only; None is a dense model
+    # GPT-2's init: the projections into the residual stream at 0.02/sqrt(2 n_layer), the
+    # rest at 0.02. False: 0.02 everywhere (better for very shallow models: bench/RESULTS.md).
+    scale_residual_init: StrictBool = True
 
     @check(mode="after")
     def _shapes_agree(self) -> ModelConfig:

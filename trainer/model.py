@@ -385,7 +385,9 @@ class CausalLM(nn.Module):
         # their init by 1/sqrt(2L) keeps the residual variance flat with depth (GPT-2).
         resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
         for name, p in self.named_parameters():
-            if name.endswith(("c_proj.weight", "o_proj.weight", "down_proj.weight", "moe.w2")):
+            if cfg.scale_residual_init and name.endswith(
+                ("c_proj.weight", "o_proj.weight", "down_proj.weight", "moe.w2")
+            ):
                 nn.init.normal_(p, mean=0.0, std=resid_std)
         if cfg.tie_embeddings:
             self.lm_head.weight = embedding.weight

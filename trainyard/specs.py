@@ -107,6 +107,8 @@ class ModelSpec(Strict):
     # Mixture of experts (llama): {"num_experts": 8, "top_k": 2} and optionally
     # every_k_layers, aux_loss_coef and router_z_loss_coef.
     moe: MoEConfig | None = None
+    # GPT-2's init (residual projections at 0.02/sqrt(2 n_layer)); false: 0.02 everywhere.
+    scale_residual_init: bool = True
 
     @model_validator(mode="after")
     def _resolve(self) -> ModelSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -47,6 +48,28 @@ def test_forward_shapes_and_initial_loss(cfg: ModelConfig) -> None:
     # Small init means near-uniform predictions at the start.
     assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.1
     assert model(idx[:, :5])[1] is None
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_residual_projections_start_smaller_unless_asked_not_to(arch: str) -> None:
+    """GPT-2's init puts the projections into the residual stream at 0.02/sqrt(2L);
+    scale_residual_init=False leaves them at 0.02 like every other matrix."""
+    cfg = ModelConfig(arch, 8, 4, 256, vocab_size=300, seq_len=32)  # type: ignore[arg-type]
+    projections = ("c_proj.weight", "o_proj.weight", "down_proj.weight")
+
+    def stds(model: torch.nn.Module) -> tuple[float, float]:
+        params = dict(model.named_parameters())
+        out = torch.cat([p.flatten() for n, p in params.items() if n.endswith(projections)])
+        other = [p for n, p in params.items() if p.dim() == 2 and not n.endswith(projections)]
+        return float(out.std()), float(torch.cat([p.flatten() for p in other]).std())
+
+    torch.manual_seed(0)
+    scaled, rest = stds(build_model(cfg))
+    assert scaled == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert rest == pytest.approx(0.02, rel=0.05)
+    torch.manual_seed(0)
+    plain, _ = stds(build_model(dataclasses.replace(cfg, scale_residual_init=False)))
+    assert plain == pytest.approx(0.02, rel=0.05)
 
 
 def test_attention_is_causal() -> None:
