@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -40,9 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from _common import ROOT, children, corpus, load, machine, pseudo_corpus, wait_http
+from results import replace_section
 from sqlalchemy import create_engine, text
 
 from tests.stack import Database, Stack, ThrowawayRedis
+from tests.stack import wait_for as stack_wait_for
 from trainyard.client import Client
 from trainyard.net import free_port
 
@@ -89,16 +92,8 @@ def spec(
     }
 
 
-def wait_for(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
+# Fine polling: the fault timings are read off these waits.
+wait_for = functools.partial(stack_wait_for, interval=0.05)
 
 
 def stamp(value: str | datetime) -> float:
@@ -591,18 +586,6 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace the section between the markers in RESULTS.md (append it the first time)."""
-    block = f"{MARK_BEGIN}\n{text}{MARK_END}\n"
-    old = path.read_text() if path.exists() else ""
-    if MARK_BEGIN in old and MARK_END in old:
-        head, rest = old.split(MARK_BEGIN, 1)
-        new = head + block + rest.split(MARK_END, 1)[1].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n## Faults (`bench/faults.py`)\n\n" + block
-    path.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="comma-separated scenarios (default: 1,1b,2,3,5,6,7,8)")
@@ -665,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if args.results:
-        write_results(args.results, text)
+        replace_section(args.results, text, MARK_BEGIN, MARK_END, "## Faults (`bench/faults.py`)")
     return 0
 
 

@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from bench.results import replace_section  # noqa: E402
 from trainer.config import ModelConfig, TrainingConfig  # noqa: E402
 from trainer.sizing import estimate_memory  # noqa: E402
 from trainyard import corpus as corpora  # noqa: E402
@@ -635,19 +636,6 @@ def table(run: Run, info: dict[str, str], elapsed: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace the section between the markers in RESULTS.md (append it the first time)."""
-    block = f"{MARK_BEGIN}\n{text}{MARK_END}\n"
-    old = path.read_text() if path.exists() else ""
-    if MARK_BEGIN in old and MARK_END in old:
-        head, rest = old.split(MARK_BEGIN, 1)
-        tail = rest.split(MARK_END, 1)[1].lstrip("\n")
-        new = head + block + tail
-    else:
-        new = old.rstrip("\n") + "\n\n## GPU paths (`bench/gpu.py`)\n\n" + block
-    path.write_text(new)
-
-
 @contextlib.contextmanager
 def platform(workdir: Path) -> Iterator[Client]:
     with (
@@ -718,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(run, info, time.monotonic() - started)
     print("\n" + text)
     if args.results:
-        write_results(args.results, text)
+        replace_section(args.results, text, MARK_BEGIN, MARK_END, "## GPU paths (`bench/gpu.py`)")
     failed = sum(1 for rows in run.rows.values() for r in rows if r.ok is False)
     return 1 if failed else 0
 

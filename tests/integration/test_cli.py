@@ -47,11 +47,12 @@ class Cli:
         }
 
     def __call__(
-        self, *args: str, env: dict[str, str] | None = None
+        self, *args: str, env: dict[str, str] | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "trainyard.cli", *args],
             env=env or self.env,
+            input=input,
             capture_output=True,
             text=True,
             timeout=240,
@@ -186,47 +187,11 @@ def test_models_chat_streams_the_reply(
             list(client.models.chat_stream("mdl_doesnotexist", first))
         assert caught.value.status == 404
 
-    chat = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainyard.cli",
-            "models",
-            "chat",
-            model_id,
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "8",
-        ],
-        input="The old sailor\nand\n\n",
-        env=cli.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    chat_args = ("models", "chat", model_id, "--temperature", "0", "--max-new-tokens", "8")
+    chat = cli(*chat_args, input="The old sailor\nand\n\n")
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout == f"{reply}\n{follow_up}\n"  # a line per reply, then the end
-    as_json = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainyard.cli",
-            "models",
-            "chat",
-            model_id,
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "8",
-            "--json",
-        ],
-        input="The old sailor\n",
-        env=cli.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    as_json = cli(*chat_args, "--json", input="The old sailor\n")
     assert json.loads(as_json.stdout) == {"model": model_id, "text": reply}
 
 

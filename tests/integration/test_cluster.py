@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from tests.conftest import ready_dataset, stack_database
-from tests.stack import Database, Stack
+from tests.stack import Database, Stack, wait_for
 from trainyard.client import Client, TrainyardError
 
 pytestmark = pytest.mark.integration
@@ -113,16 +113,6 @@ def client(cluster: Stack) -> Client:
 @pytest.fixture(scope="module")
 def dataset_id(client: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
     return ready_dataset(client, tmp_path_factory.mktemp("corpus"))
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def losses(client: Client, job_id: str) -> dict[int, float]:

@@ -30,7 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from tests.conftest import ready_dataset, stack_database
-from tests.stack import Database, Stack, ThrowawayRedis
+from tests.stack import Database, Stack, ThrowawayRedis, wait_for
 from trainyard.client import Client
 
 pytestmark = [
@@ -117,16 +117,6 @@ def reference(client: Client, dataset_id: str) -> dict[int, float]:
     )
     assert job["status"] == "succeeded", job
     return losses(client, str(job["id"]))
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def losses(client: Client, job_id: str) -> dict[int, float]:

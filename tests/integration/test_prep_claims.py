@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 from domain import claims, migrate
 from domain.orm import Dataset, PrepClaim, Project
 from tests.conftest import pseudo_corpus, stack_database
-from tests.stack import Database, Stack
+from tests.stack import Database, Stack, wait_for
 from trainyard.client import Client
 from trainyard.messaging import PREPARE_JOB, VALIDATE_DATASET, build_app
 from trainyard.settings import Settings
@@ -38,16 +38,6 @@ from trainyard.settings import Settings
 pytestmark = pytest.mark.integration
 
 CLAIM_S = 4.0
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 # Claims on the database alone.

@@ -14,7 +14,6 @@ workers, the trainer's ranks) with two nodes: `solo` (1 slot, pool `default`) an
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from tests.conftest import ready_dataset, stack_database
-from tests.stack import Database, Stack
+from tests.stack import Database, Stack, wait_for
 from trainyard.client import Client, TrainyardError
 
 pytestmark = pytest.mark.integration
@@ -64,16 +63,6 @@ def start_node(stack: Stack, name: str, slots: int, pool: str) -> None:
         *("worker", "node", "--name", name, "--slots", str(slots), "--pool", pool),
         *("--loglevel", "INFO"),
     )
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from tests.conftest import ready_dataset, stack_database
-from tests.stack import REDIS_URL, Database, Stack
+from tests.stack import REDIS_URL, Database, Stack, wait_for
 from trainyard.client import Client
 from trainyard.ids import hash_secret
 from trainyard.messaging import RUN_ATTEMPT, build_app
@@ -81,16 +81,6 @@ def processes_of(marker: str) -> list[int]:
     """Pids of live processes whose command line mentions the marker (a job id)."""
     out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
     return [int(p) for p in out.split() if int(p) != os.getpid()]
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def snapshot(db: Engine, client: Client, job_id: str) -> dict[str, Any]:

@@ -50,10 +50,8 @@ class KeyIndex:
 
     def get(self, key: int) -> list[int]:
         """The documents stored under `key`, oldest first."""
-        lo = int(np.searchsorted(self.keys, np.uint64(key), side="left"))
-        hi = lo
-        while hi < len(self.keys) and int(self.keys[hi]) == key:
-            hi += 1
+        k = np.uint64(key)
+        lo, hi = np.searchsorted(self.keys, k, "left"), np.searchsorted(self.keys, k, "right")
         return [int(d) for d in self.docs[lo:hi]] + self.recent.get(key, [])
 
     def add(self, key: int, doc: int) -> None:
