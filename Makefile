@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install debs demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,16 +16,20 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 
 install: $(STAMP)
 
-# The dashboard's tests drive Debian's Chromium (Playwright never downloads a browser).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-		else echo "The dashboard tests need Debian's chromium: sudo apt-get install -y chromium"; fi; }
+# Debian packages the tests use: Chromium for the dashboard's browser tests (Playwright
+# never downloads a browser) and a C++ compiler for torch.compile's CPU code.
+debs:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+		else echo "The tests need Debian's$$missing: sudo apt-get install -y$$missing"; fi; fi
 
 demo: install
 	$(BIN)/trainyard demo
 
-test: install browser
+test: install debs
 	scripts/with-services $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: install

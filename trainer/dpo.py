@@ -16,6 +16,7 @@ rejected one; a tie counts half), reward_chosen and reward_rejected (the mean re
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,10 +36,15 @@ PAIR_METRICS = ("loss", "reward_margin", "reward_accuracy", "reward_chosen", "re
 
 
 def sequence_logps(
-    logits: torch.Tensor, labels: torch.Tensor, seq_ids: torch.Tensor, n_seqs: int
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    seq_ids: torch.Tensor,
+    n_seqs: int,
+    ce: Callable[..., torch.Tensor] = token_cross_entropy,
 ) -> torch.Tensor:
-    """Summed log-probability of each sequence's labelled tokens: (n_seqs,); logits (B, T, V)."""
-    token_logps = -token_cross_entropy(logits, labels, reduction="none")
+    """Summed log-probability of each sequence's labelled tokens: (n_seqs,); logits (B, T, V).
+    ce computes the cross-entropy (compiled or not)."""
+    token_logps = -ce(logits, labels, reduction="none")
     ids = seq_ids.reshape(-1)
     keep = (labels.reshape(-1) != IGNORE_INDEX) & (ids >= 0)
     out = torch.zeros(n_seqs, device=logits.device, dtype=torch.float32)
@@ -71,9 +77,15 @@ class DPOTask(FineTuning):
     data_class = DPOData
 
     def __init__(
-        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
+        self,
+        cfg: RunConfig,
+        dist: Dist,
+        events: EventWriter,
+        *,
+        layout: parallel.Layout,
+        compiled: bool = False,
     ) -> None:
-        super().__init__(cfg, dist, events, layout=layout)
+        super().__init__(cfg, dist, events, layout=layout, compiled=compiled)
         assert cfg.dpo is not None
         self.beta = cfg.dpo.beta
         self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -105,7 +117,11 @@ class DPOTask(FineTuning):
             logits, _ = self.reference(
                 batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
             )
-            reference = sequence_logps(logits, batch.labels, batch.seq_ids, 2 * batch.pairs)
+            reference = sequence_logps(
+                logits, batch.labels, batch.seq_ids, 2 * batch.pairs, self.cross_entropy
+            )
         logits, _ = model(batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids)
-        policy = sequence_logps(logits, batch.labels, batch.seq_ids, 2 * batch.pairs)
+        policy = sequence_logps(
+            logits, batch.labels, batch.seq_ids, 2 * batch.pairs, self.cross_entropy
+        )
         return pair_sums(policy, reference, self.beta)

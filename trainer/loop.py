@@ -134,7 +134,8 @@ class Trainer:
 
         self.tokenizer_eot = tokmod.eot_id(tokmod.load(cfg.tokenizer_path))
         torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts it)
-        self.task = TASKS[cfg.type](cfg, dist, events, layout=self.layout)
+        self.compiled = dev.type == "cuda" if t.compile == "auto" else bool(t.compile)
+        self.task = TASKS[cfg.type](cfg, dist, events, layout=self.layout, compiled=self.compiled)
         # The run length can follow the data (fine-tuning for epochs): the schedule and
         # progress use the task's.
         t = dataclasses.replace(t, max_steps=self.task.max_steps)
@@ -142,7 +143,6 @@ class Trainer:
         self.raw_model = self.task.model
         self.model_cfg = self.raw_model.cfg
         self.raw_model.set_activation_checkpointing(t.activation_checkpointing)
-        self.compiled = dev.type == "cuda" if t.compile == "auto" else bool(t.compile)
         # Under FSDP raw_model is sharded in place, so it must happen before the optimizer.
         self.model = parallel.wrap(
             self.raw_model,
@@ -268,12 +268,17 @@ class Trainer:
         stop = self._stop_requested or (self.stop_at_step is not None and step >= self.stop_at_step)
         stats = torch.cat([shares.float(), torch.tensor([float(stop)], device=dist.device)])
         dist.all_reduce_sum(stats)
-        means = dict(zip(self.task.metrics, (stats[:-1] / dist.world_size).tolist(), strict=True))
+        stats = torch.cat([stats[:-1] / dist.world_size, stats[-1:]])
+        # The optimizer step is queued before the metrics are read, so the device does not
+        # wait on the host between backward and step. A non-finite loss has then been
+        # stepped on, but the run ends here and nothing after it is saved.
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        *values, stop_flag = stats.tolist()  # waits for the step: one stream
+        means = dict(zip(self.task.metrics, values, strict=True))
         loss_val = means.pop("loss")
         if not math.isfinite(loss_val):
             raise NanLossError(step, loss_val)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         if dist.device.type == "cuda":
             torch.cuda.synchronize(dist.device)
         dt = time.perf_counter() - t0
@@ -299,7 +304,7 @@ class Trainer:
             **extra,
             **means,
         )
-        return bool(stats[-1].item() > 0)
+        return stop_flag > 0
 
     def _forward_backward(self) -> torch.Tensor:
         """Forward and backward over this step's micro-batches; return this rank's shares of

@@ -8,7 +8,9 @@ stacked expert weights into Mixtral's one tensor per expert).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -471,6 +473,23 @@ def token_cross_entropy(
         ignore_index=IGNORE_INDEX,
         reduction=reduction,
     )
+
+
+@functools.cache
+def compiled_cross_entropy() -> Callable[..., torch.Tensor]:
+    """token_cross_entropy through torch.compile, compiled at its first call.
+
+    Eager, the fp32 upcast, the log-softmax and their gradients each make a pass over a
+    (B*T, V) tensor and keep an fp32 copy of the logits for the backward pass: at a large
+    vocabulary that memory traffic is a large share of a step. Compiled, the upcast fuses
+    into the reductions, one pass each way, and only the logits themselves are kept.
+    """
+    return torch.compile(token_cross_entropy)
+
+
+def cross_entropy(compiled: bool) -> Callable[..., torch.Tensor]:
+    """The cross-entropy a training task uses: compiled when its model is."""
+    return compiled_cross_entropy() if compiled else token_cross_entropy
 
 
 def build_model(cfg: ModelConfig) -> CausalLM:

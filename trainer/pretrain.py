@@ -13,7 +13,7 @@ from trainer.config import DataConfig, RunConfig
 from trainer.data import TokenData
 from trainer.distributed import Dist
 from trainer.events import EventWriter
-from trainer.model import build_model, configure_optimizer, token_cross_entropy
+from trainer.model import build_model, configure_optimizer, cross_entropy
 from trainer.moe import RouterTally
 from trainer.task import Loss
 
@@ -26,10 +26,17 @@ class PretrainTask:
     im_end_id: int | None = None
 
     def __init__(
-        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
+        self,
+        cfg: RunConfig,
+        dist: Dist,
+        events: EventWriter,
+        *,
+        layout: parallel.Layout,
+        compiled: bool = False,
     ) -> None:
         assert cfg.model is not None and isinstance(cfg.data, DataConfig)
         self.cfg, self.dist = cfg, dist
+        self.cross_entropy = cross_entropy(compiled)
         t = cfg.training
         # The job's training.dropout is the one hyper-parameter source; it overrides the
         # architecture's default.
@@ -57,7 +64,7 @@ class PretrainTask:
         x, y = batch
         logits, _ = model(x)
         penalty = self.router.add(self.model.router_stats)
-        return Loss(token_cross_entropy(logits, y).reshape(1), penalty)
+        return Loss(self.cross_entropy(logits, y).reshape(1), penalty)
 
     def extra_metrics(self) -> dict[str, Any]:
         """A mixture of experts' router losses and expert loads."""

@@ -3,7 +3,7 @@ the base model made ready with its adapters, chat batches, chat samples and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from trainer.hf_import import (
     train_token_rows,
 )
 from trainer.lora import DEFAULT_TARGETS, apply_lora, merged_state_dict
-from trainer.model import IGNORE_INDEX, CausalLM, token_cross_entropy
+from trainer.model import IGNORE_INDEX, CausalLM, cross_entropy, token_cross_entropy
 from trainer.moe import RouterTally
 from trainer.sample import LoadedModel, generate
 from trainer.sft_data import SFTBatch, SFTData
@@ -94,10 +94,14 @@ def chat_reply(
     return generate(loaded, prompt, max_new_tokens, temperature=0.0, stop_ids=chat.stop_ids(tok))
 
 
-def token_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def token_sums(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ce: Callable[..., torch.Tensor] = token_cross_entropy,
+) -> torch.Tensor:
     """Summed loss and number of correct top tokens over the labelled positions: (2,);
-    logits (B, T, V)."""
-    loss = token_cross_entropy(logits, labels, reduction="sum")
+    logits (B, T, V). ce computes the cross-entropy (compiled or not)."""
+    loss = ce(logits, labels, reduction="sum")
     correct = ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum().float()
     return torch.stack([loss, correct])
 
@@ -119,10 +123,17 @@ class FineTuning:
     data_class: type[SFTData] = SFTData  # the batches of the shards' kind
 
     def __init__(
-        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
+        self,
+        cfg: RunConfig,
+        dist: Dist,
+        events: EventWriter,
+        *,
+        layout: parallel.Layout,
+        compiled: bool = False,
     ) -> None:
         assert cfg.sft is not None and isinstance(cfg.data, SFTDataConfig)
         self.cfg, self.dist, self.sft = cfg, dist, cfg.sft
+        self.cross_entropy = cross_entropy(compiled)
         self.layout, self.sharded = layout, layout.sharded
         t = cfg.training
         if self.sft.method == "lora" and self.sharded:
@@ -202,9 +213,15 @@ class SFTTask(FineTuning):
     val_metrics: tuple[str, ...] = ("val_loss", "val_token_accuracy")
 
     def __init__(
-        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
+        self,
+        cfg: RunConfig,
+        dist: Dist,
+        events: EventWriter,
+        *,
+        layout: parallel.Layout,
+        compiled: bool = False,
     ) -> None:
-        super().__init__(cfg, dist, events, layout=layout)
+        super().__init__(cfg, dist, events, layout=layout, compiled=compiled)
         self.router = RouterTally(self.model.cfg.moe_layers, dist)
 
     def weight(self, batches: list[SFTBatch]) -> torch.Tensor:
@@ -215,7 +232,7 @@ class SFTTask(FineTuning):
         """Summed loss and correct tokens over the batch's labelled positions."""
         logits, _ = model(batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids)
         penalty = self.router.add(self.model.router_stats)
-        return Loss(token_sums(logits, batch.labels), penalty)
+        return Loss(token_sums(logits, batch.labels, self.cross_entropy), penalty)
 
     def extra_metrics(self) -> dict[str, Any]:
         """A mixture of experts' router losses and expert loads."""
@@ -226,4 +243,4 @@ class SFTTask(FineTuning):
         logits, _ = self.model(
             batch.input_ids, position_ids=batch.position_ids, doc_ids=batch.doc_ids
         )
-        return token_sums(logits, batch.labels), float(batch.n_targets)
+        return token_sums(logits, batch.labels, self.cross_entropy), float(batch.n_targets)

@@ -138,9 +138,12 @@ def estimate_memory(
     where (r, c) are the saved elements per token of one block (`_activation_elements`),
     e is 2 under bf16 and 4 otherwise, s is e under FSDP and 4 otherwise, m is 2d one-byte
     dropout masks when dropout > 0, and
-    head is the fp32 log-softmax output plus its gradient at the start of the backward pass
-    (8V) plus the final norm's saved tensors. With checkpointing each block keeps only its
-    input (d, in the residual dtype) and one block at a time is recomputed during the backward pass.
+    head is what the cross-entropy keeps plus the logits' gradient at the start of the
+    backward pass, plus the final norm's saved tensors: eager, the fp32 log-softmax output
+    and its gradient (8V); compiled, the fused cross-entropy keeps the logits themselves, in
+    the compute dtype, and their gradient is of that dtype too (2eV). With checkpointing
+    each block keeps only its input (d, in the residual dtype) and one block at a time is
+    recomputed during the backward pass.
     Attention never materialises T x T scores: SDPA's fused kernels keep only q, k, v and
     the output. GPUs add GPU_RESERVED_BYTES for the CUDA context and fragmentation.
 
@@ -190,7 +193,7 @@ def estimate_memory(
         r, c = _activation_elements(model_cfg, compiled, layer, tp)
         per_block.append(residual * r + e * c + masks)
     final_norm = (2 if model_cfg.arch == "gpt2" else 3) * d * _FP32 + d * e
-    head = 2 * v * _FP32 + final_norm
+    head = 2 * v * (e if compiled else _FP32) + final_norm
     tokens = training.micro_batch_size * training.seq_len
     act_full = tokens * (sum(per_block) + head)
     act_ckpt = tokens * (n_layer * d * residual + max(per_block) + head)

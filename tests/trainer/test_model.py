@@ -15,7 +15,14 @@ from safetensors.torch import load_file
 from trainer import tokenizer as tokmod
 from trainer.config import ModelConfig
 from trainer.export import export_model
-from trainer.model import KVCache, build_model, configure_optimizer
+from trainer.model import (
+    IGNORE_INDEX,
+    KVCache,
+    build_model,
+    configure_optimizer,
+    cross_entropy,
+    token_cross_entropy,
+)
 from trainer.sample import generate, load_model
 
 CFGS = [
@@ -203,3 +210,27 @@ def test_cached_logits_match_uncached() -> None:
             parts = [model(idx[:, :5], cache=cache)[0], model(idx[:, 5:9], cache=cache)[0]]
             parts += [model(idx[:, i : i + 1], cache=cache)[0] for i in range(9, 12)]
         torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.timeout(180)
+def test_compiled_cross_entropy_matches_eager() -> None:
+    """The compiled loss the training tasks use when the model is compiled: same values and
+    gradients as the eager one, ignored positions included, from bf16 logits."""
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 16, 257) * 3).to(torch.bfloat16)
+    targets = torch.randint(0, 257, (2, 16))
+    targets[0, :5] = IGNORE_INDEX
+    assert cross_entropy(False) is token_cross_entropy
+    compiled = cross_entropy(True)
+    assert compiled is not token_cross_entropy and cross_entropy(True) is compiled  # compiled once
+    for reduction in ("sum", "none"):
+        a = logits.clone().requires_grad_()
+        b = logits.clone().requires_grad_()
+        eager = token_cross_entropy(a, targets, reduction=reduction)
+        fused = compiled(b, targets, reduction=reduction)
+        torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
+        eager.sum().backward()
+        fused.sum().backward()
+        assert a.grad is not None and b.grad is not None and b.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(b.grad.float(), a.grad.float(), rtol=1e-2, atol=1e-3)
+        assert (b.grad[0, :5] == 0).all()
