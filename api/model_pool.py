@@ -55,7 +55,7 @@ class ModelPool:
             self._pool = ProcessPool(
                 max_workers=self.settings.model_workers,
                 initializer=model_calls.limit_memory,
-                initargs=(self.settings.model_worker_memory_bytes,),
+                initargs=(self.settings.model_worker_memory_bytes, self.settings.generate_device),
                 # A fresh interpreter: forking the API would copy its loop, threads and pools.
                 context=multiprocessing.get_context("spawn"),
             )

@@ -479,13 +479,30 @@ def check_resume(run: Run) -> None:
     diffs = [abs(a[k] - b[k]) for k in after if k in a]
     worst = max(diffs) if diffs else math.nan
     exact = bool(diffs) and worst == 0.0
+    # Where the two runs part: a state restored wrongly differs at once and by much; kernels
+    # that round differently differ first in the last bits and grow from there.
+    parted = next((k for k in after if k in a and a[k] != b[k]), None)
+    first = (
+        ""
+        if parted is None
+        else f"; first differs at step {parted} by {abs(a[parted] - b[parted]):.1e}"
+    )
+    # The same comparison before the signal: two runs that part there are not reproducible
+    # on this GPU at all, whatever the resume does.
+    before = [k for k in sorted(b) if resumed_at is not None and k <= resumed_at and k in a]
+    early = next((k for k in before if a[k] != b[k]), None)
+    first += (
+        f"; before the resume equal at all {len(before)} steps"
+        if early is None
+        else f"; before the resume first differs at step {early} by {abs(a[early] - b[early]):.1e}"
+    )
     run.add(
         "5",
         Row(
             f"SIGTERM at step ~{signalled}, attempt {done['attempt']}, resumed from step "
             f"{resumed_at}",
             "bit-exact" if exact else f"max |loss difference| {worst:.2e}",
-            f"over {len(diffs)} steps after the resume; {len(preempted)} preemption events",
+            f"over {len(diffs)} steps after the resume; {len(preempted)} preemption events" + first,
             bool(diffs) and done["attempt"] >= 2 and worst <= 1e-3,
         ),
     )

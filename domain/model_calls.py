@@ -28,8 +28,15 @@ _cache: OrderedDict[str, Any] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def limit_memory(max_bytes: int) -> None:
-    """Cap the worker's address space: an allocation past it fails instead of the host."""
+def limit_memory(max_bytes: int, device: str = "cpu") -> None:
+    """Cap the worker's address space: an allocation past it fails instead of the host.
+
+    Not where models run on a GPU: CUDA reserves far more address space than it ever uses,
+    so a cap that bounds the host's memory makes its initialisation fail. There the card's
+    memory bounds a model, and imports were size-checked from their headers.
+    """
+    if _device(device) == "cuda":
+        return
     resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
 
 

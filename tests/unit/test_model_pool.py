@@ -6,12 +6,15 @@ stops its worker."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from api.errors import ApiError
 from api.model_pool import ModelPool
@@ -151,3 +154,23 @@ def test_a_stream_past_its_time_ends_with_a_504(pool: ModelPool, tmp_path: Path)
     seen = asyncio.run(scenario())
     assert 1 <= len(seen) < 100 and seen == list(range(len(seen)))
     assert not pool.busy
+
+
+@pytest.mark.parametrize(
+    ("device", "capped"),
+    [("cpu", True), ("cuda", False), ("auto", not torch.cuda.is_available())],
+)
+def test_the_address_space_cap_holds_unless_models_run_on_a_gpu(device: str, capped: bool) -> None:
+    """CUDA reserves far more address space than it uses: a capped worker could not start it
+    (a GPU run met this), so a worker whose models run on the GPU is not capped."""
+    code = (
+        "import resource, sys\n"
+        "from domain.model_calls import limit_memory\n"
+        "limit_memory(1 << 40, sys.argv[1])\n"
+        "print(resource.getrlimit(resource.RLIMIT_AS)[0])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code, device], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert (int(out.stdout) == 1 << 40) is capped, out.stdout
