@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
 import threading
+import time
 from types import FrameType
 
 from domain import webhooks
@@ -38,6 +40,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     storage = Storage.from_settings(settings)
     leader: Leadership | None = None
     factory = get_sessionmaker()
+    swept = -math.inf
     while not stop.is_set():
         try:
             with factory() as session:
@@ -49,7 +52,10 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
                     )
                 leader = now_leader
                 if leader is not None:
-                    tick(session, storage, settings, leader)
+                    sweep = time.monotonic() - swept >= settings.control_sweep_seconds
+                    tick(session, storage, settings, leader, sweep=sweep)
+                    if sweep:
+                        swept = time.monotonic()
         except Exception:
             log.exception("control tick failed")
         stop.wait(settings.control_interval_seconds)

@@ -180,22 +180,23 @@ def _set_reason(job: Job, reason: str | None) -> None:
 def dispatch(session: Session, storage: Storage, settings: Settings, out: list[Message]) -> None:
     """Give each prepared job without a live attempt a new gang of nodes that fits, writing
     its run.json; the run messages go to `out`, to be sent after the commit."""
-    cluster = Cluster.load(session)
+    ready = list(
+        session.execute(
+            select(Job).where(Job.status.in_(WAITING), Job.prepared.is_(True))
+        ).scalars()
+    )
+    if not ready:
+        return  # the usual tick: nothing to place, and the cluster need not be read
     live = set(
         session.execute(select(Attempt.job_id).where(Attempt.status.in_(ACTIVE_ATTEMPT))).scalars()
     )
-    waiting = [
-        job
-        for job in session.execute(
-            select(Job).where(Job.status.in_(WAITING), Job.prepared.is_(True))
-        ).scalars()
-        if job.id not in live
-    ]
+    waiting = [job for job in ready if job.id not in live]
+    cluster = Cluster.load(session)
     quotas = _quotas(session)
     blocked: dict[str, int] = {}  # pool -> the best priority that could not be placed
     # What runs, read once for the whole tick: the gangs this tick launches are not
     # running yet, so they can be neither victims nor room on its way.
-    running = _running(session) if waiting else []
+    running = _running(session)
     # Shapes (pool, accelerator, gang, priority) for which preempting could make no room.
     # Within a tick free slots only shrink, so a later job of such a shape finds none
     # either, until a preemption changes what is running: one look per shape, not per job.

@@ -26,10 +26,10 @@ from trainyard.storage import Storage
 log = logging.getLogger(__name__)
 
 
-def reconcile(session: Session, settings: Settings) -> None:
-    """Declare what went quiet lost (while the API can take reports at all), and finish
-    cancels whose attempts have all stopped."""
-    if api_alive(session):
+def reconcile(session: Session, settings: Settings, *, sweep: bool = True) -> None:
+    """Declare what went quiet lost (on a sweep, while the API can take reports at all),
+    and finish cancels whose attempts have all stopped."""
+    if sweep and api_alive(session):
         _declare_lost(session, settings)
     for job in session.execute(select(Job).where(Job.status == JobStatus.CANCELLING)).scalars():
         live = session.execute(
@@ -87,16 +87,28 @@ def _declare_lost(session: Session, settings: Settings) -> None:
             settle(session, job, number, max_lost_attempts=settings.max_lost_attempts)
 
 
-def tick(session: Session, storage: Storage, settings: Settings, leadership: Leadership) -> int:
+def tick(
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    leadership: Leadership,
+    *,
+    sweep: bool = True,
+) -> int:
     """One pass of the control loop, fenced by its leadership; returns how many messages it
-    sent (none when the leadership was lost: a stale leader writes and sends nothing)."""
+    sent (none when the leadership was lost: a stale leader writes and sends nothing).
+
+    A sweep also looks for what only time changes: attempts and nodes gone quiet, prep
+    and run messages that seem lost (the loop sweeps every `control_sweep_seconds`).
+    """
     messages: list[Message] = []
     if not fence(session, leadership):
         session.rollback()
         return 0
-    reconcile(session, settings)
-    resend_prep(session, settings, messages)
-    resend_dispatch(session, settings, messages)
+    reconcile(session, settings, sweep=sweep)
+    if sweep:
+        resend_prep(session, settings, messages)
+        resend_dispatch(session, settings, messages)
     start_preparing(session, settings, messages)
     dispatch(session, storage, settings, messages)
     session.commit()

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # against the job's own `resources.max_restarts`; preemption never counts).
     max_lost_attempts: int = 10
     control_interval_seconds: float = 0.5
+    # What only time can change (attempts and nodes gone quiet, prep and run messages
+    # lost) is looked for this often, not every tick: each look costs queries, and on a
+    # machine that also trains they take the CPU from the trainer.
+    control_sweep_seconds: float = Field(2.0, gt=0)
     keep_checkpoints: int = 3
     # Webhooks: private, loopback and link-local receivers are refused unless allowed;
     # a failed delivery is retried with exponential backoff and jitter for up to a day.
