@@ -11,6 +11,7 @@ same 200 fixed windows of the held-out bytes (`reference_loop.val_windows`), the
 model loaded from its Hugging Face folder. The job's events break its time down.
 
     python bench/shakespeare.py [--steps 2000] [--rounds 1] [--compile] [--job-only]
+        [--eval-interval 0 2000]
 """
 
 from __future__ import annotations
@@ -70,8 +71,10 @@ def reference(train: Path, val: Path, steps: int, seed: int) -> dict[str, Any]:
     return dict(json.loads(proc.stdout))
 
 
-def spec(dataset_id: str, steps: int, compile: bool | None, seed: int) -> dict[str, Any]:
-    """The JobSpec of the classic setting."""
+def spec(
+    dataset_id: str, steps: int, compile: bool | None, seed: int, eval_interval: int | None
+) -> dict[str, Any]:
+    """The JobSpec of the classic setting (eval_interval None: the platform's default)."""
     training: dict[str, Any] = {
         "seed": seed,
         "max_steps": steps,
@@ -87,6 +90,8 @@ def spec(dataset_id: str, steps: int, compile: bool | None, seed: int) -> dict[s
     }
     if compile is not None:
         training["compile"] = compile
+    if eval_interval is not None:
+        training["eval_interval"] = eval_interval
     return {
         "dataset_id": dataset_id,
         "validation": {"fraction": 0.1},
@@ -147,7 +152,9 @@ def phases(events: list[dict[str, Any]], t0: float, t_ds: float, t_end: float) -
     return out
 
 
-def api_run(text: Path, val: Path, steps: int, compile: bool | None, seed: int) -> dict[str, Any]:
+def api_run(
+    text: Path, val: Path, steps: int, compile: bool | None, seed: int, eval_interval: int | None
+) -> dict[str, Any]:
     """Upload, train and wait for the model on a fresh Stack; wall time, val loss, phases."""
     from trainer.sample import load_model
 
@@ -159,7 +166,7 @@ def api_run(text: Path, val: Path, steps: int, compile: bool | None, seed: int) 
         t0 = time.time()
         ds = client.wait_dataset(client.upload_dataset(text, name="tinyshakespeare")["id"])
         t_ds = time.time()
-        job = client.create_job(spec(ds["id"], steps, compile, seed))
+        job = client.create_job(spec(ds["id"], steps, compile, seed, eval_interval))
         # Followed as `trainyard jobs watch` follows a job: its event stream, which ends
         # when the job does (polling at 10 Hz took 2 % of the steps' speed on 2 cores).
         for _ in client.jobs.stream(job["id"]):
@@ -192,6 +199,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1337, help="round r uses seed + r - 1 on both sides")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--job-only", action="store_true", help="skip the plain loop")
+    p.add_argument(
+        "--eval-interval",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="a job per value each round; 0: the platform's default (every 250 steps); "
+        "the steps: once, at the end, as the plain loop evaluates",
+    )
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="trainyard-shakespeare-") as d:
         train, val = byte_splits(a.text, Path(d))
@@ -205,15 +220,17 @@ def main() -> None:
                     f"{ref['val_loss']:.4f}; load {load()}",
                     flush=True,
                 )
-            run = api_run(a.text, val, a.steps, a.compile, seed)
-            print(
-                f"  trainyard (compile {run['compile']}): upload -> model {run['wall_s']:.1f} s, "
-                f"val loss {run['val_loss']:.4f} (the job's own: {run['job_val_loss']:.4f}); "
-                f"load {load()}",
-                flush=True,
-            )
-            for name, value in run["phases"].items():
-                print(f"    {name:<40} {value:7.2f} s")
+            for every in a.eval_interval:
+                run = api_run(a.text, val, a.steps, a.compile, seed, every or None)
+                print(
+                    f"  trainyard (compile {run['compile']}, evaluating every "
+                    f"{every or 'default'} steps): upload -> model {run['wall_s']:.1f} s, "
+                    f"val loss {run['val_loss']:.4f} (the job's own: {run['job_val_loss']:.4f}); "
+                    f"load {load()}",
+                    flush=True,
+                )
+                for name, value in run["phases"].items():
+                    print(f"    {name:<40} {value:7.2f} s")
     print(f"machine: {machine()}; load after: {load()}")
 
 

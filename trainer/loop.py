@@ -253,7 +253,8 @@ class Trainer:
         lr = lr_at(step, t)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.model.train()
+        if not self.raw_model.training:  # after an evaluation (train() walks every module)
+            self.model.train()
         shares = self._forward_backward().reshape(-1)
         if t.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
