@@ -13,7 +13,8 @@ HTTP. The checks, in the order of the table:
    through cannot fit; it must fail with `out_of_memory`, its micro-batch and a hint, and
    the next job must run at once on the same node.
 5. Exact resume: SIGTERM to a running trainer, the platform resumes it from the
-   checkpoint taken then; its losses after that step against an uninterrupted run.
+   checkpoint taken then; its losses after that step against an uninterrupted run (both
+   with `training.deterministic`, and the steps before the resume compared too).
 6. A LoRA SFT job on the model of check 1, then chat generation over the API on the GPU
    with the KV cache: generated tokens per second.
 7. Export: the model of check 1 loads in `transformers` on the GPU; its logits against
@@ -439,6 +440,9 @@ def check_resume(run: Run) -> None:
         "eval_interval": s.resume_steps,
         "checkpoint_interval": s.resume_steps,
         "lr": 1e-3,
+        # Compiled runs sum some gradients with atomic adds and part in the last bits (runs
+        # C and D); bit-exactness is asked of deterministic kernels.
+        "deterministic": True,
     }
     model = {"preset": "shakespeare"} if not run.smoke else {"preset": "tiny"}
     specs = []

@@ -215,6 +215,7 @@ class Trainer:
                 sharded=self.sharded,
                 tensor_parallel_size=self.layout.tp_size,
                 compiled=self.compiled,
+                deterministic=t.deterministic,
                 params=param_count(self.model_cfg),
                 flops_per_token=self.flops_per_token,
                 resumed_from=self.resumed_from,

@@ -28,6 +28,20 @@ def _die_with_launcher() -> None:
         os._exit(EXIT_FAILED)
 
 
+def make_deterministic() -> None:
+    """Kernels that give the same bits on every run of a process like this one.
+
+    torch's deterministic algorithms also make torch.compile fall back from atomic adds
+    (the embeddings' gradient is one: float additions in whatever order the threads or
+    blocks reach them); an op with no deterministic kernel warns rather than fails; cuBLAS
+    gets a fixed workspace (set before CUDA starts); new tensors are not filled with NaN
+    first, which deterministic mode would otherwise do to every empty one.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, build, train; map the outcome to an exit code."""
     _die_with_launcher()
@@ -41,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer: invalid config: {e}", file=sys.stderr)
         return EXIT_FAILED
 
+    if cfg.training.deterministic:
+        make_deterministic()
     res = cfg.resources
     dist = Dist.init(
         res.accelerator, group=res.strategy != "ddp", timeout_s=res.dist_timeout_seconds

@@ -178,6 +178,8 @@ class TrainingSpec(Strict):
     seed: int = Field(1337, ge=0, le=2**31 - 1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool | Literal["auto"] = "auto"  # auto: on for GPU processes, off on CPU
+    # Bit-for-bit reproducible runs (and resumes) at some cost in speed.
+    deterministic: bool = False
     activation_checkpointing: bool = False
 
 
