@@ -392,7 +392,7 @@ def kill_leader(dep: Deployment) -> Result:
 
 def kill_prep(dep: Deployment, workdir: Path) -> Result:
     path = workdir / "bpe.txt"
-    pseudo_corpus(path, 5, seed=1)
+    pseudo_corpus(path, 20, seed=1)  # tokenizing takes seconds even on an idle machine
     ds = dep.client.wait_dataset(str(dep.client.upload_dataset(path)["id"]), timeout=300)
     job_spec = spec(str(ds["id"]), max_steps=2)
     job_spec["tokenizer"] = {"type": "bpe", "vocab_size": 1000}
@@ -407,7 +407,7 @@ def kill_prep(dep: Deployment, workdir: Path) -> Result:
         return rows[0] if rows else None
 
     first = wait_for(tokenizing, 300, "the prep worker to tokenize")
-    time.sleep(1.5)  # well into it
+    time.sleep(1.0)  # well into it
     assert tokenizing() == first, "the tokenization ended before the kill"
     fault = time.time()
     dep.stack.stop("prep", signal.SIGKILL)
