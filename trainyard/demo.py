@@ -79,7 +79,8 @@ def run(url: str, key: str, workdir: Path, steps: int, processes: int) -> int:
         job = client.jobs.create(spec, idempotency_key=f"demo-{ds.id}")
         print(
             f"2. Job {job.id}: pretraining a {spec['model']['preset']} model on "
-            f"{processes} processes (torchrun, gloo); `trainyard jobs watch {job.id}` shows:"
+            f"{processes} processes (forked from the node's warm fork server, gloo); "
+            f"`trainyard jobs watch {job.id}` shows:"
         )
         job = _watch(client, job.id)
         if job.status != "succeeded" or not job.model_id:
