@@ -171,6 +171,11 @@ class TrainingConfig:
     # "auto": compile on CUDA, where it pays for its compile time; eager on CPU, where a
     # short run's compile time exceeds what it saves (bench/RESULTS.md, "Compile by default").
     compile: StrictBool | Literal["auto"] = "auto"
+
+    def compiles(self, device_type: str) -> bool:
+        """Whether a run on this kind of device compiles its model (and loss)."""
+        return device_type == "cuda" if self.compile == "auto" else bool(self.compile)
+
     # The same bits on every run, resumed or not: torch's deterministic algorithms, which
     # also keep torch.compile from summing gradients with atomic adds (the embeddings').
     deterministic: StrictBool = False

@@ -77,15 +77,9 @@ class DPOTask(FineTuning):
     data_class = DPOData
 
     def __init__(
-        self,
-        cfg: RunConfig,
-        dist: Dist,
-        events: EventWriter,
-        *,
-        layout: parallel.Layout,
-        compiled: bool = False,
+        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
     ) -> None:
-        super().__init__(cfg, dist, events, layout=layout, compiled=compiled)
+        super().__init__(cfg, dist, events, layout=layout)
         assert cfg.dpo is not None
         self.beta = cfg.dpo.beta
         self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()

@@ -134,8 +134,7 @@ class Trainer:
 
         self.tokenizer_eot = tokmod.eot_id(tokmod.load(cfg.tokenizer_path))
         torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts it)
-        self.compiled = dev.type == "cuda" if t.compile == "auto" else bool(t.compile)
-        self.task = TASKS[cfg.type](cfg, dist, events, layout=self.layout, compiled=self.compiled)
+        self.task = TASKS[cfg.type](cfg, dist, events, layout=self.layout)
         # The run length can follow the data (fine-tuning for epochs): the schedule and
         # progress use the task's.
         t = dataclasses.replace(t, max_steps=self.task.max_steps)
@@ -143,6 +142,7 @@ class Trainer:
         self.raw_model = self.task.model
         self.model_cfg = self.raw_model.cfg
         self.raw_model.set_activation_checkpointing(t.activation_checkpointing)
+        self.compiled = t.compiles(dev.type)
         # Under FSDP raw_model is sharded in place, so it must happen before the optimizer.
         self.model = parallel.wrap(
             self.raw_model,

@@ -26,17 +26,11 @@ class PretrainTask:
     im_end_id: int | None = None
 
     def __init__(
-        self,
-        cfg: RunConfig,
-        dist: Dist,
-        events: EventWriter,
-        *,
-        layout: parallel.Layout,
-        compiled: bool = False,
+        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
     ) -> None:
         assert cfg.model is not None and isinstance(cfg.data, DataConfig)
         self.cfg, self.dist = cfg, dist
-        self.cross_entropy = cross_entropy(compiled)
+        self.cross_entropy = cross_entropy(cfg.training.compiles(dist.device.type))
         t = cfg.training
         # The job's training.dropout is the one hyper-parameter source; it overrides the
         # architecture's default.

@@ -123,17 +123,11 @@ class FineTuning:
     data_class: type[SFTData] = SFTData  # the batches of the shards' kind
 
     def __init__(
-        self,
-        cfg: RunConfig,
-        dist: Dist,
-        events: EventWriter,
-        *,
-        layout: parallel.Layout,
-        compiled: bool = False,
+        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
     ) -> None:
         assert cfg.sft is not None and isinstance(cfg.data, SFTDataConfig)
         self.cfg, self.dist, self.sft = cfg, dist, cfg.sft
-        self.cross_entropy = cross_entropy(compiled)
+        self.cross_entropy = cross_entropy(cfg.training.compiles(dist.device.type))
         self.layout, self.sharded = layout, layout.sharded
         t = cfg.training
         if self.sft.method == "lora" and self.sharded:
@@ -213,15 +207,9 @@ class SFTTask(FineTuning):
     val_metrics: tuple[str, ...] = ("val_loss", "val_token_accuracy")
 
     def __init__(
-        self,
-        cfg: RunConfig,
-        dist: Dist,
-        events: EventWriter,
-        *,
-        layout: parallel.Layout,
-        compiled: bool = False,
+        self, cfg: RunConfig, dist: Dist, events: EventWriter, *, layout: parallel.Layout
     ) -> None:
-        super().__init__(cfg, dist, events, layout=layout, compiled=compiled)
+        super().__init__(cfg, dist, events, layout=layout)
         self.router = RouterTally(self.model.cfg.moe_layers, dist)
 
     def weight(self, batches: list[SFTBatch]) -> torch.Tensor:

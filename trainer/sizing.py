@@ -184,7 +184,7 @@ def estimate_memory(
     else:
         working = 2 * n  # autocast's bf16 weight copies, kept for the backward pass
 
-    compiled = on_gpu and training.compile in ("auto", True)
+    compiled = on_gpu and training.compiles("cuda")  # on the CPU its effect is not modelled
     masks = 2 * d if training.dropout > 0 else 0
     # Autocast keeps the residual stream in fp32; FSDP's bf16 parameters make it bf16.
     residual = e if fsdp else _FP32

@@ -3,9 +3,9 @@
 The Trainer (trainer.loop) owns everything the kinds share: processes, wrapping, optimizer
 steps, gradient accumulation, clipping, the learning-rate schedule, evaluation cadence,
 checkpoints, events and export. A Task (trainer.pretrain, trainer.sft, trainer.dpo) is
-built once per run, as TASKS[cfg.type](cfg, dist, events, layout=..., compiled=...) in
-trainer.loop, before the model is wrapped, and answers the Trainer's calls; `compiled`
-says whether the model will be compiled (its loss then is too).
+built once per run, as TASKS[cfg.type](cfg, dist, events, layout=...) in trainer.loop,
+before the model is wrapped, and answers the Trainer's calls. A task compiles its loss
+when the run compiles its model (`TrainingConfig.compiles`).
 """
 
 from __future__ import annotations
