@@ -1,0 +1,108 @@
+"""How long a trainer step takes under each OpenMP waiting policy, on an idle and a busy CPU.
+
+A CPU rank's operators run on OpenMP threads that, between operators, spin and then sleep.
+The trainer's tiny benchmark model (bench/trainer_throughput.py) trains under three
+policies: the platform's (`workers.launcher.trainer_env`: a short spin), no spinning
+(`OMP_WAIT_POLICY=PASSIVE`) and GNU OpenMP's own default (a long spin); with --loads N,
+also while N busy processes compete for the cores. Each policy runs once per round, in
+turn; the median ms per step is reported.
+
+    python bench/omp_wait.py [--loads 0 4 10] [--steps 300] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench._common import load, machine, wait_quiet  # noqa: E402
+from bench.trainer_throughput import BATCH, CTX, run_json  # noqa: E402
+from workers.launcher import trainer_env  # noqa: E402
+
+OPENMP = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def policies() -> dict[str, dict[str, str]]:
+    """Each policy's environment: this one's, less any OpenMP waiting setting, plus its own."""
+    base = {k: v for k, v in os.environ.items() if k not in OPENMP}
+    platform = trainer_env(base)
+    return {
+        "platform (trainer_env)": platform,
+        "passive": trainer_env({**base, "OMP_WAIT_POLICY": "PASSIVE"}),
+        "OpenMP default": {k: v for k, v in platform.items() if k not in OPENMP},
+    }
+
+
+def ms_per_step(config: Path, env: dict[str, str], steps: int, warmup: int) -> float:
+    """Run `python -m trainer.train`; the mean time of steps warmup+1..steps, from its events."""
+    out = Path(json.loads(config.read_text())["output_dir"])
+    for leftover in (out / "events.jsonl", config.parent / "ckpt"):
+        subprocess.run(["rm", "-rf", str(leftover)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "trainer.train", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    times = {}
+    for line in (out / "events.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        if e["type"] == "step":
+            times[e["step"]] = datetime.fromisoformat(e["time"].replace("Z", "+00:00"))
+    return (times[steps] - times[warmup]).total_seconds() / (steps - warmup) * 1000
+
+
+def main() -> None:
+    """Each load, each round, each policy: one run; print the medians."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--loads", type=int, nargs="+", default=[0, 4, 10], help="busy processes")
+    p.add_argument("--steps", type=int, default=300, help="at load 0; fewer under load")
+    p.add_argument("--rounds", type=int, default=2)
+    a = p.parse_args()
+    print(f"load before: {wait_quiet()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="trainyard-omp-") as d:
+        tmp = Path(d)
+        n_tokens = 2_000_000
+        shard = tmp / "tokens.bin"
+        np.random.default_rng(0).integers(0, 256, n_tokens, dtype=np.uint16).tofile(shard)
+        print(f"model: bench/trainer_throughput.py's, batch {BATCH} x context {CTX}, eager")
+        for busy in a.loads:
+            # A busy CPU slows every step several times over: fewer steps keep the run short.
+            steps = max(40, a.steps // (1 + busy))
+            config = run_json(tmp, shard, n_tokens, steps, compile=False)
+            burners = [
+                subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)
+            ]
+            try:
+                results: dict[str, list[float]] = {}
+                for _ in range(a.rounds):
+                    for name, env in policies().items():
+                        ms = ms_per_step(config, env, steps, warmup=10)
+                        results.setdefault(name, []).append(ms)
+                load_now = load()
+            finally:
+                for b in burners:
+                    b.kill()
+                    b.wait()
+            print(f"{busy} busy processes ({steps} steps a run, load {load_now}):")
+            for name, values in results.items():
+                runs = ", ".join(f"{v:.1f}" for v in values)
+                print(f"  {name:<24} {statistics.median(values):8.1f} ms/step  ({runs})")
+    print(f"machine: {machine()}; load after: {load()}")
+
+
+if __name__ == "__main__":
+    main()
