@@ -2,12 +2,13 @@
 
 A CPU rank's operators run on OpenMP threads that, between operators, spin and then sleep.
 The trainer's tiny benchmark model (bench/trainer_throughput.py) trains under three
-policies: the platform's (`workers.launcher.trainer_env`: a short spin), no spinning
-(`OMP_WAIT_POLICY=PASSIVE`) and GNU OpenMP's own default (a long spin); with --loads N,
-also while N busy processes compete for the cores. Each policy runs once per round, in
-turn; the median ms per step is reported.
+policies: the platform's (`workers.launcher.trainer_env`: no spinning,
+`OMP_WAIT_POLICY=PASSIVE`), a short spin (`GOMP_SPINCOUNT=10000`) and GNU OpenMP's own
+default (300,000 rounds); with --loads N, also while N busy processes compete for the
+cores; with --reference, the plain loop (bench/reference_loop.py) on the same model and
+data too. Each policy runs once per round, in turn; the median ms per step is reported.
 
-    python bench/omp_wait.py [--loads 0 4 10] [--steps 300] [--rounds 2]
+    python bench/omp_wait.py [--loads 0 4 10] [--steps 300] [--rounds 2] [--reference]
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ from bench.trainer_throughput import BATCH, CTX, run_json  # noqa: E402
 from workers.launcher import trainer_env  # noqa: E402
 
 OPENMP = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+SHORT_SPIN = 10_000  # GNU OpenMP spin rounds before a waiting thread sleeps
 
 
 def policies() -> dict[str, dict[str, str]]:
     """Each policy's environment: this one's, less any OpenMP waiting setting, plus its own."""
     base = {k: v for k, v in os.environ.items() if k not in OPENMP}
     platform = trainer_env(base)
+    default = {k: v for k, v in platform.items() if k not in OPENMP}
     return {
-        "platform (trainer_env)": platform,
-        "passive": trainer_env({**base, "OMP_WAIT_POLICY": "PASSIVE"}),
-        "OpenMP default": {k: v for k, v in platform.items() if k not in OPENMP},
+        "passive (the platform's)": platform,
+        f"short spin ({SHORT_SPIN} rounds)": {**default, "GOMP_SPINCOUNT": str(SHORT_SPIN)},
+        "OpenMP default": default,
     }
 
 
@@ -65,12 +68,26 @@ def ms_per_step(config: Path, env: dict[str, str], steps: int, warmup: int) -> f
     return (times[steps] - times[warmup]).total_seconds() / (steps - warmup) * 1000
 
 
+def reference_ms_per_step(shard: Path, env: dict[str, str], steps: int, warmup: int) -> float:
+    """The plain loop on the same shard under `env`: its mean time a step after the warmup."""
+    args = ["--data", str(shard), "--steps", str(steps), "--warmup", str(warmup)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reference_loop.py"), *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return BATCH * CTX / float(json.loads(proc.stdout)["tokens_per_s"]) * 1000
+
+
 def main() -> None:
     """Each load, each round, each policy: one run; print the medians."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--loads", type=int, nargs="+", default=[0, 4, 10], help="busy processes")
     p.add_argument("--steps", type=int, default=300, help="at load 0; fewer under load")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--reference", action="store_true", help="also time the plain loop")
     a = p.parse_args()
     print(f"load before: {wait_quiet()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="trainyard-omp-") as d:
@@ -92,6 +109,9 @@ def main() -> None:
                     for name, env in policies().items():
                         ms = ms_per_step(config, env, steps, warmup=10)
                         results.setdefault(name, []).append(ms)
+                        if a.reference:
+                            ms = reference_ms_per_step(shard, env, steps, warmup=10)
+                            results.setdefault(f"{name}, plain loop", []).append(ms)
                 load_now = load()
             finally:
                 for b in burners:
@@ -100,7 +120,7 @@ def main() -> None:
             print(f"{busy} busy processes ({steps} steps a run, load {load_now}):")
             for name, values in results.items():
                 runs = ", ".join(f"{v:.1f}" for v in values)
-                print(f"  {name:<24} {statistics.median(values):8.1f} ms/step  ({runs})")
+                print(f"  {name:<36} {statistics.median(values):8.1f} ms/step  ({runs})")
     print(f"machine: {machine()}; load after: {load()}")
 
 

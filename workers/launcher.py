@@ -33,23 +33,15 @@ def die_with_parent() -> None:
         _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
-OMP_SPIN_COUNT = 10_000  # GNU OpenMP spin rounds before a waiting thread sleeps
-
-
 def trainer_env(env: Mapping[str, str]) -> dict[str, str]:
     """The environment trainer ranks run in: `env`, with defaults it does not set."""
-    # MKL's strict reproducibility mode makes a CPU rank's matrix products independent of
-    # where its buffers happen to be aligned, so the same job gives the same numbers on any
-    # layout of processes and nodes.
-    defaults = {"MKL_CBWR": "AUTO,STRICT"}
-    # OpenMP threads wait for the next operator by spinning, then sleeping. GNU OpenMP's
-    # default spin (300,000 rounds) makes a busy CPU crawl (a tiny-model step 5 times slower
-    # than with no spinning at load 12 on 2 cores); no spinning makes every operator wake
-    # its threads (7 % slower idle). A short spin is as fast as the default idle and within
-    # 5 % of no spinning under load (bench/omp_wait.py). A node's own wait policy or spin
-    # count is kept as it is.
-    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
-        defaults["GOMP_SPINCOUNT"] = str(OMP_SPIN_COUNT)
+    # OpenMP threads that spin while they wait for work make a shared or busy CPU crawl
+    # (a step of the tiny model 20 to 30 times slower at load 14 on 2 cores); passive
+    # waiting costs a dedicated machine little (bench/omp_wait.py). MKL's strict
+    # reproducibility mode makes a CPU rank's matrix products independent of where its
+    # buffers happen to be aligned, so the same job gives the same numbers on any layout of
+    # processes and nodes.
+    defaults = {"OMP_WAIT_POLICY": "PASSIVE", "MKL_CBWR": "AUTO,STRICT"}
     return {**defaults, **env, "PYTHONUNBUFFERED": "1"}
 
 

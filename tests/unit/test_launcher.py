@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.launcher import OMP_SPIN_COUNT, EventFollower, Launch, trainer_env
+from workers.launcher import EventFollower, Launch, trainer_env
 
 
 def append(path: Path, data: bytes) -> None:
@@ -204,7 +204,6 @@ def test_the_trainer_inherits_none_of_the_platform_settings(
         launch.close()
         launch.proc.wait(10)
     assert b"HOME_FOR_TEST=kept" in environ
-    assert f"GOMP_SPINCOUNT={OMP_SPIN_COUNT}".encode() in environ
     assert b"TRAINYARD_" not in environ
     assert b"node-secret-value" not in environ and b"broker-password" not in environ
 
@@ -237,13 +236,10 @@ def test_forked_ranks_train_and_checkpoint_on_sigterm(tmp_path: Path) -> None:
     assert events[-1]["type"] == "preempted" and Path(events[-1]["checkpoint"]).is_dir()
 
 
-def test_ranks_spin_briefly_unless_the_node_chose_how_openmp_waits() -> None:
-    """A short OpenMP spin by default; a node's wait policy or spin count is left alone (a
-    spin count would override the policy)."""
+def test_ranks_wait_passively_unless_the_node_chose_how_openmp_waits() -> None:
+    """Passive OpenMP waits and MKL's strict mode by default; a node's own choice is kept."""
     env = trainer_env({"PATH": "/bin"})
-    assert env["GOMP_SPINCOUNT"] == str(OMP_SPIN_COUNT) and "OMP_WAIT_POLICY" not in env
-    assert env["MKL_CBWR"] == "AUTO,STRICT" and env["PATH"] == "/bin"
-    passive = trainer_env({"OMP_WAIT_POLICY": "PASSIVE"})
-    assert passive["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in passive
-    assert trainer_env({"GOMP_SPINCOUNT": "0"})["GOMP_SPINCOUNT"] == "0"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["MKL_CBWR"] == "AUTO,STRICT"
+    assert env["PATH"] == "/bin" and env["PYTHONUNBUFFERED"] == "1"
+    assert trainer_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
     assert trainer_env({"MKL_CBWR": "AVX2"})["MKL_CBWR"] == "AVX2"
