@@ -14,13 +14,11 @@ data too. Each policy runs once per round, in turn; the median ms per step is re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._common import load, machine, wait_quiet  # noqa: E402
-from bench.trainer_throughput import BATCH, CTX, run_json  # noqa: E402
+from bench.trainer_throughput import (  # noqa: E402
+    BATCH,
+    CTX,
+    reference_tokens_per_s,
+    run_json,
+    trainer_tokens_per_s,
+)
 from workers.launcher import trainer_env  # noqa: E402
 
 OPENMP = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -49,36 +53,9 @@ def policies() -> dict[str, dict[str, str]]:
     }
 
 
-def ms_per_step(config: Path, env: dict[str, str], steps: int, warmup: int) -> float:
-    """Run `python -m trainer.train`; the mean time of steps warmup+1..steps, from its events."""
-    out = Path(json.loads(config.read_text())["output_dir"])
-    for leftover in (out / "events.jsonl", config.parent / "ckpt"):
-        subprocess.run(["rm", "-rf", str(leftover)], check=True)
-    subprocess.run(
-        [sys.executable, "-m", "trainer.train", "--config", str(config)],
-        cwd=ROOT,
-        env=env,
-        check=True,
-    )
-    times = {}
-    for line in (out / "events.jsonl").read_text().splitlines():
-        e = json.loads(line)
-        if e["type"] == "step":
-            times[e["step"]] = datetime.fromisoformat(e["time"].replace("Z", "+00:00"))
-    return (times[steps] - times[warmup]).total_seconds() / (steps - warmup) * 1000
-
-
-def reference_ms_per_step(shard: Path, env: dict[str, str], steps: int, warmup: int) -> float:
-    """The plain loop on the same shard under `env`: its mean time a step after the warmup."""
-    args = ["--data", str(shard), "--steps", str(steps), "--warmup", str(warmup)]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "reference_loop.py"), *args],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return BATCH * CTX / float(json.loads(proc.stdout)["tokens_per_s"]) * 1000
+def ms_per_step(tokens_per_s: float) -> float:
+    """A step's time in ms, from the benchmark batch's tokens a second."""
+    return BATCH * CTX / tokens_per_s * 1000
 
 
 def main() -> None:
@@ -107,11 +84,11 @@ def main() -> None:
                 results: dict[str, list[float]] = {}
                 for _ in range(a.rounds):
                     for name, env in policies().items():
-                        ms = ms_per_step(config, env, steps, warmup=10)
-                        results.setdefault(name, []).append(ms)
+                        rate = trainer_tokens_per_s(config, steps, warmup=10, env=env)
+                        results.setdefault(name, []).append(ms_per_step(rate))
                         if a.reference:
-                            ms = reference_ms_per_step(shard, env, steps, warmup=10)
-                            results.setdefault(f"{name}, plain loop", []).append(ms)
+                            rate = reference_tokens_per_s(shard, steps, warmup=10, env=env)
+                            results.setdefault(f"{name}, plain loop", []).append(ms_per_step(rate))
                 load_now = load()
             finally:
                 for b in burners:

@@ -69,13 +69,19 @@ def run_json(tmp: Path, shard: Path, n_tokens: int, steps: int, compile: bool = 
     return path
 
 
-def trainer_tokens_per_s(config: Path, steps: int, warmup: int) -> float:
-    """Run `python -m trainer.train` and time steps warmup+1..steps from its events."""
+def trainer_tokens_per_s(
+    config: Path, steps: int, warmup: int, env: dict[str, str] | None = None
+) -> float:
+    """Run `python -m trainer.train` (in `env`, else this environment) and time steps
+    warmup+1..steps from its events."""
     out = Path(json.loads(config.read_text())["output_dir"])
     for leftover in (out / "events.jsonl", config.parent / "ckpt"):
         subprocess.run(["rm", "-rf", str(leftover)], check=True)
     subprocess.run(
-        [sys.executable, "-m", "trainer.train", "--config", str(config)], cwd=ROOT, check=True
+        [sys.executable, "-m", "trainer.train", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        check=True,
     )
     times = {}
     for line in (out / "events.jsonl").read_text().splitlines():
@@ -86,14 +92,18 @@ def trainer_tokens_per_s(config: Path, steps: int, warmup: int) -> float:
     return (steps - warmup) * BATCH * CTX / elapsed
 
 
-def reference_tokens_per_s(shard: Path, steps: int, warmup: int) -> float:
-    """Run bench/reference_loop.py on the same shard and read its tokens/s."""
+def reference_tokens_per_s(
+    shard: Path, steps: int, warmup: int, env: dict[str, str] | None = None
+) -> float:
+    """Run bench/reference_loop.py on the same shard (in `env`, else this environment) and
+    read its tokens/s."""
     proc = subprocess.run(
         [
             sys.executable,
             str(ROOT / "bench" / "reference_loop.py"),
             *("--data", str(shard), "--steps", str(steps), "--warmup", str(warmup)),
         ],
+        env=env,
         check=True,
         capture_output=True,
         text=True,

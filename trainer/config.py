@@ -171,17 +171,16 @@ class TrainingConfig:
     # "auto": compile on CUDA, where it pays for its compile time; eager on CPU, where a
     # short run's compile time exceeds what it saves (bench/RESULTS.md, "Compile by default").
     compile: StrictBool | Literal["auto"] = "auto"
-
-    def compiles(self, device_type: str) -> bool:
-        """Whether a run on this kind of device compiles its model (and loss)."""
-        return device_type == "cuda" if self.compile == "auto" else bool(self.compile)
-
     # The same bits on every run, resumed or not: torch's deterministic algorithms, which
     # also keep torch.compile from summing gradients with atomic adds (the embeddings').
     deterministic: StrictBool = False
     # Recompute each block's activations in the backward pass instead of storing them:
     # about a third more compute for activation memory that no longer grows with depth.
     activation_checkpointing: StrictBool = False
+
+    def compiles(self, device_type: str) -> bool:
+        """Whether a run on this kind of device compiles its model (and loss)."""
+        return device_type == "cuda" if self.compile == "auto" else bool(self.compile)
 
 
 @dataclass(config=_STRICT)
