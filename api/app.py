@@ -27,6 +27,7 @@ from api.routers import (
     tokenizers,
     webhooks,
 )
+from api.wakeups import job_wakeups
 from domain.db import get_async_engine
 from domain.lease import serve_api_presence
 from trainyard.settings import Settings, get_settings
@@ -70,6 +71,7 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
     else:
         yield
     await key_cache.close()
+    await job_wakeups.close()
     await limits.shared_store.close()
     if get_async_engine.cache_info().currsize:
         await get_async_engine().dispose()
@@ -90,6 +92,7 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     key_cache.configure(settings)
+    job_wakeups.configure(settings)
     limits.configure(settings)
     errors.install(app)
     for module in (

@@ -11,7 +11,7 @@ import threading
 import time
 from types import FrameType
 
-from domain import webhooks
+from domain import wake, webhooks
 from domain.db import get_sessionmaker
 from domain.lease import Leadership, hold_lease, release
 from domain.reconcile import tick
@@ -36,12 +36,19 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         target=webhooks.run, args=(settings, stop), name="webhooks", daemon=True
     ).start()
     holder = f"{socket.gethostname()}:{os.getpid()}"
-    ttl = max(5.0, settings.control_interval_seconds * 10)
+    # A leader renews the lease on every tick, and ticks at least once a sweep.
+    ttl = max(5.0, settings.control_interval_seconds * 10, settings.control_sweep_seconds * 2.5)
     storage = Storage.from_settings(settings)
     leader: Leadership | None = None
     factory = get_sessionmaker()
     swept = -math.inf
+    # Between sweeps the loop sleeps until a change it acts on is committed (PostgreSQL),
+    # or polls every control_interval_seconds (SQLite). Listening starts before the first
+    # tick, so nothing committed after that tick's reads goes unheard.
+    waiter = wake.Waiter(settings.resolved_database_url, wake.CONTROL)
+    waiter.listening  # noqa: B018 - connects
     while not stop.is_set():
+        failed = False
         try:
             with factory() as session:
                 now_leader = hold_lease(session, "control", holder, ttl)
@@ -58,7 +65,15 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
                         swept = time.monotonic()
         except Exception:
             log.exception("control tick failed")
-        stop.wait(settings.control_interval_seconds)
+            failed = True
+        # A leader wakes for its next sweep; a standby to look at the lease again. After a
+        # failure it waits a tick's interval before trying again.
+        next_sweep = swept + settings.control_sweep_seconds - time.monotonic()
+        timeout = next_sweep if leader is not None else settings.control_sweep_seconds
+        if failed:
+            timeout = max(timeout, settings.control_interval_seconds)
+        waiter.wait(max(0.0, timeout), settings.control_interval_seconds, stop)
+    waiter.close()
     if leader is not None:
         # Hand over at once rather than after the lease runs out.
         with factory() as session:

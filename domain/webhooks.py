@@ -19,14 +19,15 @@ import random
 import secrets
 import socket
 import threading
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from domain import wake
 from domain.access import owned
 from domain.db import get_sessionmaker, utcnow
 from domain.errors import Invalid
@@ -46,6 +47,8 @@ EVENT_TYPES = (
 )
 RESPONSE_KEEP = 1024
 CLAIM_SECONDS = 60.0  # a claimed delivery is not picked again while its send is in flight
+# Idle and listening, the delivery loop looks at the outbox at least this often anyway.
+IDLE_WAIT_S = 60.0
 
 
 def new_secret() -> str:
@@ -303,13 +306,34 @@ def deliver_due(settings: Settings, limit: int = 50) -> int:
     return len(claimed)
 
 
+def next_due_in(settings: Settings) -> float:
+    """Seconds until the earliest pending delivery is due (a retry's backoff, or a claim
+    that ran out), at most a minute: how long the loop may sleep when nothing wakes it."""
+    with get_sessionmaker()() as session:
+        due = session.execute(
+            select(func.min(WebhookDelivery.next_try_at)).where(WebhookDelivery.status == "pending")
+        ).scalar()
+    if due is None:
+        return IDLE_WAIT_S
+    if due.tzinfo is None:  # SQLite keeps no zone; every time here is UTC
+        due = due.replace(tzinfo=UTC)
+    return min(IDLE_WAIT_S, max(0.0, (due - utcnow()).total_seconds()))
+
+
 def run(settings: Settings, stop: threading.Event) -> None:
     """The delivery loop: empty the outbox until stopped (any number of processes may run
-    it; a delivery is claimed by one at a time)."""
+    it; a delivery is claimed by one at a time). Idle, it sleeps until a new delivery is
+    written (PostgreSQL) or the next retry is due; beside SQLite it polls."""
+    waiter = wake.Waiter(settings.resolved_database_url, wake.WEBHOOKS)
+    waiter.listening  # noqa: B018 - connects
     while not stop.is_set():
+        timeout = settings.webhook_interval_seconds
         try:
             if deliver_due(settings):
                 continue
+            if waiter.listening:
+                timeout = next_due_in(settings)
         except Exception:
             log.exception("webhook delivery pass failed")
-        stop.wait(settings.webhook_interval_seconds)
+        waiter.wait(timeout, settings.webhook_interval_seconds, stop)
+    waiter.close()

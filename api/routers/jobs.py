@@ -22,6 +22,7 @@ from api.errors import ApiError
 from api.limits import StreamSlot, streams
 from api.schemas import CheckpointOut, EventOut, JobOut, MetricPoint, MetricsOut, Page
 from api.views import job_out, json_response
+from api.wakeups import job_wakeups
 from domain import jobs
 from domain.db import get_sessionmaker
 from domain.lifecycle import TERMINAL, JobStatus
@@ -32,6 +33,7 @@ from trainyard.specs import JobSpec
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_BIGINT = 2**63 - 1
 MAX_STEP = 2**31 - 1  # steps are 32-bit integer columns
+POLL_S = 0.5  # how often a stream looks for news where nothing wakes it
 
 
 @router.post("", status_code=201, response_model=JobOut)
@@ -130,33 +132,35 @@ async def _events_live(
     request: Request, job_id: str, after: int, metrics_after_step: int | None
 ) -> AsyncIterator[str]:
     last_metric = 0
-    while True:
-        rows = await asyncio.to_thread(_events_after, job_id, after, 500)
-        for ev in rows:
-            after = ev.id
-            body = EventOut.model_validate(ev).model_dump_json()
-            yield f"id: {ev.id}\nevent: {ev.type}\ndata: {body}\n\n"
-        points = []
-        if metrics_after_step is not None:
-            # Metric points carry no event id: a reconnect asks for them by step instead.
-            points = await asyncio.to_thread(
-                _metrics_after, job_id, last_metric, metrics_after_step
-            )
-            if points:
-                last_metric = points[-1][0]
-                body = json.dumps(
-                    {"points": [{"name": n, "step": s, "value": v} for _, n, s, v in points]}
+    async with job_wakeups.follow(job_id) as news:
+        while True:
+            news.clear()
+            rows = await asyncio.to_thread(_events_after, job_id, after, 500)
+            for ev in rows:
+                after = ev.id
+                body = EventOut.model_validate(ev).model_dump_json()
+                yield f"id: {ev.id}\nevent: {ev.type}\ndata: {body}\n\n"
+            points = []
+            if metrics_after_step is not None:
+                # Metric points carry no event id: a reconnect asks for them by step instead.
+                points = await asyncio.to_thread(
+                    _metrics_after, job_id, last_metric, metrics_after_step
                 )
-                yield f"event: metrics\ndata: {body}\n\n"
-        if not rows and not points:
-            with get_sessionmaker()() as session:
-                status = session.execute(select(Job.status).where(Job.id == job_id)).scalar()
-            if status in TERMINAL:
-                yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-                return
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(0.5)
+                if points:
+                    last_metric = points[-1][0]
+                    body = json.dumps(
+                        {"points": [{"name": n, "step": s, "value": v} for _, n, s, v in points]}
+                    )
+                    yield f"event: metrics\ndata: {body}\n\n"
+            if not rows and not points:
+                with get_sessionmaker()() as session:
+                    status = session.execute(select(Job.status).where(Job.id == job_id)).scalar()
+                if status in TERMINAL:
+                    yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+                    return
+                if await request.is_disconnected():
+                    return
+                await news.wait(POLL_S)
 
 
 @router.get("/{job_id}/events", response_model=Page[EventOut])
