@@ -152,6 +152,12 @@ def phases(events: list[dict[str, Any]], t0: float, t_ds: float, t_end: float) -
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def api_run(
     text: Path, val: Path, steps: int, compile: bool | None, seed: int, eval_interval: int | None
 ) -> dict[str, Any]:
@@ -166,6 +172,9 @@ def api_run(
         t0 = time.time()
         ds = client.wait_dataset(client.upload_dataset(text, name="tinyshakespeare")["id"])
         t_ds = time.time()
+        # What the API and the control process cost beside the trainer, while it trains.
+        watched = {name: stack.procs[name].pid for name in ("api", "control")}
+        cpu0 = {name: cpu_seconds(pid) for name, pid in watched.items()}
         job = client.create_job(spec(ds["id"], steps, compile, seed, eval_interval))
         # Followed as `trainyard jobs watch` follows a job: its event stream, which ends
         # when the job does (polling at 10 Hz took 2 % of the steps' speed on 2 cores).
@@ -173,6 +182,7 @@ def api_run(
             pass
         state = client.job(job["id"])
         t_end = time.time()
+        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in watched.items()}
         assert state["status"] == "succeeded", state
         folder = Storage(stack.workdir / "storage").attempt_dir(job["id"], 1)
         events = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
@@ -187,6 +197,7 @@ def api_run(
         "job_val_loss": state["progress"]["val_loss"],
         "phases": phases(events, t0, t_ds, t_end),
         "compile": compiled,
+        "cpu": cpu,
     }
 
 
@@ -231,6 +242,11 @@ def main() -> None:
                 )
                 for name, value in run["phases"].items():
                     print(f"    {name:<40} {value:7.2f} s")
+                job_s = run["wall_s"] - run["phases"]["upload + validate + tokenize"]
+                for name, value in run["cpu"].items():
+                    share = value / job_s
+                    label = f"CPU of the {name} process"
+                    print(f"    {label:<40} {value:7.2f} s ({share:.1%} of a core)")
     print(f"machine: {machine()}; load after: {load()}")
 
 
