@@ -34,6 +34,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_BIGINT = 2**63 - 1
 MAX_STEP = 2**31 - 1  # steps are 32-bit integer columns
 POLL_S = 0.5  # how often a stream looks for news where nothing wakes it
+STREAM_EVENTS, STREAM_METRICS = 500, 5000  # the most a stream sends in one look
 
 
 @router.post("", status_code=201, response_model=JobOut)
@@ -111,9 +112,14 @@ def _metrics_after(job_id: str, after: int, after_step: int) -> list[tuple[int, 
             select(Metric.id, Metric.name, Metric.step, Metric.value)
             .where(Metric.job_id == job_id, Metric.id > after, Metric.step > after_step)
             .order_by(Metric.id)
-            .limit(5000)
+            .limit(STREAM_METRICS)
         )
         return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
+
+
+def _status(job_id: str) -> str | None:
+    with get_sessionmaker()() as session:
+        return session.execute(select(Job.status).where(Job.id == job_id)).scalar()
 
 
 async def _follow(
@@ -135,7 +141,10 @@ async def _events_live(
     async with job_wakeups.follow(job_id) as news:
         while True:
             news.clear()
-            rows = await asyncio.to_thread(_events_after, job_id, after, 500)
+            # The status first: a job that has ended has all its events committed, so the
+            # reads below see them all before the stream ends.
+            status = await asyncio.to_thread(_status, job_id)
+            rows = await asyncio.to_thread(_events_after, job_id, after, STREAM_EVENTS)
             for ev in rows:
                 after = ev.id
                 body = EventOut.model_validate(ev).model_dump_json()
@@ -152,15 +161,14 @@ async def _events_live(
                         {"points": [{"name": n, "step": s, "value": v} for _, n, s, v in points]}
                     )
                     yield f"event: metrics\ndata: {body}\n\n"
-            if not rows and not points:
-                with get_sessionmaker()() as session:
-                    status = session.execute(select(Job.status).where(Job.id == job_id)).scalar()
-                if status in TERMINAL:
-                    yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-                    return
-                if await request.is_disconnected():
-                    return
-                await news.wait(POLL_S)
+            if len(rows) == STREAM_EVENTS or len(points) == STREAM_METRICS:
+                continue  # more to send at once
+            if status in TERMINAL:
+                yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            await news.wait(POLL_S)
 
 
 @router.get("/{job_id}/events", response_model=Page[EventOut])
