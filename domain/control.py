@@ -66,10 +66,11 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         except Exception:
             log.exception("control tick failed")
             failed = True
-        # A leader wakes for its next sweep; a standby to look at the lease again. After a
-        # failure it waits a tick's interval before trying again.
+        # A leader wakes for its next sweep; a standby looks at the lease every interval, as
+        # before, so that it takes over as soon as a dead leader's lease runs out. After a
+        # failure the loop waits an interval before trying again.
         next_sweep = swept + settings.control_sweep_seconds - time.monotonic()
-        timeout = next_sweep if leader is not None else settings.control_sweep_seconds
+        timeout = next_sweep if leader is not None else settings.control_interval_seconds
         if failed:
             timeout = max(timeout, settings.control_interval_seconds)
         waiter.wait(max(0.0, timeout), settings.control_interval_seconds, stop)
