@@ -9,13 +9,16 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from domain import migrate, wake
-from tests.stack import Database
+from tests.conftest import ready_dataset
+from tests.stack import Database, Stack
+from trainyard.client import Client
 
 pytestmark = pytest.mark.integration
 
@@ -231,3 +234,26 @@ def test_a_stream_wakes_for_its_own_job_only(
         asyncio.run(scenario())
     finally:
         get_settings.cache_clear()
+
+
+def test_the_control_loop_is_woken_not_polled(tmp_path: Path) -> None:
+    """With its interval and sweep at a minute, a job still goes from submit through
+    preparation to success in seconds: every step is a commit that wakes the loop."""
+    db = Database()
+    slow = {"TRAINYARD_CONTROL_INTERVAL_SECONDS": "60", "TRAINYARD_CONTROL_SWEEP_SECONDS": "60"}
+    try:
+        with Stack(tmp_path, db.url, extra_env=slow) as stack:
+            stack.up()
+            client = Client(stack.url, stack.new_key("woken"))
+            dataset = ready_dataset(client, tmp_path, lines=300)
+            job = client.create_job(
+                {
+                    "dataset_id": dataset,
+                    "training": {"max_steps": 2, "eval_interval": 2},
+                    "resources": {"accelerator": "cpu"},
+                }
+            )
+            done = client.wait_job(job["id"], timeout=45)
+            assert done["status"] == "succeeded", done
+    finally:
+        db.close()
