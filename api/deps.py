@@ -12,12 +12,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.guard import state_project
+from api.wakeups import listen
 from domain.db import get_async_engine, get_async_sessionmaker, get_sessionmaker, utcnow
 from domain.keys import REVOKED_CHANNEL, REVOKED_FILE, live
 from domain.orm import ApiKey
@@ -99,16 +99,14 @@ class KeyCache:
             self._starting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
-        import asyncpg
-
-        url = make_url(get_settings().resolved_database_url).set(drivername="postgresql")
-        try:
-            conn = await asyncpg.connect(url.render_as_string(hide_password=False))
-            await conn.add_listener(REVOKED_CHANNEL, self._on_revoked)
-            conn.add_termination_listener(self._on_lost)
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("cannot listen for key revocations (%s); checking every key", exc)
-            await asyncio.sleep(5)  # the next request tries again after this
+        conn = await listen(
+            REVOKED_CHANNEL,
+            self._on_revoked,
+            self._on_lost,
+            "key revocations",
+            "checking every key",
+        )
+        if conn is None:
             return
         self.listener = conn
         self.keys.clear()  # anything revoked before now was not heard

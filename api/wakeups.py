@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -25,6 +25,30 @@ log = logging.getLogger(__name__)
 IDLE_S = 2.0
 # After the listening connection failed, how long before the next stream tries it again.
 RETRY_S = 5.0
+
+
+async def listen(
+    channel: str,
+    on_notify: Callable[[Any, int, str, str], None],
+    on_lost: Callable[[Any], None],
+    what: str,
+    meanwhile: str,
+) -> Any:
+    """A connection of its own LISTENing on a channel (`on_lost` is called if it drops); None
+    after a warning when the database cannot be reached, and a pause so that the caller's
+    next try comes no sooner."""
+    import asyncpg
+
+    url = make_url(get_settings().resolved_database_url).set(drivername="postgresql")
+    try:
+        conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+        await conn.add_listener(channel, on_notify)
+        conn.add_termination_listener(on_lost)
+    except (OSError, asyncpg.PostgresError) as exc:
+        log.warning("cannot listen for %s (%s); %s", what, exc, meanwhile)
+        await asyncio.sleep(RETRY_S)
+        return None
+    return conn
 
 
 class News:
@@ -84,19 +108,10 @@ class JobWakeups:
             self._starting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
-        import asyncpg
-
-        url = make_url(get_settings().resolved_database_url).set(drivername="postgresql")
-        try:
-            conn = await asyncpg.connect(url.render_as_string(hide_password=False))
-            await conn.add_listener(wake.EVENTS, self._on_news)
-            conn.add_termination_listener(self._on_lost)
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("cannot listen for job events (%s); streams poll", exc)
-            await asyncio.sleep(RETRY_S)  # the next stream tries again after this
-            return
-        self.conn, self.listening = conn, True
-        self._wake_all()  # what committed before now was not heard
+        conn = await listen(wake.EVENTS, self._on_news, self._on_lost, "job events", "streams poll")
+        if conn is not None:
+            self.conn, self.listening = conn, True
+            self._wake_all()  # what committed before now was not heard
 
     def _on_news(self, _conn: Any, _pid: int, _channel: str, job_id: str) -> None:
         for news in self.waiting.get(job_id, ()):

@@ -88,6 +88,19 @@ def postgres_db() -> Iterator[Database]:
     db.close()
 
 
+@pytest.fixture(scope="module")
+def migrated_url() -> Iterator[str]:
+    """A throwaway database at the latest schema, for one test module."""
+    from domain import migrate
+
+    db = Database()
+    try:
+        migrate.upgrade(db.url)
+        yield db.url
+    finally:
+        db.close()
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, postgres_db: Database) -> Iterator[Stack]:
     """The whole platform: uvicorn, control loop, Celery prep and node workers, Redis."""

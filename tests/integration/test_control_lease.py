@@ -14,31 +14,20 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from domain import migrate
 from domain.lease import fence, hold_lease
 from domain.orm import Lease, Project
 from domain.reconcile import tick
-from tests.stack import Database, Stack
+from tests.stack import Stack
 from trainyard.settings import Settings
 from trainyard.storage import Storage
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    db = Database()
-    try:
-        migrate.upgrade(db.url)
-        yield db.url
-    finally:
-        db.close()
-
-
 @pytest.fixture
-def engine(url: str) -> Iterator[Engine]:
+def engine(migrated_url: str) -> Iterator[Engine]:
     # A statement that waits on a lock gives up rather than hanging the test.
-    engine = create_engine(url, connect_args={"options": "-c statement_timeout=15000"})
+    engine = create_engine(migrated_url, connect_args={"options": "-c statement_timeout=15000"})
     yield engine
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM leases"))
@@ -64,9 +53,9 @@ def wait_for_holder(
 
 
 def test_a_second_control_process_takes_over_from_a_killed_leader(
-    url: str, engine: Engine, tmp_path: Path
+    migrated_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    with Stack(tmp_path, url) as stack:
+    with Stack(tmp_path, migrated_url) as stack:
         stack.start("control-1", "control")
         stack.start("control-2", "control")
         holder, epoch = wait_for_holder(engine, 30)

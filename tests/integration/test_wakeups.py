@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from domain import migrate, wake
+from domain import wake
 from tests.conftest import ready_dataset
 from tests.stack import Database, Stack
 from trainyard.client import Client
@@ -26,18 +26,8 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    db = Database()
-    try:
-        migrate.upgrade(db.url)
-        yield db.url
-    finally:
-        db.close()
-
-
-@pytest.fixture(scope="module")
-def engine(url: str) -> Iterator[Engine]:
-    engine = create_engine(url)
+def engine(migrated_url: str) -> Iterator[Engine]:
+    engine = create_engine(migrated_url)
     with engine.begin() as conn:
         conn.execute(
             text("INSERT INTO projects (id, name, created_at) VALUES ('p1', 'p1', :now)"),
@@ -60,16 +50,24 @@ def run(engine: Engine, sql: str, **params: object) -> None:
         conn.execute(text(sql), {"now": NOW, **params})
 
 
-def test_control_hears_new_jobs_and_status_changes_not_progress(url: str, engine: Engine) -> None:
-    control = wake.Waiter(url, wake.CONTROL)
+def add_job(engine: Engine, job_id: str, status: str) -> None:
+    run(
+        engine,
+        "INSERT INTO jobs (id, project_id, type, status, spec, dataset_id, prepared, attempt,"
+        " cancel_requested, step, tokens, created_at, updated_at) VALUES (:id, 'p1', 'pretrain',"
+        " :status, '{}', 'd1', false, 0, false, 0, 0, :now, :now)",
+        id=job_id,
+        status=status,
+    )
+
+
+def test_control_hears_new_jobs_and_status_changes_not_progress(
+    migrated_url: str, engine: Engine
+) -> None:
+    control = wake.Waiter(migrated_url, wake.CONTROL)
     assert control.listening
     try:
-        run(
-            engine,
-            "INSERT INTO jobs (id, project_id, type, status, spec, dataset_id, prepared, attempt,"
-            " cancel_requested, step, tokens, created_at, updated_at) VALUES ('j1', 'p1',"
-            " 'pretrain', 'queued', '{}', 'd1', false, 0, false, 0, 0, :now, :now)",
-        )
+        add_job(engine, "j1", "queued")
         assert control.wait(1.0, 1.0, threading.Event()) == {""}
         # A running job's progress, and why it waits, wake no one.
         run(engine, "UPDATE jobs SET step = 10, loss = 2.5, waiting_reason = 'w' WHERE id = 'j1'")
@@ -90,8 +88,10 @@ def test_control_hears_new_jobs_and_status_changes_not_progress(url: str, engine
         control.close()
 
 
-def test_control_hears_nodes_come_and_go_not_their_heartbeats(url: str, engine: Engine) -> None:
-    control = wake.Waiter(url, wake.CONTROL)
+def test_control_hears_nodes_come_and_go_not_their_heartbeats(
+    migrated_url: str, engine: Engine
+) -> None:
+    control = wake.Waiter(migrated_url, wake.CONTROL)
     assert control.listening
     try:
         run(
@@ -115,17 +115,14 @@ def test_control_hears_nodes_come_and_go_not_their_heartbeats(url: str, engine: 
         control.close()
 
 
-def test_streams_hear_their_job_by_id_and_webhooks_their_outbox(url: str, engine: Engine) -> None:
-    events = wake.Waiter(url, wake.EVENTS)
-    hooks = wake.Waiter(url, wake.WEBHOOKS)
+def test_streams_hear_their_job_by_id_and_webhooks_their_outbox(
+    migrated_url: str, engine: Engine
+) -> None:
+    events = wake.Waiter(migrated_url, wake.EVENTS)
+    hooks = wake.Waiter(migrated_url, wake.WEBHOOKS)
     assert events.listening and hooks.listening
     try:
-        run(
-            engine,
-            "INSERT INTO jobs (id, project_id, type, status, spec, dataset_id, prepared, attempt,"
-            " cancel_requested, step, tokens, created_at, updated_at) VALUES ('j2', 'p1',"
-            " 'pretrain', 'running', '{}', 'd1', true, 1, false, 0, 0, :now, :now)",
-        )
+        add_job(engine, "j2", "running")
         run(engine, "UPDATE jobs SET step = 5, tokens = 100 WHERE id = 'j2'")
         assert events.wait(1.0, 1.0, threading.Event()) == {"j2"}
         run(engine, "UPDATE jobs SET tokens_per_s = 7 WHERE id = 'j2'")
@@ -168,8 +165,8 @@ def test_a_waiter_beside_sqlite_polls(tmp_path: object) -> None:
     assert 0.15 < time.monotonic() - t0 < 2.0
 
 
-def test_a_stop_request_ends_a_wait(url: str) -> None:
-    waiter = wake.Waiter(url, wake.CONTROL)
+def test_a_stop_request_ends_a_wait(migrated_url: str) -> None:
+    waiter = wake.Waiter(migrated_url, wake.CONTROL)
     stop = threading.Event()
     threading.Timer(0.2, stop.set).start()
     t0 = time.monotonic()
@@ -181,23 +178,17 @@ def test_a_stop_request_ends_a_wait(url: str) -> None:
 
 
 def test_a_stream_wakes_for_its_own_job_only(
-    url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+    migrated_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The API's hub: a stream following j3 wakes when j3's event commits, not for j4's;
     and until the hub listens, a stream polls."""
     from api.wakeups import JobWakeups
     from trainyard.settings import Settings, get_settings
 
-    monkeypatch.setenv("TRAINYARD_DATABASE_URL", url)
+    monkeypatch.setenv("TRAINYARD_DATABASE_URL", migrated_url)
     get_settings.cache_clear()
     for job_id in ("j3", "j4"):
-        run(
-            engine,
-            "INSERT INTO jobs (id, project_id, type, status, spec, dataset_id, prepared, attempt,"
-            " cancel_requested, step, tokens, created_at, updated_at) VALUES (:id, 'p1',"
-            " 'pretrain', 'running', '{}', 'd1', true, 1, false, 0, 0, :now, :now)",
-            id=job_id,
-        )
+        add_job(engine, job_id, "running")
 
     def event(job_id: str) -> None:
         run(
@@ -209,7 +200,7 @@ def test_a_stream_wakes_for_its_own_job_only(
 
     async def scenario() -> None:
         hub = JobWakeups()
-        hub.configure(Settings(database_url=url))
+        hub.configure(Settings(database_url=migrated_url))
         try:
             async with hub.follow("j3") as news:
                 t0 = time.monotonic()
