@@ -13,11 +13,13 @@ from sqlalchemy.orm import Session
 from api.deps import CursorQuery, ProjectDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.openai_schemas import (
+    Dpo,
     FineTuningJobIn,
     FineTuningJobOut,
     JobCheckpointOut,
     JobEventOut,
     ListOut,
+    Supervised,
 )
 from api.openai_views import checkpoint_out, event_out, job_out
 from domain import jobs, openai_jobs
@@ -65,7 +67,8 @@ def create_job(
     hyper = body.hyperparameters.model_dump() if body.hyperparameters else {}
     if body.method is not None:
         section = getattr(body.method, method, None)
-        if section is not None and section.hyperparameters is not None:
+        # Reinforcement's section is free-form (the method is refused by name below).
+        if isinstance(section, Supervised | Dpo) and section.hyperparameters is not None:
             hyper |= section.hyperparameters.model_dump(exclude_none=True)
     job, _ = openai_jobs.create(
         session=session,

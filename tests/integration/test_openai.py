@@ -398,6 +398,7 @@ def test_error_classes(
         ({"extra_body": {"lora_rank": 4}}, "lora_rank"),
         ({"extra_body": {"sft": {"method": "lora", "lora": {"rank": 0}}}}, "sft.lora.rank"),
         ({"method": {"type": "reinforcement"}}, "method.type"),
+        ({"method": {"type": "reinforcement", "reinforcement": {"grader": {}}}}, "method.type"),
         # chat examples are no preference pairs
         ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}}, "training_file"),
         ({"method": {"type": "dpo"}, "extra_body": {"sft": {"method": "lora"}}}, "sft"),
