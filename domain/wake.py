@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:  # imported where a waiter connects: SQLite never needs it
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class Waiter:
     def _connection(self) -> psycopg.Connection[Any] | None:
         if self.conn is not None or self.url is None or time.monotonic() < self.retry_at:
             return self.conn
+        import psycopg
+
         try:
             conn = psycopg.connect(
                 self.url.render_as_string(hide_password=False), autocommit=True, connect_timeout=5
@@ -74,6 +78,8 @@ class Waiter:
         if conn is None:
             stop.wait(min(timeout, poll))
             return set()
+        import psycopg
+
         heard: set[str] = set()
         deadline = time.monotonic() + timeout
         try:

@@ -157,7 +157,7 @@ def test_streams_hear_their_job_by_id_and_webhooks_their_outbox(
         hooks.close()
 
 
-def test_a_waiter_beside_sqlite_polls(tmp_path: object) -> None:
+def test_a_waiter_beside_sqlite_polls() -> None:
     waiter = wake.Waiter("sqlite:///nowhere.db", wake.CONTROL)
     assert not waiter.listening
     t0 = time.monotonic()
