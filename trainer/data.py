@@ -1,8 +1,15 @@
-"""Training data: random windows from memory-mapped token shards.
+"""Training data: windows of memory-mapped token shards.
 
-Every rank draws from its own torch.Generator seeded with (seed, rank), so ranks see
-different windows, and the generator state goes into checkpoints for an exact resume.
-Validation uses a fixed list of windows, the same at every eval and for every world size.
+Training reads the shards in epochs, each a shuffled pass over windows that tile the data
+without overlap: epoch e starts its tiling at an offset drawn from (seed, e), so the window
+edges move from one epoch to the next, and orders the windows by a permutation drawn from
+(seed, e). Every window of an epoch is read once before any is read again (random windows
+drawn with replacement leave a fifth of a 1.5-epoch run's tokens unseen). The windows of all
+epochs form one stream that every data-parallel rank walks in lockstep, each taking its own
+slice of every micro-batch's share, as the SFT batches do (trainer.sft_data): the stream
+position is the whole sampler state, the same on every rank, so a resume is exact for any
+world size. Validation uses a fixed list of windows at any offset, the same at every eval
+and for every world size.
 """
 
 from __future__ import annotations
@@ -13,12 +20,13 @@ import numpy as np
 import torch
 
 from trainer.config import DataConfig, TokenRange
+from trainer.task import StaleSamplerState
 
-_VAL_SEED_OFFSET = 987_654_321  # keeps the validation windows apart from any rank stream
+_VAL_SEED_OFFSET = 987_654_321  # keeps the validation windows apart from the training order
 
 
 class TokenRanges:
-    """A list of shard ranges seen as one pool of sampleable windows."""
+    """A list of shard ranges seen as one pool of windows."""
 
     def __init__(self, ranges: list[TokenRange], dtype: str, seq_len: int, split: str) -> None:
         self.seq_len = seq_len
@@ -44,10 +52,11 @@ class TokenRanges:
             )
         # Window starts are numbered across all ranges; cum[i] is the first one of range i.
         self.cum = torch.tensor([0, *np.cumsum(counts).tolist()], dtype=torch.int64)
+        self.lengths = np.array([len(a) for a in self.arrays], dtype=np.int64)
 
     @property
     def n_windows(self) -> int:
-        """How many distinct windows there are."""
+        """How many distinct windows there are (at every offset)."""
         return int(self.cum[-1])
 
     def sample_starts(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -57,50 +66,104 @@ class TokenRanges:
     def windows(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets (B, T) for the given global window numbers."""
         which = torch.searchsorted(self.cum, starts, right=True) - 1
-        rows = []
-        for i, s in zip(which.tolist(), starts.tolist(), strict=True):
-            offset = s - int(self.cum[i])
-            rows.append(self.arrays[i][offset : offset + self.seq_len + 1].astype(np.int64))
+        numbers = zip(which.tolist(), starts.tolist(), strict=True)
+        return self.read([(i, s - int(self.cum[i])) for i, s in numbers])
+
+    def read(self, places: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets (B, T) of the windows at (range, offset) places."""
+        rows = [self.arrays[i][o : o + self.seq_len + 1].astype(np.int64) for i, o in places]
         buf = torch.from_numpy(np.stack(rows))  # (B, T+1)
         return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
 
 
+class Epoch:
+    """One shuffled pass over non-overlapping windows: tiles of seq_len tokens (and the
+    next one, the last target) that start `phase` tokens into every range."""
+
+    def __init__(self, pool: TokenRanges, seed: int, number: int) -> None:
+        rng = np.random.default_rng([seed, number])
+        t = pool.seq_len
+        self.phase = int(rng.integers(t))
+        self.counts = np.maximum((pool.lengths - 1 - self.phase) // t, 0)
+        if not self.counts.any():  # every range too short for this phase: tile from 0
+            self.phase = 0
+            self.counts = (pool.lengths - 1) // t
+        self.cum = np.concatenate([[0], np.cumsum(self.counts)])
+        self.order = rng.permutation(int(self.cum[-1]))
+        self.seq_len = t
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def place(self, i: int) -> tuple[int, int]:
+        """(range, offset) of the epoch's i-th window."""
+        tile = int(self.order[i])
+        which = int(np.searchsorted(self.cum, tile, side="right")) - 1
+        return which, self.phase + (tile - int(self.cum[which])) * self.seq_len
+
+
 class TokenData:
-    """Train and validation windows for one rank."""
+    """Train and validation windows for one data-parallel rank."""
 
     def __init__(
-        self, cfg: DataConfig, seq_len: int, *, seed: int, rank: int, device: torch.device
+        self,
+        cfg: DataConfig,
+        seq_len: int,
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
     ) -> None:
         self.seq_len = seq_len
         self.device = device
-        self.splits = {
-            "train": TokenRanges(cfg.train, cfg.dtype, seq_len, "train"),
-            "val": TokenRanges(cfg.val, cfg.dtype, seq_len, "validation"),
-        }
-        self.seed, self.rank = seed, rank
-        self.generator = torch.Generator().manual_seed(_rank_seed(seed, rank))
+        self.train = TokenRanges(cfg.train, cfg.dtype, seq_len, "train")
+        self.val = TokenRanges(cfg.val, cfg.dtype, seq_len, "validation")
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.val_seed = seed + _VAL_SEED_OFFSET
+        self.epoch = 0
+        self.cursor = 0  # next unread window of self.epoch
+        self._epochs: dict[int, Epoch] = {}
 
-    def get_batch(
-        self, split: str, micro_batch_size: int, seq_len: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random (x, y) windows of shape (B, T) from split, on this rank's device."""
-        if seq_len != self.seq_len:
-            raise ValueError(f"data was opened for seq_len {self.seq_len}, asked for {seq_len}")
-        pool = self.splits[split]
-        x, y = pool.windows(pool.sample_starts(micro_batch_size, generator))
-        return self._to_device(x), self._to_device(y)
+    def epoch_windows(self, number: int) -> Epoch:
+        """Epoch `number`'s windows in order (the current and the next are kept)."""
+        if number not in self._epochs:
+            self._epochs = {k: v for k, v in self._epochs.items() if k >= number - 1}
+            self._epochs[number] = Epoch(self.train, self.seed, number)
+        return self._epochs[number]
 
     def next_train_batch(self, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next training micro-batch from this rank's sampler."""
-        return self.get_batch("train", micro_batch_size, self.seq_len, self.generator)
+        """This rank's slice of the next world_size x micro_batch_size windows of the stream."""
+        first = self.rank * micro_batch_size
+        self.skip(first)
+        places = []
+        for _ in range(micro_batch_size):
+            places.append(self.epoch_windows(self.epoch).place(self.cursor))
+            self.skip(1)
+        self.skip((self.world_size - self.rank - 1) * micro_batch_size)
+        x, y = self.train.read(places)
+        return self._to_device(x), self._to_device(y)
+
+    def skip(self, n: int) -> None:
+        """Move the stream position n windows on, across epochs as needed."""
+        while n > 0:
+            left = len(self.epoch_windows(self.epoch)) - self.cursor
+            if n < left:
+                self.cursor += n
+                return
+            n -= left
+            self.epoch, self.cursor = self.epoch + 1, 0
 
     def val_batches(
         self, micro_batch_size: int, n_batches: int
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The fixed validation batches: identical on every call, rank and world size."""
         g = torch.Generator().manual_seed(self.val_seed)
-        return [self.get_batch("val", micro_batch_size, self.seq_len, g) for _ in range(n_batches)]
+        batches = []
+        for _ in range(n_batches):
+            x, y = self.val.windows(self.val.sample_starts(micro_batch_size, g))
+            batches.append((self._to_device(x), self._to_device(y)))
+        return batches
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -108,19 +171,18 @@ class TokenData:
         return t
 
     def state_dict(self) -> dict[str, Any]:
-        """Sampler position of this rank, for checkpoints."""
-        return {"generator": self.generator.get_state()}
+        """The stream position, the same on every rank."""
+        return {"epoch": self.epoch, "cursor": self.cursor}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a sampler position saved by state_dict."""
-        self.generator.set_state(state["generator"])
+        """Go back to a position saved by state_dict."""
+        if "epoch" not in state:  # the random-window sampler's generator state
+            raise StaleSamplerState("no stream position in the sampler state")
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
     def restart_at(self, step: int, batch_size: int) -> None:
-        """Give a rank that did not exist when the checkpoint was saved (world size grew) a
-        fresh stream, distinct from the others'."""
-        self.generator.manual_seed(self.seed * 7919 + self.rank + step)
-
-
-def _rank_seed(seed: int, rank: int) -> int:
-    # A large odd multiplier keeps (seed, rank) pairs from colliding for nearby seeds.
-    return (seed * 1_000_003 + rank) % (2**63)
+        """Place a rank that has no saved state (the world size grew, or the checkpoint
+        predates this sampler): every step reads batch_size windows of the one stream, so
+        the step gives the place."""
+        self.epoch, self.cursor = 0, 0
+        self.skip(step * batch_size)

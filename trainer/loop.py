@@ -29,7 +29,7 @@ from trainer.export import export_model
 from trainer.pretrain import PretrainTask
 from trainer.sft import SFTTask
 from trainer.sizing import flops_per_token, param_count
-from trainer.task import Task
+from trainer.task import StaleSamplerState, Task
 
 # Dense bf16 tensor-core peak FLOP/s per GPU, from NVIDIA datasheets (no sparsity).
 # MFU is reported against these; unknown GPUs and CPUs report null.
@@ -186,14 +186,20 @@ class Trainer:
         self.tokens = int(state["tokens"])
         self.val_loss = state.get("val_loss")
         self.last_loss = state.get("loss")
+        placed = False
         if found.rank_state is not None:
-            self.task.data.load_state_dict(found.rank_state["data"])
             ckpt.set_rng_state(found.rank_state["rng"])
-        else:
+            try:
+                self.task.data.load_state_dict(found.rank_state["data"])
+                placed = True
+            except StaleSamplerState:
+                pass
+        if not placed:
             self.task.data.restart_at(found.step, self.cfg.training.batch_size)
             self.events.emit(
                 "log",
-                message=f"rank {self.dist.rank} has no sampler state in {found.path}; reseeded",
+                message=f"rank {self.dist.rank} has no usable sampler state in {found.path}; "
+                f"placed at step {found.step} of the data stream",
             )
         self.resumed_from = found.path
         self.events.emit("log", message=f"resuming from {found.path} at step {found.step}")

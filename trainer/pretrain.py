@@ -1,4 +1,4 @@
-"""Pretraining: a freshly initialised model on random windows of token shards."""
+"""Pretraining: a freshly initialised model on shuffled windows of token shards."""
 
 from __future__ import annotations
 
@@ -37,7 +37,12 @@ class PretrainTask:
         self.model = build_model(dataclasses.replace(cfg.model, dropout=t.dropout)).to(dist.device)
         # A tensor-parallel group reads one stream.
         self.data = TokenData(
-            cfg.data, t.seq_len, seed=t.seed, rank=layout.dp_rank, device=dist.device
+            cfg.data,
+            t.seq_len,
+            seed=t.seed,
+            rank=layout.dp_rank,
+            world_size=layout.dp_size,
+            device=dist.device,
         )
         self.max_steps = t.max_steps
         self.router = RouterTally(self.model.cfg.moe_layers, dist)

@@ -20,6 +20,10 @@ from torch import nn
 from trainer.model import CausalLM
 
 
+class StaleSamplerState(ValueError):
+    """A checkpoint's sampler state from a sampler this version no longer has."""
+
+
 class Data(Protocol):
     """One rank's training and validation batches, and its resumable place in them."""
 
@@ -36,7 +40,8 @@ class Data(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Go back to a place saved by state_dict."""
+        """Go back to a place saved by state_dict (StaleSamplerState: one this version
+        cannot read)."""
         ...
 
     def restart_at(self, step: int, batch_size: int) -> None:
