@@ -7,6 +7,7 @@ positions, tied embeddings) so the two do the same arithmetic per step.
 
     python bench/reference_loop.py --data tokens.bin --steps 200 [--warmup 20]
         [--val-data val.bin --val-batches 200 --lr-warmup 100 --min-lr 1e-4]
+        [--sampling random|epochs]
 
 prints one JSON line: tokens/s over the steps after the warmup ones, the final loss, the
 wall time of the whole loop (`train_s`, imports and set-up left out) and, with --val-data,
@@ -19,6 +20,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -83,7 +85,20 @@ class GPT(nn.Module):
 
 def get_batch(data: np.ndarray, batch: int, ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows (B, T) of inputs and next-token targets."""
-    ix = torch.randint(len(data) - ctx - 1, (batch,)).tolist()
+    return windows(data, torch.randint(len(data) - ctx - 1, (batch,)).tolist(), ctx)
+
+
+def epoch_starts(n_tokens: int, ctx: int) -> Iterator[int]:
+    """Window starts in shuffled epochs of non-overlapping windows, each epoch's tiling
+    shifted by a random offset: trainyard's pretraining order (trainer.data)."""
+    while True:
+        phase = int(torch.randint(ctx, ()))
+        starts = torch.arange(phase, n_tokens - ctx, ctx)
+        yield from starts[torch.randperm(len(starts))].tolist()
+
+
+def windows(data: np.ndarray, ix: list[int], ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets (B, T) of the windows starting at ix."""
     x = torch.stack([torch.from_numpy(data[i : i + ctx].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + ctx].astype(np.int64)) for i in ix])
     return x, y
@@ -97,9 +112,7 @@ def val_windows(
     out = []
     for _ in range(batches):
         ix = torch.randint(len(data) - ctx - 1, (batch,), generator=g).tolist()
-        x = torch.stack([torch.from_numpy(data[i : i + ctx].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + ctx].astype(np.int64)) for i in ix])
-        out.append((x, y))
+        out.append(windows(data, ix, ctx))
     return out
 
 
@@ -121,6 +134,12 @@ def main() -> None:
     p.add_argument("--val-data", help="uint16 token file to score the model on at the end")
     p.add_argument("--val-batches", type=int, default=200)
     p.add_argument("--seed", type=int, default=1337, help="for the init and the batches")
+    p.add_argument(
+        "--sampling",
+        choices=["random", "epochs"],
+        default="random",
+        help="random windows with replacement, or trainyard's shuffled epochs of tiles",
+    )
     a = p.parse_args()
 
     torch.manual_seed(a.seed)
@@ -133,6 +152,7 @@ def main() -> None:
         lr=a.lr,
         betas=(0.9, 0.95),
     )
+    order = epoch_starts(len(data), a.ctx) if a.sampling == "epochs" else None
     t_start = 0.0
     loss = torch.zeros(())
     t_loop = time.perf_counter()
@@ -146,7 +166,10 @@ def main() -> None:
             lr = a.min_lr + (a.lr - a.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in opt.param_groups:
             group["lr"] = lr
-        x, y = get_batch(data, a.batch, a.ctx)
+        if order is None:
+            x, y = get_batch(data, a.batch, a.ctx)
+        else:
+            x, y = windows(data, [next(order) for _ in range(a.batch)], a.ctx)
         loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -159,9 +182,9 @@ def main() -> None:
     if a.val_data:
         val = np.memmap(a.val_data, dtype=np.uint16, mode="r")
         model.eval()
-        windows = val_windows(val, a.val_batches, a.batch, a.ctx)
+        held_out = val_windows(val, a.val_batches, a.batch, a.ctx)
         with torch.no_grad():
-            losses = [float(model(x, y)) for x, y in windows]
+            losses = [float(model(x, y)) for x, y in held_out]
         out["val_loss"] = sum(losses) / len(losses)
     print(json.dumps(out))
 

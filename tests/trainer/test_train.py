@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tests.trainer.trainer_testkit import (
     REPO,
@@ -103,6 +104,30 @@ def test_resume_is_bit_exact(tmp_path: Path, dataset: tuple[Path, str, dict], pr
         assert b[step]["loss"] == a[step]["loss"], step
         assert b[step]["grad_norm"] == a[step]["grad_norm"], step
         assert b[step]["tokens"] == a[step]["tokens"]
+
+
+def test_a_checkpoint_of_the_random_window_sampler_resumes_at_its_step(
+    tmp_path: Path, dataset: tuple[Path, str, dict]
+) -> None:
+    """A checkpoint saved before the epoch stream (its sampler state a torch generator's)
+    resumes at the place its step gives: the stream is one for every rank and world size."""
+    _, tok, data = dataset
+    kw: dict[str, Any] = {"max_steps": 12, "dropout": 0.1}
+    straight = run_config(tmp_path, "straight", tok, data, **kw)
+    assert run_in_process(straight) == EXIT_OK
+    resumed = run_config(tmp_path, "resumed", tok, data, **kw)
+    assert run_in_process(resumed, stop_at_step=5) == EXIT_PREEMPTED
+    rank_file = Path(resumed["checkpoint_dir"]) / "step-00000005" / "rank-00000.pt"
+    state = torch.load(rank_file, weights_only=True)
+    state["data"] = {"generator": torch.Generator().get_state()}
+    torch.save(state, rank_file)
+    assert run_in_process(resumed) == EXIT_OK
+
+    a = _steps(read_events(straight["output_dir"]))
+    events = read_events(resumed["output_dir"])
+    b = _steps(events)
+    assert any("placed at step 5 of the data stream" in e.get("message", "") for e in events)
+    assert [b[step]["loss"] for step in range(6, 13)] == [a[step]["loss"] for step in range(6, 13)]
 
 
 def test_sigterm_saves_checkpoint_and_exits_75(
