@@ -5,22 +5,18 @@ without overlap: epoch e starts its tiling at an offset drawn from (seed, e), so
 edges move from one epoch to the next, and orders the windows by a permutation drawn from
 (seed, e). Every window of an epoch is read once before any is read again (random windows
 drawn with replacement leave a fifth of a 1.5-epoch run's tokens unseen). The windows of all
-epochs form one stream that every data-parallel rank walks in lockstep, each taking its own
-slice of every micro-batch's share, as the SFT batches do (trainer.sft_data): the stream
-position is the whole sampler state, the same on every rank, so a resume is exact for any
-world size. Validation uses a fixed list of windows at any offset, the same at every eval
-and for every world size.
+epochs form one stream that every data-parallel rank walks in lockstep (trainer.stream, as
+the SFT batches do), so a resume is exact for any world size. Validation uses a fixed list
+of windows at any offset, the same at every eval and for every world size.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import torch
 
 from trainer.config import DataConfig, TokenRange
-from trainer.task import StaleSamplerState
+from trainer.stream import EpochStream
 
 _VAL_SEED_OFFSET = 987_654_321  # keeps the validation windows apart from the training order
 
@@ -102,7 +98,7 @@ class Epoch:
         return which, self.phase + (tile - int(self.cum[which])) * self.seq_len
 
 
-class TokenData:
+class TokenData(EpochStream[Epoch]):
     """Train and validation windows for one data-parallel rank."""
 
     def __init__(
@@ -115,44 +111,23 @@ class TokenData:
         world_size: int,
         device: torch.device,
     ) -> None:
+        super().__init__(rank, world_size)
         self.seq_len = seq_len
         self.device = device
         self.train = TokenRanges(cfg.train, cfg.dtype, seq_len, "train")
         self.val = TokenRanges(cfg.val, cfg.dtype, seq_len, "validation")
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed = seed
         self.val_seed = seed + _VAL_SEED_OFFSET
-        self.epoch = 0
-        self.cursor = 0  # next unread window of self.epoch
-        self._epochs: dict[int, Epoch] = {}
 
-    def epoch_windows(self, number: int) -> Epoch:
-        """Epoch `number`'s windows in order (the current and the next are kept)."""
-        if number not in self._epochs:
-            self._epochs = {k: v for k, v in self._epochs.items() if k >= number - 1}
-            self._epochs[number] = Epoch(self.train, self.seed, number)
-        return self._epochs[number]
+    def make_epoch(self, number: int) -> Epoch:
+        """Epoch `number`'s windows in order."""
+        return Epoch(self.train, self.seed, number)
 
     def next_train_batch(self, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's slice of the next world_size x micro_batch_size windows of the stream."""
-        first = self.rank * micro_batch_size
-        self.skip(first)
-        places = []
-        for _ in range(micro_batch_size):
-            places.append(self.epoch_windows(self.epoch).place(self.cursor))
-            self.skip(1)
-        self.skip((self.world_size - self.rank - 1) * micro_batch_size)
-        x, y = self.train.read(places)
+        mine = self.take_mine(micro_batch_size)
+        x, y = self.train.read([self.epoch_items(e).place(i) for e, i in mine])
         return self._to_device(x), self._to_device(y)
-
-    def skip(self, n: int) -> None:
-        """Move the stream position n windows on, across epochs as needed."""
-        while n > 0:
-            left = len(self.epoch_windows(self.epoch)) - self.cursor
-            if n < left:
-                self.cursor += n
-                return
-            n -= left
-            self.epoch, self.cursor = self.epoch + 1, 0
 
     def val_batches(
         self, micro_batch_size: int, n_batches: int
@@ -169,20 +144,3 @@ class TokenData:
         if self.device.type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
-
-    def state_dict(self) -> dict[str, Any]:
-        """The stream position, the same on every rank."""
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Go back to a position saved by state_dict."""
-        if "epoch" not in state:  # the random-window sampler's generator state
-            raise StaleSamplerState("no stream position in the sampler state")
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-
-    def restart_at(self, step: int, batch_size: int) -> None:
-        """Place a rank that has no saved state (the world size grew, or the checkpoint
-        predates this sampler): every step reads batch_size windows of the one stream, so
-        the step gives the place."""
-        self.epoch, self.cursor = 0, 0
-        self.skip(step * batch_size)

@@ -3,22 +3,21 @@
 Each epoch shuffles the examples with a generator seeded by (seed, epoch) and packs them
 greedily, in that order, into rows of at most seq_len tokens (or one example per row
 without packing). The rows of all epochs form one stream that every rank walks in
-lockstep: a micro-batch call consumes world_size x micro_batch_size rows and this rank
-takes its own slice. The stream position (epoch, row) is the whole sampler state, the
-same on every rank, so a resume is exact for any world size.
+lockstep (trainer.stream): the position (epoch, row) is the whole sampler state, the same
+on every rank, so a resume is exact for any world size.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from trainer.model import IGNORE_INDEX
 from trainer.sft_shards import MASK_NAME, OFFSETS_NAME, TOKENS_NAME, load_sft_index
+from trainer.stream import EpochStream
 
 
 @dataclass
@@ -116,7 +115,7 @@ def build_rows(examples: SFTExamples, rows: list[list[int]], seq_len: int) -> SF
     return SFTBatch(*(torch.from_numpy(a) for a in (ids, labels, pos, docs)))
 
 
-class SFTData:
+class SFTData(EpochStream[list[list[int]]]):
     """Train and validation SFT batches for one rank."""
 
     def __init__(
@@ -131,22 +130,19 @@ class SFTData:
         world_size: int,
         device: torch.device,
     ) -> None:
-        self.seq_len, self.packing, self.seed = seq_len, packing, seed
-        self.rank, self.world_size, self.device = rank, world_size, device
+        super().__init__(rank, world_size)
+        self.seq_len, self.packing, self.seed, self.device = seq_len, packing, seed, device
         self.train = SFTExamples(train_dir, seq_len, "train")
         self.val = SFTExamples(val_dir, seq_len, "validation") if val_dir else None
-        self.epoch = 0
-        self.cursor = 0  # next unread row of self.epoch
-        self._rows_epoch = -1
-        self._rows: list[list[int]] = []
+
+    def make_epoch(self, number: int) -> list[list[int]]:
+        """Rows of training example numbers for epoch `number`."""
+        order = np.random.default_rng([self.seed, number]).permutation(self.units(self.train))
+        return self.rows_of(self.train, order)
 
     def epoch_rows(self, epoch: int) -> list[list[int]]:
-        """Rows of training example numbers for one epoch (the last one is cached)."""
-        if epoch != self._rows_epoch:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.units(self.train))
-            self._rows = self.rows_of(self.train, order)
-            self._rows_epoch = epoch
-        return self._rows
+        """Rows of training example numbers for one epoch (the latest two are kept)."""
+        return self.epoch_items(epoch)
 
     def rows_per_epoch(self, epochs: int) -> list[int]:
         """How many rows each of the first `epochs` epochs packs into."""
@@ -158,25 +154,8 @@ class SFTData:
 
     def next_train_batch(self, micro_batch_size: int) -> SFTBatch:
         """This rank's slice of the next world_size x micro_batch_size rows of the stream."""
-        taken: list[list[int]] = []
-        for _ in range(self.world_size * micro_batch_size):
-            rows = self.epoch_rows(self.epoch)
-            taken.append(rows[self.cursor])
-            self.cursor += 1
-            if self.cursor == len(rows):
-                self.epoch, self.cursor = self.epoch + 1, 0
-        mine = taken[self.rank * micro_batch_size : (self.rank + 1) * micro_batch_size]
+        mine = [self.epoch_rows(e)[i] for e, i in self.take_mine(micro_batch_size)]
         return self.batch(self.train, mine)
-
-    def skip_rows(self, n: int) -> None:
-        """Move the stream position n rows on, across epochs as needed."""
-        while n > 0:
-            left = len(self.epoch_rows(self.epoch)) - self.cursor
-            if n < left:
-                self.cursor += n
-                return
-            n -= left
-            self.epoch, self.cursor = self.epoch + 1, 0
 
     def val_batches(self, micro_batch_size: int, n_batches: int) -> list[SFTBatch]:
         """Up to n_batches validation micro-batches, in file order: the same at every eval."""
@@ -201,17 +180,3 @@ class SFTData:
     def batch(self, examples: SFTExamples, rows: list[list[int]]) -> SFTBatch:
         """The micro-batch of these rows, on this rank's device."""
         return build_rows(examples, rows, self.seq_len).to(self.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Stream position, identical on every rank, for checkpoints."""
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a stream position saved by state_dict."""
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-
-    def restart_at(self, step: int, batch_size: int) -> None:
-        """Place a rank that did not exist when the checkpoint was saved: every step reads
-        batch_size rows of the one stream, so the step gives the place."""
-        self.epoch, self.cursor = 0, 0
-        self.skip_rows(step * batch_size)

@@ -48,7 +48,7 @@ def starts(data: TokenData, n_batches: int, micro: int) -> list[int]:
 
 def test_an_epoch_reads_every_tile_once_and_the_next_moves_the_edges(cfg: DataConfig) -> None:
     data = stream(cfg)
-    epoch0, epoch1 = data.epoch_windows(0), data.epoch_windows(1)
+    epoch0, epoch1 = data.epoch_items(0), data.epoch_items(1)
     first = starts(data, len(epoch0), 1)
     phase = first[0] % SEQ
     # Non-overlapping tiles of the first range, starting `phase` tokens in; the second
@@ -59,9 +59,9 @@ def test_an_epoch_reads_every_tile_once_and_the_next_moves_the_edges(cfg: DataCo
     assert sorted(first) == tiles
     assert first != sorted(first)  # shuffled
     # Later epochs start their tiles elsewhere (the phase is drawn per epoch).
-    phases = {data.epoch_windows(e).phase for e in range(8)}
+    phases = {data.epoch_items(e).phase for e in range(8)}
     assert len(phases) > 1
-    assert (epoch0.phase, epoch1.phase) == (phase, data.epoch_windows(1).phase)
+    assert (epoch0.phase, epoch1.phase) == (phase, data.epoch_items(1).phase)
     assert data.epoch == 1 and data.cursor == 0
 
 
@@ -124,4 +124,4 @@ def test_ranges_shorter_than_two_windows_still_give_every_epoch_a_window(
     read = starts(data, 40, 1)
     assert data.epoch == 20
     assert {s % 40 for s in read} <= {0, 1, 2, 3}
-    assert any(data.epoch_windows(e).phase == 0 for e in range(20))
+    assert any(data.epoch_items(e).phase == 0 for e in range(20))

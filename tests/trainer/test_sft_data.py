@@ -158,13 +158,13 @@ def test_shards_for_a_longer_seq_len_are_refused(tmp_path: Path, byte_tok: str) 
         SFTExamples(str(tmp_path / "s"), 64, "train")
 
 
-def test_skip_rows_matches_reading_them(tmp_path: Path, byte_tok: str) -> None:
+def test_skipping_rows_matches_reading_them(tmp_path: Path, byte_tok: str) -> None:
     folder = str(tmp_path / "s")
     write_sft_shards(sft_records(40), byte_tok, folder, seq_len=128)
     read, skipped = _data(folder), _data(folder)
     for _ in range(9):
         read.next_train_batch(3)
-    skipped.skip_rows(27)
+    skipped.skip(27)
     assert skipped.state_dict() == read.state_dict() and read.epoch >= 1
 
 
