@@ -161,6 +161,8 @@ class TrainingConfig:
     warmup_steps: Annotated[int, Strict(), Field(ge=0)] = 100
     min_lr: NonNegative = 1e-4
     weight_decay: Float = 0.1
+    adam_beta1: Annotated[float, Strict(), Field(ge=0.0, lt=1.0)] = 0.9
+    adam_beta2: Annotated[float, Strict(), Field(ge=0.0, lt=1.0)] = 0.95
     grad_clip: NonNegative = 1.0  # 0 disables clipping
     dropout: Rate = 0.0
     eval_interval: Positive = 250
@@ -177,6 +179,11 @@ class TrainingConfig:
     # Recompute each block's activations in the backward pass instead of storing them:
     # about a third more compute for activation memory that no longer grows with depth.
     activation_checkpointing: StrictBool = False
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        """AdamW's (beta1, beta2)."""
+        return self.adam_beta1, self.adam_beta2
 
     def compiles(self, device_type: str) -> bool:
         """Whether a run on this kind of device compiles its model (and loss)."""

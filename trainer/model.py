@@ -498,7 +498,12 @@ def build_model(cfg: ModelConfig) -> CausalLM:
 
 
 def configure_optimizer(
-    model: nn.Module, *, lr: float, weight_decay: float, device_type: str
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    device_type: str,
+    betas: tuple[float, float] = (0.9, 0.95),
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on every 2D+ tensor (matrices and embeddings) only.
 
@@ -516,5 +521,5 @@ def configure_optimizer(
     # The fused kernel (CUDA and CPU) updates every parameter in one pass per tensor
     # instead of a dozen elementwise ops each: a large share of a small model's step.
     return torch.optim.AdamW(
-        groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device_type in ("cuda", "cpu")
+        groups, lr=lr, betas=betas, eps=1e-8, fused=device_type in ("cuda", "cpu")
     )

@@ -51,7 +51,11 @@ class PretrainTask:
         """AdamW with decay on the matrices and embeddings."""
         t = self.cfg.training
         return configure_optimizer(
-            self.model, lr=t.lr, weight_decay=t.weight_decay, device_type=self.dist.device.type
+            self.model,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            device_type=self.dist.device.type,
+            betas=t.betas,
         )
 
     def weight(self, batches: list[Any]) -> float:

@@ -65,7 +65,12 @@ def build_sft_model(sft: SFTConfig, tok: Tokenizer, *, dropout: float, seq_len: 
 
 
 def sft_optimizer(
-    built: SFTModel, *, lr: float, weight_decay: float, device_type: str
+    built: SFTModel,
+    *,
+    lr: float,
+    weight_decay: float,
+    device_type: str,
+    betas: tuple[float, float] = (0.9, 0.95),
 ) -> torch.optim.AdamW:
     """AdamW over the trainable tensors: decay on matrices, none on vectors or token rows."""
     special = {id(p) for p in built.no_decay}
@@ -74,9 +79,7 @@ def sft_optimizer(
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2] + built.no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device_type == "cuda"
-    )
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, fused=device_type == "cuda")
 
 
 def chat_reply(
@@ -168,7 +171,11 @@ class FineTuning:
         """AdamW over the trainable tensors (see sft_optimizer)."""
         t = self.cfg.training
         return sft_optimizer(
-            self.built, lr=t.lr, weight_decay=t.weight_decay, device_type=self.dist.device.type
+            self.built,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            device_type=self.dist.device.type,
+            betas=t.betas,
         )
 
     def samples(self) -> list[dict[str, Any]]:

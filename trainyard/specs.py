@@ -170,6 +170,9 @@ class TrainingSpec(Strict):
     warmup_steps: int = Field(100, ge=0)
     min_lr: float | None = Field(None, ge=0.0)
     weight_decay: float = Field(0.1, ge=0.0, le=10.0)
+    # AdamW's decay rates of its gradient mean and of its squared-gradient mean.
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(0.95, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     eval_interval: int = Field(250, ge=1)

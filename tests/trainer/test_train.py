@@ -130,6 +130,19 @@ def test_a_checkpoint_of_the_random_window_sampler_resumes_at_its_step(
     assert [b[step]["loss"] for step in range(6, 13)] == [a[step]["loss"] for step in range(6, 13)]
 
 
+def test_the_adam_betas_of_the_spec_are_the_optimizers(
+    tmp_path: Path, dataset: tuple[Path, str, dict]
+) -> None:
+    _, tok, data = dataset
+    raw = run_config(
+        tmp_path, "betas", tok, data, max_steps=2, checkpoint_interval=2, adam_beta2=0.99
+    )
+    assert run_in_process(raw) == EXIT_OK
+    saved = Path(raw["checkpoint_dir"]) / "step-00000002" / "optimizer.pt"
+    groups = torch.load(saved, weights_only=True)["param_groups"]
+    assert {tuple(g["betas"]) for g in groups} == {(0.9, 0.99)}
+
+
 def test_sigterm_saves_checkpoint_and_exits_75(
     tmp_path: Path, dataset: tuple[Path, str, dict]
 ) -> None:

@@ -114,6 +114,8 @@ def test_an_explicit_micro_batch_allows_gradient_accumulation() -> None:
         ({"training": {"lr": float("nan")}}, "lr"),
         ({"training": {"max_steps": 0}}, "max_steps"),
         ({"training": {"dropout": 1.0}}, "dropout"),
+        ({"training": {"adam_beta2": 1.0}}, "adam_beta2"),
+        ({"training": {"adam_beta1": -0.1}}, "adam_beta1"),
         ({"training": {"lr_schedule": "step"}}, "lr_schedule"),
         ({"training": {"precision": "fp8"}}, "precision"),
         ({"model": {"preset": "gpt9"}}, "preset"),
