@@ -503,7 +503,7 @@ def configure_optimizer(
     lr: float,
     weight_decay: float,
     device_type: str,
-    betas: tuple[float, float] = (0.9, 0.95),
+    betas: tuple[float, float],
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on every 2D+ tensor (matrices and embeddings) only.
 

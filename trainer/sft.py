@@ -70,7 +70,7 @@ def sft_optimizer(
     lr: float,
     weight_decay: float,
     device_type: str,
-    betas: tuple[float, float] = (0.9, 0.95),
+    betas: tuple[float, float],
 ) -> torch.optim.AdamW:
     """AdamW over the trainable tensors: decay on matrices, none on vectors or token rows."""
     special = {id(p) for p in built.no_decay}

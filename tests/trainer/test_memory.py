@@ -28,7 +28,9 @@ def test_weights_grads_and_adamw_within_10_percent(preset: str) -> None:
     cfg = _cfg(preset)
     torch.manual_seed(0)
     model = build_model(cfg)
-    opt = configure_optimizer(model, lr=1e-3, weight_decay=0.1, device_type="cpu")
+    opt = configure_optimizer(
+        model, lr=1e-3, weight_decay=0.1, device_type="cpu", betas=(0.9, 0.95)
+    )
     idx = torch.randint(0, cfg.vocab_size, (4, 32))
     _, loss = model(idx, idx)
     assert loss is not None

@@ -92,7 +92,9 @@ def test_attention_is_causal() -> None:
 
 def test_optimizer_groups() -> None:
     model = build_model(CFGS[0])
-    opt = configure_optimizer(model, lr=1e-3, weight_decay=0.1, device_type="cpu")
+    opt = configure_optimizer(
+        model, lr=1e-3, weight_decay=0.1, device_type="cpu", betas=(0.9, 0.95)
+    )
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"])
