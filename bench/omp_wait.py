@@ -2,9 +2,9 @@
 
 A CPU rank's operators run on OpenMP threads that, between operators, spin and then sleep.
 The trainer's tiny benchmark model (bench/trainer_throughput.py) trains under three
-policies: the platform's (`workers.launcher.trainer_env`: no spinning,
-`OMP_WAIT_POLICY=PASSIVE`), a short spin (`GOMP_SPINCOUNT=10000`) and GNU OpenMP's own
-default (300,000 rounds); with --loads N, also while N busy processes compete for the
+policies: no spinning (`OMP_WAIT_POLICY=PASSIVE`), the platform's short spin
+(`workers.launcher.trainer_env`: `GOMP_SPINCOUNT=10000`) and GNU OpenMP's own default
+(300,000 rounds); with --loads N, also while N busy processes compete for the
 cores; with --reference, the plain loop (bench/reference_loop.py) on the same model and
 data too. Each policy runs once per round, in turn; the median ms per step is reported.
 
@@ -35,10 +35,9 @@ from bench.trainer_throughput import (  # noqa: E402
     run_json,
     trainer_tokens_per_s,
 )
-from workers.launcher import trainer_env  # noqa: E402
+from workers.launcher import OPENMP_SPINS, trainer_env  # noqa: E402
 
 OPENMP = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-SHORT_SPIN = 10_000  # GNU OpenMP spin rounds before a waiting thread sleeps
 
 
 def policies() -> dict[str, dict[str, str]]:
@@ -47,8 +46,8 @@ def policies() -> dict[str, dict[str, str]]:
     platform = trainer_env(base)
     default = {k: v for k, v in platform.items() if k not in OPENMP}
     return {
-        "passive (the platform's)": platform,
-        f"short spin ({SHORT_SPIN} rounds)": {**default, "GOMP_SPINCOUNT": str(SHORT_SPIN)},
+        "passive": {**default, "OMP_WAIT_POLICY": "PASSIVE"},
+        f"short spin ({OPENMP_SPINS}, the platform's)": platform,
         "OpenMP default": default,
     }
 

@@ -11,7 +11,7 @@ same 200 fixed windows of the held-out bytes (`reference_loop.val_windows`), the
 model loaded from its Hugging Face folder. The job's events break its time down.
 
     python bench/shakespeare.py [--steps 2000] [--rounds 1] [--compile] [--job-only]
-        [--eval-interval 0 2000]
+        [--eval-interval 0 2000] [--processes 1]
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from bench._common import load, machine, running_stack  # noqa: E402
 from bench.reference_loop import val_windows  # noqa: E402
 from trainyard.client import Client  # noqa: E402
 from trainyard.storage import Storage  # noqa: E402
-from workers.launcher import trainer_env  # noqa: E402
 
 TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"  # beside the project, never in it
 LR, MIN_LR, WARMUP, CTX, BATCH = 1e-3, 1e-4, 100, 64, 12
@@ -59,11 +58,10 @@ def reference(train: Path, val: Path, steps: int, seed: int) -> dict[str, Any]:
     args = ["--data", str(train), "--val-data", str(val), "--steps", str(steps)]
     args += ["--seed", str(seed)]
     args += ["--warmup", "0", "--lr", str(LR), "--lr-warmup", str(WARMUP), "--min-lr", str(MIN_LR)]
-    # The environment trainyard gives its ranks (passive OpenMP waiting), so that both run
-    # with the same threading; at load 12, spinning OpenMP threads made it 50x slower.
+    # The plain loop runs as it would on its own: in this environment, with OpenMP's
+    # defaults unless the caller set them (trainyard's ranks get the platform's).
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "reference_loop.py"), *args],
-        env=trainer_env(os.environ),
         check=True,
         capture_output=True,
         text=True,
@@ -72,15 +70,21 @@ def reference(train: Path, val: Path, steps: int, seed: int) -> dict[str, Any]:
 
 
 def spec(
-    dataset_id: str, steps: int, compile: bool | None, seed: int, eval_interval: int | None
+    dataset_id: str,
+    steps: int,
+    compile: bool | None,
+    seed: int,
+    eval_interval: int | None,
+    processes: int,
 ) -> dict[str, Any]:
-    """The JobSpec of the classic setting (eval_interval None: the platform's default)."""
+    """The JobSpec of the classic setting (eval_interval None: the platform's default), run
+    as `processes` data-parallel ranks that split each batch of 12 windows."""
     training: dict[str, Any] = {
         "seed": seed,
         "max_steps": steps,
         "seq_len": CTX,
         "batch_size": BATCH,
-        "micro_batch_size": BATCH,
+        "micro_batch_size": BATCH // processes,
         "lr": LR,
         "warmup_steps": WARMUP,
         "min_lr": MIN_LR,
@@ -106,7 +110,7 @@ def spec(
             "scale_residual_init": False,
         },
         "training": training,
-        "resources": {"processes_per_node": 1, "accelerator": "cpu"},
+        "resources": {"processes_per_node": processes, "accelerator": "cpu"},
     }
 
 
@@ -159,13 +163,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def api_run(
-    text: Path, val: Path, steps: int, compile: bool | None, seed: int, eval_interval: int | None
+    text: Path,
+    val: Path,
+    steps: int,
+    compile: bool | None,
+    seed: int,
+    eval_interval: int | None,
+    processes: int,
 ) -> dict[str, Any]:
     """Upload, train and wait for the model on a fresh Stack; wall time, val loss, phases."""
     from trainer.sample import load_model
 
     with running_stack(
-        node=True, node_slots=1, extra_env={"TRAINYARD_FORK_SERVER": "true"}
+        node=True, node_slots=processes, extra_env={"TRAINYARD_FORK_SERVER": "true"}
     ) as stack:
         client = Client(stack.url, stack.new_key("bench-shakespeare"))
         time.sleep(5)  # the node worker's fork server imports torch once, at start
@@ -175,7 +185,7 @@ def api_run(
         # What the API and the control process cost beside the trainer, while it trains.
         watched = {name: stack.procs[name].pid for name in ("api", "control")}
         cpu0 = {name: cpu_seconds(pid) for name, pid in watched.items()}
-        job = client.create_job(spec(ds["id"], steps, compile, seed, eval_interval))
+        job = client.create_job(spec(ds["id"], steps, compile, seed, eval_interval, processes))
         # Followed as `trainyard jobs watch` follows a job: its event stream, which ends
         # when the job does (polling at 10 Hz took 2 % of the steps' speed on 2 cores).
         for _ in client.jobs.stream(job["id"]):
@@ -211,6 +221,14 @@ def main() -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--job-only", action="store_true", help="skip the plain loop")
     p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        choices=[1, 2, 3, 4, 6, 12],
+        help="the job's processes on the node (data-parallel ranks of one thread each when "
+        "several, splitting each batch of 12); the plain loop is one process",
+    )
+    p.add_argument(
         "--eval-interval",
         type=int,
         nargs="+",
@@ -232,10 +250,11 @@ def main() -> None:
                     flush=True,
                 )
             for every in a.eval_interval:
-                run = api_run(a.text, val, a.steps, a.compile, seed, every or None)
+                run = api_run(a.text, val, a.steps, a.compile, seed, every or None, a.processes)
                 print(
-                    f"  trainyard (compile {run['compile']}, evaluating every "
-                    f"{every or 'default'} steps): upload -> model {run['wall_s']:.1f} s, "
+                    f"  trainyard ({a.processes} processes, compile {run['compile']}, "
+                    f"evaluating every {every or 'default'} steps): "
+                    f"upload -> model {run['wall_s']:.1f} s, "
                     f"val loss {run['val_loss']:.4f} (the job's own: {run['job_val_loss']:.4f}); "
                     f"load {load()}",
                     flush=True,

@@ -3,8 +3,10 @@
 Both run as fresh subprocesses on a synthetic token shard, alternately, several rounds;
 the median tokens/s of each is reported with the ratio trainyard / reference. The trainer
 runs with training.compile on (--eager turns it off); the reference is plain eager code.
+With --processes N the trainer runs as N data-parallel ranks under torchrun (gloo), each
+taking 12 / N windows of every batch of 12 and cpu_count / N threads, as a node runs them.
 
-    python bench/trainer_throughput.py [--steps 300] [--rounds 3] [--eager]
+    python bench/trainer_throughput.py [--steps 300] [--rounds 3] [--eager] [--processes 1]
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ MODEL = {"arch": "gpt2", "n_layer": 4, "n_head": 4, "d_model": 128, "vocab_size"
 CTX, BATCH = 64, 12
 
 
-def run_json(tmp: Path, shard: Path, n_tokens: int, steps: int, compile: bool = True) -> Path:
-    """A single-process run.json for the benchmark model on the synthetic shard."""
+def run_json(
+    tmp: Path, shard: Path, n_tokens: int, steps: int, compile: bool = True, processes: int = 1
+) -> Path:
+    """A run.json for the benchmark model on the synthetic shard, for `processes` ranks."""
     tok = tmp / "tokenizer.json"
     tokmod.byte_tokenizer().save(str(tok))
     split = n_tokens - 50_000
@@ -49,7 +53,7 @@ def run_json(tmp: Path, shard: Path, n_tokens: int, steps: int, compile: bool = 
             "max_steps": steps,
             "seq_len": CTX,
             "batch_size": BATCH,
-            "micro_batch_size": BATCH,
+            "micro_batch_size": BATCH // processes,
             "lr": 1e-3,
             "warmup_steps": 0,
             "eval_interval": steps,
@@ -70,15 +74,18 @@ def run_json(tmp: Path, shard: Path, n_tokens: int, steps: int, compile: bool = 
 
 
 def trainer_tokens_per_s(
-    config: Path, steps: int, warmup: int, env: dict[str, str] | None = None
+    config: Path, steps: int, warmup: int, env: dict[str, str] | None = None, processes: int = 1
 ) -> float:
-    """Run `python -m trainer.train` (in `env`, else this environment) and time steps
-    warmup+1..steps from its events."""
+    """Run `python -m trainer.train` (in `env`, else this environment; under torchrun for
+    several processes) and time steps warmup+1..steps from its events."""
     out = Path(json.loads(config.read_text())["output_dir"])
     for leftover in (out / "events.jsonl", config.parent / "ckpt"):
         subprocess.run(["rm", "-rf", str(leftover)], check=True)
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     subprocess.run(
-        [sys.executable, "-m", "trainer.train", "--config", str(config)],
+        [*launcher, "-m", "trainer.train", "--config", str(config)],
         cwd=ROOT,
         env=env,
         check=True,
@@ -118,17 +125,24 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--eager", action="store_true", help="run the trainer without compile")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        choices=[1, 2, 3, 4, 6, 12],
+        help="the trainer's data-parallel ranks (the reference is one process)",
+    )
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="trainyard-tput-") as d:
         tmp = Path(d)
         n_tokens = 2_000_000
         shard = tmp / "tokens.bin"
         np.random.default_rng(0).integers(0, 256, n_tokens, dtype=np.uint16).tofile(shard)
-        config = run_json(tmp, shard, n_tokens, a.steps, compile=not a.eager)
+        config = run_json(tmp, shard, n_tokens, a.steps, not a.eager, a.processes)
         print(f"load before: {wait_quiet()}", flush=True)
         ours, ref = [], []
         for r in range(a.rounds):
-            ours.append(trainer_tokens_per_s(config, a.steps, a.warmup))
+            ours.append(trainer_tokens_per_s(config, a.steps, a.warmup, None, a.processes))
             ref.append(reference_tokens_per_s(shard, a.steps, a.warmup))
             print(f"round {r + 1}: trainyard {ours[-1]:.0f} tok/s, reference {ref[-1]:.0f}")
         o, f = statistics.median(ours), statistics.median(ref)

@@ -26,6 +26,10 @@ PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
 
 
+# Rounds an idle OpenMP thread spins before it sleeps, in trainer ranks (see trainer_env).
+OPENMP_SPINS = 10_000
+
+
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere), so a node
     worker killed with -9 takes torchrun, and torchrun its trainers, with it."""
@@ -35,13 +39,18 @@ def die_with_parent() -> None:
 
 def trainer_env(env: Mapping[str, str]) -> dict[str, str]:
     """The environment trainer ranks run in: `env`, with defaults it does not set."""
-    # OpenMP threads that spin while they wait for work make a shared or busy CPU crawl
-    # (a step of the tiny model 20 to 30 times slower at load 14 on 2 cores); passive
-    # waiting costs a dedicated machine little (bench/omp_wait.py). MKL's strict
-    # reproducibility mode makes a CPU rank's matrix products independent of where its
-    # buffers happen to be aligned, so the same job gives the same numbers on any layout of
-    # processes and nodes.
-    defaults = {"OMP_WAIT_POLICY": "PASSIVE", "MKL_CBWR": "AUTO,STRICT"}
+    # How OpenMP threads wait between operators sets a CPU rank's speed (bench/omp_wait.py).
+    # GNU OpenMP's default, 300,000 spins, makes a shared or busy CPU crawl (a step of the
+    # tiny model 20 to 30 times slower at load 14 on 2 cores); never spinning
+    # (OMP_WAIT_POLICY=PASSIVE) made a two-thread rank half as fast on an idle 2-core AMD
+    # EPYC, every operator waiting for a sleeping thread to wake. A short spin keeps most of
+    # the idle speed and little of the crawl. A node that sets either variable keeps its
+    # choice. MKL's strict reproducibility mode makes a CPU rank's matrix products
+    # independent of where its buffers happen to be aligned, so the same job gives the same
+    # numbers on any layout of processes and nodes.
+    defaults = {"MKL_CBWR": "AUTO,STRICT"}
+    if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & env.keys():
+        defaults["GOMP_SPINCOUNT"] = str(OPENMP_SPINS)
     return {**defaults, **env, "PYTHONUNBUFFERED": "1"}
 
 

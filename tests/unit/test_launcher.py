@@ -236,10 +236,15 @@ def test_forked_ranks_train_and_checkpoint_on_sigterm(tmp_path: Path) -> None:
     assert events[-1]["type"] == "preempted" and Path(events[-1]["checkpoint"]).is_dir()
 
 
-def test_ranks_wait_passively_unless_the_node_chose_how_openmp_waits() -> None:
-    """Passive OpenMP waits and MKL's strict mode by default; a node's own choice is kept."""
+def test_ranks_spin_briefly_unless_the_node_chose_how_openmp_waits() -> None:
+    """A short OpenMP spin and MKL's strict mode by default; a node's own choice is kept."""
     env = trainer_env({"PATH": "/bin"})
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["MKL_CBWR"] == "AUTO,STRICT"
+    assert env["GOMP_SPINCOUNT"] == "10000" and env["MKL_CBWR"] == "AUTO,STRICT"
+    assert "OMP_WAIT_POLICY" not in env
     assert env["PATH"] == "/bin" and env["PYTHONUNBUFFERED"] == "1"
-    assert trainer_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+    # Either variable is the node's choice: no spin count is added beside a policy, which
+    # it would override.
+    passive = trainer_env({"OMP_WAIT_POLICY": "PASSIVE"})
+    assert passive["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in passive
+    assert trainer_env({"GOMP_SPINCOUNT": "0"})["GOMP_SPINCOUNT"] == "0"
     assert trainer_env({"MKL_CBWR": "AVX2"})["MKL_CBWR"] == "AVX2"
