@@ -225,8 +225,8 @@ def main() -> None:
         type=int,
         default=1,
         choices=[1, 2, 3, 4, 6, 12],
-        help="the job's processes on the node (data-parallel ranks of one thread each when "
-        "several, splitting each batch of 12); the plain loop is one process",
+        help="the job's processes on the node (data-parallel ranks that split the cores and "
+        "each batch of 12); the plain loop is one process",
     )
     p.add_argument(
         "--eval-interval",
