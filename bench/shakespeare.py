@@ -11,7 +11,7 @@ same 200 fixed windows of the held-out bytes (`reference_loop.val_windows`), the
 model loaded from its Hugging Face folder. The job's events break its time down.
 
     python bench/shakespeare.py [--steps 2000] [--rounds 1] [--compile] [--job-only]
-        [--eval-interval 0 2000] [--processes 1]
+        [--eval-interval 0 2000] [--processes 1] [--precision auto|bf16|fp32]
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def spec(
     seed: int,
     eval_interval: int | None,
     processes: int,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """The JobSpec of the classic setting (eval_interval None: the platform's default), run
     as `processes` data-parallel ranks that split each batch of 12 windows."""
@@ -94,6 +95,8 @@ def spec(
     }
     if compile is not None:
         training["compile"] = compile
+    if precision is not None:
+        training["precision"] = precision
     if eval_interval is not None:
         training["eval_interval"] = eval_interval
     return {
@@ -170,6 +173,7 @@ def api_run(
     seed: int,
     eval_interval: int | None,
     processes: int,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Upload, train and wait for the model on a fresh Stack; wall time, val loss, phases."""
     from trainer.sample import load_model
@@ -185,7 +189,9 @@ def api_run(
         # What the API and the control process cost beside the trainer, while it trains.
         watched = {name: stack.procs[name].pid for name in ("api", "control")}
         cpu0 = {name: cpu_seconds(pid) for name, pid in watched.items()}
-        job = client.create_job(spec(ds["id"], steps, compile, seed, eval_interval, processes))
+        job = client.create_job(
+            spec(ds["id"], steps, compile, seed, eval_interval, processes, precision)
+        )
         # Followed as `trainyard jobs watch` follows a job: its event stream, which ends
         # when the job does (polling at 10 Hz took 2 % of the steps' speed on 2 cores).
         for _ in client.jobs.stream(job["id"]):
@@ -219,6 +225,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--seed", type=int, default=1337, help="round r uses seed + r - 1 on both sides")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        help="the job's training.precision (default: the platform's, auto)",
+    )
     p.add_argument("--job-only", action="store_true", help="skip the plain loop")
     p.add_argument(
         "--processes",
@@ -250,7 +261,9 @@ def main() -> None:
                     flush=True,
                 )
             for every in a.eval_interval:
-                run = api_run(a.text, val, a.steps, a.compile, seed, every or None, a.processes)
+                run = api_run(
+                    a.text, val, a.steps, a.compile, seed, every or None, a.processes, a.precision
+                )
                 print(
                     f"  trainyard ({a.processes} processes, compile {run['compile']}, "
                     f"evaluating every {every or 'default'} steps): "

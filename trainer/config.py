@@ -169,6 +169,8 @@ class TrainingConfig:
     eval_batches: Positive = 20
     checkpoint_interval: Positive = 500
     seed: Int = 1337
+    # "auto": bf16 where the device multiplies it natively (CUDA with bf16 support; CPUs
+    # with AVX512-BF16 or AMX), fp32 elsewhere (trainer.loop.computes_in_bf16).
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # "auto": compile on CUDA, where it pays for its compile time; eager on CPU, where a
     # short run's compile time exceeds what it saves (bench/RESULTS.md, "Compile by default").

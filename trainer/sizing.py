@@ -5,6 +5,8 @@ Torch-free, like trainer.config: the API sizes jobs with it before any node is i
 
 from __future__ import annotations
 
+import dataclasses
+
 from trainer.config import TENSOR_PARALLEL, ConfigError, ModelConfig, TrainingConfig
 
 
@@ -128,9 +130,10 @@ def estimate_memory(
     strategies tp and fsdp+tp, N counts a rank's share: the attention and MLP
     projections divided by tensor_parallel_size, embeddings, norms and head whole; fsdp+tp
     then shards that over the world_size / tensor_parallel_size data-parallel groups. bf16 runs
-    ("auto" or "gpu" accelerator with precision auto/bf16) add the half-precision weight
-    copies the forward pass keeps (2N under DDP autocast; under FSDP two unsharded blocks
-    in flight, the one computing and the one prefetched, plus their fp32 gradients).
+    (precision bf16, or auto on a GPU) add the half-precision weight copies the forward
+    pass keeps (2N under DDP autocast; under FSDP two unsharded blocks in flight, the one
+    computing and the one prefetched, plus their fp32 gradients). Precision auto on a CPU
+    is bf16 on some processors and fp32 on others: it is sized as whichever needs more.
 
     Activations are per micro-batch of B sequences of T tokens, for L blocks:
       without checkpointing  B*T*(L*(s*r + e*c + m) + head)
@@ -164,6 +167,20 @@ def estimate_memory(
     if accelerator not in ("cpu", "gpu", "auto"):
         raise ConfigError(f"accelerator must be 'cpu', 'gpu' or 'auto', got {accelerator!r}")
     on_gpu = accelerator != "cpu"  # "auto" is checked against a GPU: the worst case
+    if accelerator == "cpu" and training.precision == "auto":
+        # bf16 on a CPU that multiplies it natively, fp32 on others: the larger of the two.
+        both = [
+            estimate_memory(
+                model_cfg,
+                dataclasses.replace(training, precision=precision),
+                world_size,
+                strategy,
+                accelerator,
+                tensor_parallel_size=tensor_parallel_size,
+            )
+            for precision in ("fp32", "bf16")
+        ]
+        return max(both, key=lambda estimate: estimate["total"])
     bf16 = training.precision == "bf16" or (training.precision == "auto" and on_gpu)
     e = 2 if bf16 else _FP32
     d, v, n_layer = model_cfg.d_model, model_cfg.vocab_size, model_cfg.n_layer

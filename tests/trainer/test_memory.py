@@ -129,3 +129,19 @@ def test_tensor_parallel_divides_the_split_projections() -> None:
     assert estimate_memory(cfg, t, 4, "ddp", "cpu", tensor_parallel_size=4) == ddp
     with pytest.raises(ConfigError, match=r"tensor_parallel_size \(3\) must divide world_size"):
         estimate_memory(cfg, t, 4, "tp", "cpu", tensor_parallel_size=3)
+
+
+@pytest.mark.parametrize("micro_batch_size", [1, 64])
+def test_auto_on_a_cpu_is_sized_for_the_larger_of_fp32_and_bf16(micro_batch_size: int) -> None:
+    """A CPU node computes in bf16 or fp32 as its processor allows: the estimate is the
+    precision that needs more. A sequence takes autocast's bf16 weight copies past what fp32
+    activations cost; a large batch the other way."""
+    cfg = ModelConfig("llama", 4, 8, 256, vocab_size=1000, seq_len=128, d_ff=1024)
+    t = TrainingConfig(seq_len=128, batch_size=64, micro_batch_size=micro_batch_size)
+    sized = {
+        p: estimate_memory(cfg, dataclasses.replace(t, precision=p), 1, "ddp", "cpu")
+        for p in ("auto", "fp32", "bf16")
+    }
+    larger = "bf16" if micro_batch_size == 1 else "fp32"
+    assert sized[larger]["total"] > sized[{"bf16": "fp32", "fp32": "bf16"}[larger]]["total"]
+    assert sized["auto"] == sized[larger]

@@ -1,0 +1,61 @@
+"""Precision "auto": bf16 where the device multiplies it natively, fp32 elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.trainer.trainer_testkit import make_dataset, read_events, run_config, run_in_process
+from trainer.config import EXIT_OK
+from trainer.loop import computes_in_bf16
+
+CPU = torch.device("cpu")
+NATIVE = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+
+
+def native_bf16() -> bool:
+    """Whether this machine's processor multiplies bf16 natively, as torch reports it."""
+    return any(getattr(torch.cpu, name)() for name in NATIVE)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def first_steps(tmp: Path, dataset: tuple[str, dict[str, Any]], precision: str) -> list[dict]:
+    """The start event and the first two step events of a tiny run at this precision."""
+    tok, data = dataset
+    raw = run_config(tmp / precision, precision, tok, data, max_steps=2, precision=precision)
+    assert run_in_process(raw) == EXIT_OK
+    events = read_events(raw["output_dir"])
+    return [e for e in events if e["type"] in ("start", "step")][:3]
+
+
+def test_auto_on_this_cpu_is_the_precision_its_processor_multiplies(
+    tmp_path: Path, dataset: tuple[str, dict[str, Any]]
+) -> None:
+    """An auto run computes exactly as the bf16 run does on a processor with native bf16,
+    exactly as the fp32 run does on one without; its start event says which."""
+    runs = {p: first_steps(tmp_path, dataset, p) for p in ("auto", "bf16", "fp32")}
+    expected = "bf16" if native_bf16() else "fp32"
+    assert [r[0]["precision"] for r in runs.values()] == [expected, "bf16", "fp32"]
+    losses = {p: [e["loss"] for e in r[1:]] for p, r in runs.items()}
+    assert losses["bf16"] != losses["fp32"]  # the two precisions are told apart
+    assert losses["auto"] == losses[expected]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_follows_the_processors_bf16_support(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    """Processors this machine is not: auto is bf16 with AVX512-BF16 or AMX, fp32 without;
+    a precision the spec names is kept on any processor."""
+    for name in NATIVE:
+        monkeypatch.setattr(torch.cpu, name, lambda native=native: native)
+    assert computes_in_bf16("auto", CPU) is native
+    assert computes_in_bf16("fp32", CPU) is False
+    assert computes_in_bf16("bf16", CPU) is True
