@@ -2,7 +2,8 @@
 
 Both run as fresh subprocesses on a synthetic token shard, alternately, several rounds;
 the median tokens/s of each is reported with the ratio trainyard / reference. The trainer
-runs with training.compile on (--eager turns it off); the reference is plain eager code.
+runs with training.compile on (--eager turns it off) at the platform's default precision
+(bf16 on a CPU that multiplies it natively, else fp32); the reference is plain eager fp32.
 With --processes N the trainer runs as N data-parallel ranks under torchrun (gloo), each
 taking 12 / N windows of every batch of 12 and cpu_count / N threads, as a node runs them.
 
