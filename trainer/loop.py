@@ -80,9 +80,10 @@ def lr_at(step: int, cfg: TrainingConfig) -> float:
 def computes_in_bf16(precision: str, device: torch.device) -> bool:
     """Whether a run computes in bf16 (autocast; weights, optimizer state and the loss stay
     fp32). "auto" takes bf16 where the hardware multiplies it natively: CUDA devices that
-    support it, and CPUs with AVX512-BF16 or AMX tiles, where the tiny Shakespeare model's
-    steps ran 10 to 18 % faster at the same validation loss (bench/RESULTS.md, "bf16 on
-    the CPU"); elsewhere bf16 would be emulated, slower than fp32, so "auto" is fp32.
+    support it, and CPUs with AVX512-BF16 or AMX tiles, where a step of the tiny Shakespeare
+    model took 11 to 18 % less time in one process (about 5 % through the API) at a
+    validation loss within seed noise of fp32's (bench/RESULTS.md, "bf16 on the CPU");
+    elsewhere bf16 would be emulated, slower than fp32, so "auto" is fp32.
     """
     if precision != "auto":
         return precision == "bf16"
