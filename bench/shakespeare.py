@@ -202,7 +202,7 @@ def api_run(
         assert state["status"] == "succeeded", state
         folder = Storage(stack.workdir / "storage").attempt_dir(job["id"], 1)
         events = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
-        compiled = next(e for e in events if e["type"] == "start")["compiled"]
+        start = next(e for e in events if e["type"] == "start")
         model = load_model(str(stack.workdir / "storage" / "models" / state["model_id"])).model
     data = np.memmap(val, dtype=np.uint16, mode="r")
     with torch.no_grad():
@@ -212,7 +212,8 @@ def api_run(
         "val_loss": sum(losses) / len(losses),
         "job_val_loss": state["progress"]["val_loss"],
         "phases": phases(events, t0, t_ds, t_end),
-        "compile": compiled,
+        "compile": start["compiled"],
+        "precision": start["precision"],
         "cpu": cpu,
     }
 
@@ -266,6 +267,7 @@ def main() -> None:
                 )
                 print(
                     f"  trainyard ({a.processes} processes, compile {run['compile']}, "
+                    f"{run['precision']}, "
                     f"evaluating every {every or 'default'} steps): "
                     f"upload -> model {run['wall_s']:.1f} s, "
                     f"val loss {run['val_loss']:.4f} (the job's own: {run['job_val_loss']:.4f}); "
