@@ -186,7 +186,8 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
     )
     world = res["nodes"] * res["processes_per_node"]
     tp = res.get("tensor_parallel_size") or 1
-    # DPO keeps a frozen copy of the base model on every process (fp32, never sharded).
+    # DPO keeps a frozen copy of the base model on every process (never sharded; bf16
+    # beside an FSDP policy that computes in bf16, counted here at fp32).
     reference = 4 * param_count(cfg) if resolved["type"] == "dpo" else 0
     gib = 1024**3
     if on_cpu:
@@ -199,13 +200,15 @@ def _check_memory(session: Session, resolved: dict[str, Any], default_gpu_bytes:
         per_process["total"] += reference
         need = res["processes_per_node"] * (per_process["total"] + CPU_PROCESS_BYTES)
         if need > ram:
+            # Precision auto is sized for bf16 when its weight copies make it the larger.
+            fp32 = ", set training.precision 'fp32'" if per_process["working_weights"] else ""
             raise Invalid(
                 "insufficient_memory",
                 f"the job needs about {need / gib:.1f} GiB of RAM per node "
                 f"({res['processes_per_node']} processes of {per_process['total'] / gib:.1f} "
                 f"GiB each), more than the {ram / gib:.1f} GiB of the CPU nodes in pool "
                 f"{res['pool']!r}; lower resources.processes_per_node, "
-                "training.micro_batch_size or training.seq_len, turn on "
+                f"training.micro_batch_size or training.seq_len{fp32}, turn on "
                 "training.activation_checkpointing, or use resources.strategy 'fsdp'",
                 {"estimate_bytes": per_process, "node_memory_bytes": ram, "needed_bytes": need},
             )

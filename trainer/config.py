@@ -170,7 +170,7 @@ class TrainingConfig:
     checkpoint_interval: Positive = 500
     seed: Int = 1337
     # "auto": bf16 where the device multiplies it natively (CUDA with bf16 support; CPUs
-    # with AVX512-BF16 or AMX), fp32 elsewhere (trainer.loop.computes_in_bf16).
+    # with AVX512-BF16 or AMX-BF16), fp32 elsewhere (trainer.parallel.computes_in_bf16).
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # "auto": compile on CUDA, where it pays for its compile time; eager on CPU, where a
     # short run's compile time exceeds what it saves (bench/RESULTS.md, "Compile by default").

@@ -83,6 +83,11 @@ class DPOTask(FineTuning):
         assert cfg.dpo is not None
         self.beta = cfg.dpo.beta
         self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
+        if layout.fsdp and parallel.computes_in_bf16(cfg.training.precision, dist.device):
+            # FSDP computes the policy with bf16 parameters, not under autocast: the
+            # reference computes as it does, so the two agree before the first step.
+            for p in self.reference.parameters():
+                p.data = p.data.to(torch.bfloat16)
         events.emit(
             "log",
             message=f"DPO with beta {self.beta}; the reference is a frozen copy of "

@@ -77,24 +77,6 @@ def lr_at(step: int, cfg: TrainingConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def computes_in_bf16(precision: str, device: torch.device) -> bool:
-    """Whether a run computes in bf16 (autocast; weights, optimizer state and the loss stay
-    fp32). "auto" takes bf16 where the hardware multiplies it natively: CUDA devices that
-    support it, and CPUs with AVX512-BF16 or AMX tiles, where a step of the tiny Shakespeare
-    model took 11 to 18 % less time in one process (about 5 % through the API) at a
-    validation loss within seed noise of fp32's (bench/RESULTS.md, "bf16 on the CPU");
-    elsewhere bf16 would be emulated, slower than fp32, so "auto" is fp32.
-    """
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in native)
-    return False
-
-
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak memory of this process: CUDA allocator peak on GPU, max RSS on CPU."""
     if device.type == "cuda":
@@ -138,7 +120,7 @@ class Trainer:
         self.tokens_per_step = t.batch_size * t.seq_len
 
         dev = dist.device
-        use_bf16 = computes_in_bf16(t.precision, dev)
+        use_bf16 = parallel.computes_in_bf16(t.precision, dev)
         self.precision = "bf16" if use_bf16 else "fp32"
         self.sharded = self.layout.sharded
         # FSDP casts parameters to bf16 itself (its mixed precision policy); DDP and tensor

@@ -179,7 +179,7 @@ class TrainingSpec(Strict):
     eval_batches: int = Field(20, ge=1, le=10_000)
     checkpoint_interval: int = Field(500, ge=1)
     seed: int = Field(1337, ge=0, le=2**31 - 1)
-    # auto: bf16 on GPUs that support it and CPUs with AVX512-BF16 or AMX, fp32 elsewhere.
+    # auto: bf16 on GPUs that support it and CPUs with AVX512-BF16 or AMX-BF16, fp32 elsewhere.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool | Literal["auto"] = "auto"  # auto: on for GPU processes, off on CPU
     # Bit-for-bit reproducible runs (and resumes) at some cost in speed.

@@ -220,6 +220,15 @@ def test_a_model_too_big_for_a_cpu_nodes_ram_is_refused_with_the_numbers(
     assert numbers["node_memory_bytes"] == ram
     assert numbers["needed_bytes"] > ram
     assert numbers["needed_bytes"] > 2 * numbers["estimate_bytes"]["total"]  # both processes
+    # Precision auto is sized for bf16 here (its weight copies outweigh fp32's activations),
+    # so fp32 is offered; a job that names fp32 is not offered it again.
+    assert numbers["estimate_bytes"]["working_weights"] > 0
+    assert "training.precision 'fp32'" in err.value.message
+    in_fp32 = {**huge, "training": {**huge["training"], "precision": "fp32"}}
+    with pytest.raises(TrainyardError) as err:
+        client.create_job(in_fp32)
+    assert err.value.code == "insufficient_memory" and "precision" not in err.value.message
+    assert err.value.details["estimate_bytes"]["working_weights"] == 0
     # A small model on the same node is queued.
     small = {**huge, "model": {"preset": "tiny"}, "training": {"max_steps": 1}}
     client.cancel_job(client.create_job(small)["id"])

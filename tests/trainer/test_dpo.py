@@ -272,7 +272,9 @@ def test_dpo_under_fsdp_starts_at_ln2_and_finishes(tmp_path: Path, base: dict[st
     assert start["sharded"] is True
     steps = [e for e in events if e["type"] == "step"]
     assert [e["step"] for e in steps] == [1, 2, 3, 4]
-    assert abs(steps[0]["loss"] - math.log(2)) < 1e-4
+    # The reference computes at the policy's precision (bf16 parameters when FSDP computes
+    # in bf16): 1.9e-9 from ln 2 on an AVX512-BF16 processor, 1.1e-5 with an fp32 reference.
+    assert abs(steps[0]["loss"] - math.log(2)) < 1e-7
     evals = [e for e in events if e["type"] == "eval"]
     assert [e["step"] for e in evals] == [4] and 0 <= evals[0]["val_reward_accuracy"] <= 1
     assert events[-1]["type"] == "done"

@@ -10,15 +10,16 @@ import torch
 
 from tests.trainer.trainer_testkit import make_dataset, read_events, run_config, run_in_process
 from trainer.config import EXIT_OK
-from trainer.loop import computes_in_bf16
+from trainer.parallel import computes_in_bf16
 
 CPU = torch.device("cpu")
-NATIVE = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+NATIVE = ("avx512_bf16", "amx_bf16")
 
 
 def native_bf16() -> bool:
     """Whether this machine's processor multiplies bf16 natively, as torch reports it."""
-    return any(getattr(torch.cpu, name)() for name in NATIVE)
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+    return any(capabilities.get(name, False) for name in NATIVE)
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +49,16 @@ def test_auto_on_this_cpu_is_the_precision_its_processor_multiplies(
     assert losses["auto"] == losses[expected]
 
 
-@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx_bf16"), [(False, False), (True, False), (False, True), (True, True)]
+)
 def test_auto_follows_the_processors_bf16_support(
-    monkeypatch: pytest.MonkeyPatch, native: bool
+    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx_bf16: bool
 ) -> None:
-    """Processors this machine is not: auto is bf16 with AVX512-BF16 or AMX, fp32 without;
-    a precision the spec names is kept on any processor."""
-    for name in NATIVE:
-        monkeypatch.setattr(torch.cpu, name, lambda native=native: native)
-    assert computes_in_bf16("auto", CPU) is native
+    """Processors this machine is not: auto is bf16 with AVX512-BF16 or AMX-BF16 (either),
+    fp32 with neither; a precision the spec names is kept on any processor."""
+    capabilities = {"avx2": True, "avx512_bf16": avx512_bf16, "amx_bf16": amx_bf16}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities, raising=False)
+    assert computes_in_bf16("auto", CPU) is (avx512_bf16 or amx_bf16)
     assert computes_in_bf16("fp32", CPU) is False
     assert computes_in_bf16("bf16", CPU) is True
