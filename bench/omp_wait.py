@@ -9,6 +9,7 @@ cores; with --reference, the plain loop (bench/reference_loop.py) on the same mo
 data too. Each policy runs once per round, in turn; the median ms per step is reported.
 
     python bench/omp_wait.py [--loads 0 4 10] [--steps 300] [--rounds 2] [--reference]
+        [--spins 1000 30000 100000]
 """
 
 from __future__ import annotations
@@ -40,14 +41,16 @@ from workers.launcher import OPENMP_SPINS, trainer_env  # noqa: E402
 OPENMP = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def policies() -> dict[str, dict[str, str]]:
-    """Each policy's environment: this one's, less any OpenMP waiting setting, plus its own."""
+def policies(spins: list[int]) -> dict[str, dict[str, str]]:
+    """Each policy's environment: this one's, less any OpenMP waiting setting, plus its own
+    (and one more for each spin count asked for)."""
     base = {k: v for k, v in os.environ.items() if k not in OPENMP}
     platform = trainer_env(base)
     default = {k: v for k, v in platform.items() if k not in OPENMP}
     return {
         "passive": {**default, "OMP_WAIT_POLICY": "PASSIVE"},
         f"short spin ({OPENMP_SPINS}, the platform's)": platform,
+        **{f"spin {n}": {**default, "GOMP_SPINCOUNT": str(n)} for n in spins},
         "OpenMP default": default,
     }
 
@@ -64,6 +67,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300, help="at load 0; fewer under load")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--reference", action="store_true", help="also time the plain loop")
+    p.add_argument(
+        "--spins", type=int, nargs="*", default=[], help="more GOMP_SPINCOUNT values to time"
+    )
     a = p.parse_args()
     print(f"load before: {wait_quiet()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="trainyard-omp-") as d:
@@ -82,7 +88,7 @@ def main() -> None:
             try:
                 results: dict[str, list[float]] = {}
                 for _ in range(a.rounds):
-                    for name, env in policies().items():
+                    for name, env in policies(a.spins).items():
                         rate = trainer_tokens_per_s(config, steps, warmup=10, env=env)
                         results.setdefault(name, []).append(ms_per_step(rate))
                         if a.reference:
