@@ -164,7 +164,8 @@ def test_fine_tune_then_chat_and_models(
     checkpoints = list(oa.fine_tuning.jobs.checkpoints.list(job.id))
     assert [c.step_number for c in checkpoints] == [10, 5]
     assert checkpoints[0].metrics.train_loss is not None
-    assert 0 <= (checkpoints[0].metrics.train_mean_token_accuracy or -1) <= 1
+    accuracy = checkpoints[0].metrics.train_mean_token_accuracy
+    assert accuracy is not None and 0 <= accuracy <= 1  # 0.0 is an accuracy too
     assert [c.fine_tuned_model_checkpoint for c in checkpoints] == [
         f"{name}:ckpt-step-10",
         f"{name}:ckpt-step-5",
