@@ -13,13 +13,6 @@ from trainer.config import EXIT_OK
 from trainer.parallel import computes_in_bf16
 
 CPU = torch.device("cpu")
-NATIVE = ("avx512_bf16", "amx_bf16")
-
-
-def native_bf16() -> bool:
-    """Whether this machine's processor multiplies bf16 natively, as torch reports it."""
-    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
-    return any(capabilities.get(name, False) for name in NATIVE)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +35,7 @@ def test_auto_on_this_cpu_is_the_precision_its_processor_multiplies(
     """An auto run computes exactly as the bf16 run does on a processor with native bf16,
     exactly as the fp32 run does on one without; its start event says which."""
     runs = {p: first_steps(tmp_path, dataset, p) for p in ("auto", "bf16", "fp32")}
-    expected = "bf16" if native_bf16() else "fp32"
+    expected = "bf16" if computes_in_bf16("auto", CPU) else "fp32"
     assert [r[0]["precision"] for r in runs.values()] == [expected, "bf16", "fp32"]
     losses = {p: [e["loss"] for e in r[1:]] for p, r in runs.items()}
     assert losses["bf16"] != losses["fp32"]  # the two precisions are told apart
