@@ -166,6 +166,7 @@ class TrainingConfig:
     grad_clip: NonNegative = 1.0  # 0 disables clipping
     dropout: Rate = 0.0
     eval_interval: Positive = 250
+    # The validation set: eval_batches x batch_size sequences, whatever the ranks and micro-batches.
     eval_batches: Positive = 20
     checkpoint_interval: Positive = 500
     seed: Int = 1337

@@ -17,6 +17,7 @@ import torch
 
 from trainer.config import DataConfig, TokenRange
 from trainer.stream import EpochStream
+from trainer.task import Batches
 
 _VAL_SEED_OFFSET = 987_654_321  # keeps the validation windows apart from the training order
 
@@ -130,15 +131,17 @@ class TokenData(EpochStream[Epoch]):
         return self._to_device(x), self._to_device(y)
 
     def val_batches(
-        self, micro_batch_size: int, n_batches: int
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The fixed validation batches: identical on every call, rank and world size."""
-        g = torch.Generator().manual_seed(self.val_seed)
-        batches = []
-        for _ in range(n_batches):
-            x, y = self.val.windows(self.val.sample_starts(micro_batch_size, g))
-            batches.append((self._to_device(x), self._to_device(y)))
-        return batches
+        self, micro_batch_size: int, rows: int
+    ) -> Batches[tuple[torch.Tensor, torch.Tensor]]:
+        """The first `rows` windows of the fixed validation draw, in micro-batches: the same
+        windows on every call, rank, world size and micro-batch size."""
+        starts = self.val.sample_starts(rows, torch.Generator().manual_seed(self.val_seed))
+
+        def make(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            x, y = self.val.windows(starts[i * micro_batch_size : (i + 1) * micro_batch_size])
+            return self._to_device(x), self._to_device(y)
+
+        return Batches(-(-rows // micro_batch_size), make)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":

@@ -341,7 +341,9 @@ class Trainer:
     def _evaluate(self) -> None:
         """Mean validation metrics over the fixed batches; ranks split them and add up."""
         t, dist = self.cfg.training, self.dist
-        batches = self.task.data.val_batches(t.micro_batch_size, t.eval_batches)
+        # eval_batches counts batches of batch_size sequences, so the validation set does not
+        # change with the number of ranks or the micro-batch size (the memory hint's remedy).
+        batches = self.task.data.val_batches(t.micro_batch_size, t.eval_batches * t.batch_size)
         if not batches:
             return  # no validation set: val_loss stays null
         self.model.eval()

@@ -18,6 +18,7 @@ import torch
 from trainer.model import IGNORE_INDEX
 from trainer.sft_shards import MASK_NAME, OFFSETS_NAME, TOKENS_NAME, load_sft_index
 from trainer.stream import EpochStream
+from trainer.task import Batches
 
 
 @dataclass
@@ -157,16 +158,17 @@ class SFTData(EpochStream[list[list[int]]]):
         mine = [self.epoch_rows(e)[i] for e, i in self.take_mine(micro_batch_size)]
         return self.batch(self.train, mine)
 
-    def val_batches(self, micro_batch_size: int, n_batches: int) -> list[SFTBatch]:
-        """Up to n_batches validation micro-batches, in file order: the same at every eval."""
-        if self.val is None:
-            return []
-        order = np.arange(self.units(self.val))
-        rows = self.rows_of(self.val, order)[: micro_batch_size * n_batches]
-        return [
-            self.batch(self.val, rows[i : i + micro_batch_size])
-            for i in range(0, len(rows), micro_batch_size)
-        ]
+    def val_batches(self, micro_batch_size: int, rows: int) -> Batches[SFTBatch]:
+        """Up to `rows` validation rows in file order, in micro-batches: the same at every
+        eval, whatever the micro-batch size."""
+        val = self.val
+        if val is None:
+            return Batches.none()
+        kept = self.rows_of(val, np.arange(self.units(val)))[:rows]
+        return Batches(
+            -(-len(kept) // micro_batch_size),
+            lambda i: self.batch(val, kept[i * micro_batch_size : (i + 1) * micro_batch_size]),
+        )
 
     def units(self, examples: SFTExamples) -> int:
         """How many units (here examples) the shuffle orders and packing keeps whole."""

@@ -10,9 +10,9 @@ when the run compiles its model (`TrainingConfig.compiles`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -24,6 +24,30 @@ class StaleSamplerState(ValueError):
     """A checkpoint's sampler state from a sampler this version no longer has."""
 
 
+B = TypeVar("B")
+
+
+class Batches(Generic[B]):
+    """Micro-batches made when read: batch i is make(i), so a large validation set never
+    sits in memory whole."""
+
+    def __init__(self, count: int, make: Callable[[int], B]) -> None:
+        self.count, self.make = count, make
+
+    @staticmethod
+    def none() -> Batches[Any]:
+        """No batches (a run without a validation set)."""
+        return Batches[Any](0, lambda i: None)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> B:
+        if not 0 <= i < self.count:
+            raise IndexError(f"batch {i} of {self.count}")
+        return self.make(i)
+
+
 class Data(Protocol):
     """One rank's training and validation batches, and its resumable place in them."""
 
@@ -31,8 +55,9 @@ class Data(Protocol):
         """The next training micro-batch of this rank."""
         ...
 
-    def val_batches(self, micro_batch_size: int, n_batches: int) -> Sequence[Any]:
-        """The fixed validation batches (none without a validation set)."""
+    def val_batches(self, micro_batch_size: int, rows: int) -> Batches[Any]:
+        """The first `rows` sequences of the fixed validation set, in micro-batches (none
+        without a validation set)."""
         ...
 
     def state_dict(self) -> dict[str, Any]:

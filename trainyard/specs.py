@@ -176,6 +176,7 @@ class TrainingSpec(Strict):
     grad_clip: float = Field(1.0, ge=0.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     eval_interval: int = Field(250, ge=1)
+    # The validation set: eval_batches x batch_size sequences, whatever the ranks and micro-batches.
     eval_batches: int = Field(20, ge=1, le=10_000)
     checkpoint_interval: int = Field(500, ge=1)
     seed: int = Field(1337, ge=0, le=2**31 - 1)

@@ -125,3 +125,14 @@ def test_ranges_shorter_than_two_windows_still_give_every_epoch_a_window(
     assert data.epoch == 20
     assert {s % 40 for s in read} <= {0, 1, 2, 3}
     assert any(data.epoch_items(e).phase == 0 for e in range(20))
+
+
+def test_validation_windows_are_the_same_in_any_micro_batch_size(cfg: DataConfig) -> None:
+    def windows(micro: int) -> torch.Tensor:
+        batches = stream(cfg).val_batches(micro, 12)
+        return torch.cat([batches[i][0] for i in range(len(batches))])
+
+    whole = windows(12)
+    assert len(stream(cfg).val_batches(5, 12)) == 3  # 5 + 5 + 2
+    assert whole.shape[0] == 12
+    assert all(torch.equal(whole, windows(m)) for m in (1, 4, 5))

@@ -183,7 +183,7 @@ def test_loss_is_ln2_at_the_start_and_matches_a_direct_computation(
         trainer = Trainer(cfg, Dist(), events)
         task = trainer.task
         assert isinstance(task, DPOTask)
-        batch = task.data.val_batches(8, 1)[0]
+        batch = task.data.val_batches(8, 8)[0]
         assert isinstance(batch, DPOBatch) and task.data.val is not None
         with torch.no_grad():
             sums, pairs = task.val_terms(batch)

@@ -147,7 +147,7 @@ def test_val_batches_are_fixed(tmp_path: Path, byte_tok: str) -> None:
     folder = str(tmp_path / "s")
     write_sft_shards(sft_records(40), byte_tok, folder, seq_len=128)
     data = _data(folder)
-    v1, v2 = data.val_batches(2, 3), data.val_batches(2, 3)
+    v1, v2 = data.val_batches(2, 6), data.val_batches(2, 6)
     assert len(v1) == 3
     assert all(torch.equal(a.labels, b.labels) for a, b in zip(v1, v2, strict=True))
 
@@ -179,3 +179,16 @@ def test_a_rank_restarted_at_a_step_is_where_the_stream_got_to(
     restarted.next_train_batch(3)  # wherever it was is forgotten
     restarted.restart_at(9, batch_size=6)
     assert restarted.state_dict() == read.state_dict() and read.epoch >= 1
+
+
+def test_val_rows_are_the_same_in_any_micro_batch_size(tmp_path: Path, byte_tok: str) -> None:
+    folder = str(tmp_path / "s")
+    write_sft_shards(sft_records(40), byte_tok, folder, seq_len=128)
+    data = _data(folder)
+
+    def rows(micro: int) -> torch.Tensor:
+        batches = data.val_batches(micro, 3)
+        return torch.cat([batches[i].labels for i in range(len(batches))])
+
+    assert rows(3).shape[0] == 3
+    assert torch.equal(rows(3), rows(1)) and torch.equal(rows(3), rows(2))

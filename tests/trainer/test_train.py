@@ -222,3 +222,31 @@ def test_deterministic_compiled_runs_repeat_bit_for_bit(
     for step in a:
         assert b[step]["loss"] == a[step]["loss"], step
         assert b[step]["grad_norm"] == a[step]["grad_norm"], step
+
+
+def test_the_validation_set_does_not_change_with_the_micro_batch_size(
+    dataset: tuple[Path, str, dict[str, Any]],
+) -> None:
+    # Lowering micro_batch_size (the out-of-memory remedy) accumulates gradients over the
+    # same batches; the job's val_loss must stay comparable with the run before.
+    tmp, tok, data = dataset
+    losses = []
+    for micro in (8, 2):
+        raw = run_config(
+            tmp,
+            f"micro{micro}",
+            tok,
+            data,
+            max_steps=10,
+            eval_interval=10,
+            eval_batches=3,
+            batch_size=8,
+            micro_batch_size=micro,
+            precision="fp32",
+        )
+        assert run_in_process(raw) == EXIT_OK
+        losses.append(
+            [e["val_loss"] for e in read_events(raw["output_dir"]) if e["type"] == "eval"]
+        )
+    (whole,), (accumulated,) = losses
+    assert abs(whole - accumulated) < 1e-5
