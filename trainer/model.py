@@ -80,6 +80,24 @@ def causal_attention(
 
     A mask from document_mask replaces the plain causal one for packed examples.
     """
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        # The CPU's bf16 attention backward is several times slower than its fp32 one
+        # (bench/RESULTS.md, "bf16 attention on the CPU"); attention is a small share of
+        # the FLOPs, so it runs in fp32 and the matrix products around it stay bf16
+        # (autocast would cast it back to bf16).
+        with torch.autocast("cpu", enabled=False):
+            out = _attention(q.float(), k.float(), v.float(), dropout_p, mask)
+        return out.to(q.dtype)
+    return _attention(q, k, v, dropout_p, mask)
+
+
+def _attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout_p: float,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
     if mask is not None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     T, S = q.shape[-2], k.shape[-2]
