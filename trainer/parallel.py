@@ -22,9 +22,11 @@ def computes_in_bf16(precision: str, device: torch.device) -> bool:
     """Whether a run computes in bf16 (autocast, or FSDP's bf16 parameters; weights,
     optimizer state and the loss stay fp32). "auto" takes bf16 where the hardware multiplies
     it natively: CUDA devices that support it, and CPUs with AVX512-BF16 or AMX-BF16, where
-    a step of the tiny Shakespeare model took 11 to 18 % less time in one process (about 5 %
-    through the API) at a validation loss within seed noise of fp32's (bench/RESULTS.md,
-    "bf16 on the CPU"); elsewhere bf16 would be emulated, slower than fp32, so "auto" is fp32.
+    a step of the tiny Shakespeare model (128 wide) took 11 to 23 % less time than in fp32,
+    and one 768 wide about half (attention stays fp32 there: trainer.model.causal_attention),
+    at a validation loss within seed noise of fp32's (bench/RESULTS.md, "bf16 on the CPU",
+    "bf16 attention on the CPU"); elsewhere bf16 would be emulated, slower than fp32, so
+    "auto" is fp32.
     """
     if precision != "auto":
         return precision == "bf16"
