@@ -160,6 +160,11 @@ class ModelSpec(Strict):
         return self
 
 
+# The most validation sequences one evaluation reads: the default eval_batches (20) times the
+# largest batch_size.
+EVAL_SEQUENCES_MAX = 20 * 1_000_000
+
+
 class TrainingSpec(Strict):
     max_steps: int = Field(2000, ge=1, le=10_000_000)
     seq_len: int = Field(64, ge=8, le=131072)
@@ -186,6 +191,17 @@ class TrainingSpec(Strict):
     # Bit-for-bit reproducible runs (and resumes) at some cost in speed.
     deterministic: bool = False
     activation_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _evaluation_is_bounded(self) -> TrainingSpec:
+        # The default eval_batches fits any batch_size; only a larger one can exceed this.
+        if self.eval_batches * self.batch_size > EVAL_SEQUENCES_MAX:
+            raise ValueError(
+                f"training.eval_batches ({self.eval_batches}) x training.batch_size "
+                f"({self.batch_size}) is more than {EVAL_SEQUENCES_MAX:,} validation "
+                "sequences per evaluation; lower training.eval_batches"
+            )
+        return self
 
 
 class ResourcesSpec(Strict):

@@ -118,6 +118,7 @@ def test_an_explicit_micro_batch_allows_gradient_accumulation() -> None:
         ({"training": {"adam_beta1": -0.1}}, "adam_beta1"),
         ({"training": {"lr_schedule": "step"}}, "lr_schedule"),
         ({"training": {"precision": "fp8"}}, "precision"),
+        ({"training": {"batch_size": 1_000_000, "eval_batches": 21}}, "eval_batches (21)"),
         ({"model": {"preset": "gpt9"}}, "preset"),
         ({"model": {"n_layer": 2, "n_head": 3, "d_model": 64}}, "n_head"),
         ({"model": {"arch": "gpt2", "n_layer": 2}}, "d_model"),
@@ -328,3 +329,7 @@ def _tp(processes: int, **resources: Any) -> dict[str, Any]:
 )
 def test_tensor_parallel_errors_name_their_field(spec: dict[str, Any], message: str) -> None:
     assert message in rejection(**spec)
+
+
+def test_the_default_evaluation_fits_the_largest_batch() -> None:
+    assert resolve(training={"batch_size": 1_000_000})["training"]["eval_batches"] == 20
