@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
 from bench._common import load, machine  # noqa: E402
 from trainer.config import ModelConfig  # noqa: E402
 from trainer.model import build_model, configure_optimizer  # noqa: E402
+from trainer.parallel import computes_in_bf16  # noqa: E402
 
 
 def step_ms(width: int, ctx: int, batch: int, steps: int, bf16: bool) -> float:
@@ -69,10 +70,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
-    caps = getattr(torch.cpu, "get_capabilities", dict)()
-    native = [k for k in ("avx512_bf16", "amx_bf16") if caps.get(k)]
+    auto = "bf16" if computes_in_bf16("auto", torch.device("cpu")) else "fp32"
     print(f"{datetime.now():%Y-%m-%d %H:%M}, {machine()}, torch {torch.__version__}")
-    print(f"threads {torch.get_num_threads()}, native bf16: {', '.join(native) or 'none'}")
+    print(f"threads {torch.get_num_threads()}, precision auto here: {auto}")
     print(f"load before: {load()}")
     print("| width | params | fp32 ms/step | bf16 ms/step | bf16 / fp32 |")
     print("|---|---|---|---|---|")

@@ -17,7 +17,7 @@ import torch
 
 from trainer.config import DataConfig, TokenRange
 from trainer.stream import EpochStream
-from trainer.task import Batches
+from trainer.task import Batches, micro_batches
 
 _VAL_SEED_OFFSET = 987_654_321  # keeps the validation windows apart from the training order
 
@@ -134,14 +134,19 @@ class TokenData(EpochStream[Epoch]):
         self, micro_batch_size: int, rows: int
     ) -> Batches[tuple[torch.Tensor, torch.Tensor]]:
         """The first `rows` windows of the fixed validation draw, in micro-batches: the same
-        windows on every call, rank, world size and micro-batch size."""
-        starts = self.val.sample_starts(rows, torch.Generator().manual_seed(self.val_seed))
+        windows on every call, rank, world size and micro-batch size. Validation data with
+        no more than `rows` windows is scored whole, each window once."""
+        n = self.val.n_windows
+        if rows >= n:
+            starts = torch.arange(n)
+        else:
+            starts = self.val.sample_starts(rows, torch.Generator().manual_seed(self.val_seed))
 
-        def make(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-            x, y = self.val.windows(starts[i * micro_batch_size : (i + 1) * micro_batch_size])
+        def make(start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+            x, y = self.val.windows(starts[start:end])
             return self._to_device(x), self._to_device(y)
 
-        return Batches(-(-rows // micro_batch_size), make)
+        return micro_batches(len(starts), micro_batch_size, make)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":

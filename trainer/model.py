@@ -82,9 +82,11 @@ def causal_attention(
     """
     if q.dtype == torch.bfloat16 and q.device.type == "cpu":
         # The CPU's bf16 attention backward is several times slower than its fp32 one
-        # (bench/RESULTS.md, "bf16 attention on the CPU"); attention is a small share of
-        # the FLOPs, so it runs in fp32 and the matrix products around it stay bf16
-        # (autocast would cast it back to bf16).
+        # (bench/RESULTS.md, "bf16 attention on the CPU"), so attention runs in fp32 there
+        # and the matrix products around it stay bf16. Forward passes without a backward
+        # do the same, though bf16 would be a little faster for them: a model computes
+        # alike with and without gradients (a DPO reference equals its policy at the
+        # start). Autocast would cast it back to bf16.
         with torch.autocast("cpu", enabled=False):
             out = _attention(q.float(), k.float(), v.float(), dropout_p, mask)
         return out.to(q.dtype)

@@ -74,12 +74,13 @@ class PretrainTask:
         return self.router.metrics()
 
     def val_terms(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, float]:
-        """The batch's mean loss, counting as one batch."""
+        """The batch's window losses summed, counting its windows (a last, shorter
+        micro-batch weighs what it holds)."""
         x, y = batch
         # The model itself: DDP's forward would expect a matching backward.
         _, loss = self.model(x, y)
         assert loss is not None
-        return loss.detach().reshape(1), 1.0
+        return loss.detach().reshape(1) * x.shape[0], float(x.shape[0])
 
     def samples(self) -> list[dict[str, Any]]:
         """None: a pretraining run has no prompts."""

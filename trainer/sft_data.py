@@ -18,7 +18,7 @@ import torch
 from trainer.model import IGNORE_INDEX
 from trainer.sft_shards import MASK_NAME, OFFSETS_NAME, TOKENS_NAME, load_sft_index
 from trainer.stream import EpochStream
-from trainer.task import Batches
+from trainer.task import Batches, micro_batches
 
 
 @dataclass
@@ -165,10 +165,7 @@ class SFTData(EpochStream[list[list[int]]]):
         if val is None:
             return Batches.none()
         kept = self.rows_of(val, np.arange(self.units(val)))[:rows]
-        return Batches(
-            -(-len(kept) // micro_batch_size),
-            lambda i: self.batch(val, kept[i * micro_batch_size : (i + 1) * micro_batch_size]),
-        )
+        return micro_batches(len(kept), micro_batch_size, lambda a, b: self.batch(val, kept[a:b]))
 
     def units(self, examples: SFTExamples) -> int:
         """How many units (here examples) the shuffle orders and packing keeps whole."""

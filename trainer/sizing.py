@@ -148,7 +148,8 @@ def estimate_memory(
     each block keeps only its input (d, in the residual dtype) and one block at a time is
     recomputed during the backward pass.
     Attention never materialises T x T scores: SDPA's fused kernels keep only q, k, v and
-    the output. GPUs add GPU_RESERVED_BYTES for the CUDA context and fragmentation.
+    the output (in fp32 under bf16 on a CPU, where attention runs in fp32: 8d more bytes a
+    token per block). GPUs add GPU_RESERVED_BYTES for the CUDA context and fragmentation.
 
     A mixture of experts holds every expert on every device (no expert parallelism yet):
     N counts all experts, a MoE block's activations count top_k experts per token (the
@@ -205,10 +206,13 @@ def estimate_memory(
     masks = 2 * d if training.dropout > 0 else 0
     # Autocast keeps the residual stream in fp32; FSDP's bf16 parameters make it bf16.
     residual = e if fsdp else _FP32
+    # On a CPU, bf16 attention runs in fp32 (trainer.model.causal_attention): SDPA keeps its
+    # q, k, v and output (4d of the compute-dtype elements) at 4 bytes instead of 2.
+    upcast = 4 * d // tp * (_FP32 - e) if bf16 and not on_gpu else 0
     per_block = []
     for layer in range(n_layer):
         r, c = _activation_elements(model_cfg, compiled, layer, tp)
-        per_block.append(residual * r + e * c + masks)
+        per_block.append(residual * r + e * c + masks + upcast)
     final_norm = (2 if model_cfg.arch == "gpt2" else 3) * d * _FP32 + d * e
     head = 2 * v * (e if compiled else _FP32) + final_norm
     tokens = training.micro_batch_size * training.seq_len

@@ -48,6 +48,17 @@ class Batches(Generic[B]):
         return self.make(i)
 
 
+def micro_batches(rows: int, micro_batch_size: int, make: Callable[[int, int], B]) -> Batches[B]:
+    """`rows` rows in micro-batches of micro_batch_size (the last may be shorter): batch i
+    is make(start, end) of its rows."""
+
+    def batch(i: int) -> B:
+        start = i * micro_batch_size
+        return make(start, min(start + micro_batch_size, rows))
+
+    return Batches(-(-rows // micro_batch_size), batch)
+
+
 class Data(Protocol):
     """One rank's training and validation batches, and its resumable place in them."""
 

@@ -136,3 +136,13 @@ def test_validation_windows_are_the_same_in_any_micro_batch_size(cfg: DataConfig
     assert len(stream(cfg).val_batches(5, 12)) == 3  # 5 + 5 + 2
     assert whole.shape[0] == 12
     assert all(torch.equal(whole, windows(m)) for m in (1, 4, 5))
+
+
+def test_validation_data_smaller_than_the_set_is_scored_whole_each_window_once(
+    cfg: DataConfig,
+) -> None:
+    n = 500 - SEQ  # windows of the 500 validation tokens
+    batches = stream(cfg).val_batches(64, 10_000)
+    first = torch.cat([batches[i][0][:, 0] for i in range(len(batches))])
+    assert sorted(first.tolist()) == list(range(1500, 1500 + n))
+    assert len(batches) == -(-n // 64)

@@ -70,6 +70,33 @@ def test_activations_match_saved_tensors(preset: str) -> None:
     assert abs(est["activations"] - measured) / measured < 0.15, (est["activations"], measured)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_bf16_activations_on_a_cpu_match_saved_tensors(preset: str) -> None:
+    """Under autocast a CPU keeps bf16 copies of the weights (working_weights) and, for
+    attention, which runs in fp32 there, fp32 q, k, v and output."""
+    cfg = _cfg(preset)
+    model = build_model(cfg)
+    param_ptrs = {p.data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in param_ptrs and t.is_floating_point():
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    idx = torch.randint(0, cfg.vocab_size, (4, 32))
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+    ):
+        model(idx, idx)
+    measured = sum(storages.values()) + 4 * 32 * cfg.vocab_size * 4
+    bf16 = dataclasses.replace(TRAINING, precision="bf16")
+    est = estimate_memory(cfg, bf16, world_size=1, strategy="ddp", accelerator="cpu")
+    predicted = est["activations"] + est["working_weights"]
+    assert abs(predicted - measured) / measured < 0.08, (predicted, measured)
+
+
 def test_sharding_checkpointing_and_gpu_terms() -> None:
     cfg = ModelConfig(**PRESETS["gpt2-small"](), vocab_size=50257, seq_len=1024)
     t = TrainingConfig(seq_len=1024, batch_size=32, micro_batch_size=8)

@@ -263,3 +263,7 @@ def test_bf16_attention_on_the_cpu_is_computed_in_fp32(packed: bool) -> None:
     for t, t32 in ((q, q32), (k, k32), (v, v32)):
         assert t.grad is not None and t32.grad is not None
         assert torch.equal(t.grad, t32.grad.bfloat16())
+
+    # Without gradients the same: a model computes alike in training and evaluation.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(causal_attention(q, k, v, 0.0, mask), out)
