@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 
@@ -47,9 +48,9 @@ def test_weights_grads_and_adamw_within_10_percent(preset: str) -> None:
     assert est["total"] == predicted + est["activations"]  # fp32 CPU: no copies, no reserve
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
-def test_activations_match_saved_tensors(preset: str) -> None:
-    cfg = _cfg(preset)
+def _saved_bytes(cfg: ModelConfig, bf16: bool) -> int:
+    """Bytes autograd keeps for a forward pass of 4 x 32 tokens (bf16: under autocast),
+    plus the logits' gradient, alive at the start of the backward, as the estimate has it."""
     model = build_model(cfg)
     param_ptrs = {p.data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
@@ -61,11 +62,17 @@ def test_activations_match_saved_tensors(preset: str) -> None:
         return t
 
     idx = torch.randint(0, cfg.vocab_size, (4, 32))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), cast:
         _, loss = model(idx, idx)
     assert loss is not None
-    # The estimate also holds the logits' gradient, alive at the start of the backward.
-    measured = sum(storages.values()) + 4 * 32 * cfg.vocab_size * 4
+    return sum(storages.values()) + 4 * 32 * cfg.vocab_size * 4
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_activations_match_saved_tensors(preset: str) -> None:
+    cfg = _cfg(preset)
+    measured = _saved_bytes(cfg, bf16=False)
     est = estimate_memory(cfg, TRAINING, world_size=1, strategy="ddp", accelerator="cpu")
     assert abs(est["activations"] - measured) / measured < 0.15, (est["activations"], measured)
 
@@ -75,22 +82,7 @@ def test_bf16_activations_on_a_cpu_match_saved_tensors(preset: str) -> None:
     """Under autocast a CPU keeps bf16 copies of the weights (working_weights) and, for
     attention, which runs in fp32 there, fp32 q, k, v and output."""
     cfg = _cfg(preset)
-    model = build_model(cfg)
-    param_ptrs = {p.data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.data_ptr() not in param_ptrs and t.is_floating_point():
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    idx = torch.randint(0, cfg.vocab_size, (4, 32))
-    with (
-        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-        torch.autocast("cpu", dtype=torch.bfloat16),
-    ):
-        model(idx, idx)
-    measured = sum(storages.values()) + 4 * 32 * cfg.vocab_size * 4
+    measured = _saved_bytes(cfg, bf16=True)
     bf16 = dataclasses.replace(TRAINING, precision="bf16")
     est = estimate_memory(cfg, bf16, world_size=1, strategy="ddp", accelerator="cpu")
     predicted = est["activations"] + est["working_weights"]
