@@ -138,7 +138,7 @@ def fine_tune(client: Client, workdir: Path, base_id: str, processes: int) -> in
         # fixed positions, which this small model picks up within the run.
         "sft": {"method": "full", "packing": False, "eval_prompts": 3},
         "training": {
-            "max_steps": 600,
+            "max_steps": 800,
             "seq_len": 40,
             "batch_size": 16,
             "lr": 2e-3,
