@@ -30,15 +30,20 @@ from bench._common import load, machine  # noqa: E402
 from trainer.config import ModelConfig  # noqa: E402
 from trainer.model import build_model, configure_optimizer  # noqa: E402
 from trainer.parallel import computes_in_bf16  # noqa: E402
+from trainer.sizing import param_count  # noqa: E402
+
+
+def model_config(width: int, ctx: int) -> ModelConfig:
+    """The benchmark's gpt2: 4 layers, heads of 32, byte vocabulary."""
+    return ModelConfig(
+        arch="gpt2", n_layer=4, n_head=width // 32, d_model=width, vocab_size=257, seq_len=ctx
+    )
 
 
 def step_ms(width: int, ctx: int, batch: int, steps: int, bf16: bool) -> float:
     """Mean wall milliseconds of `steps` training steps after three warm-up steps."""
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        arch="gpt2", n_layer=4, n_head=width // 32, d_model=width, vocab_size=257, seq_len=ctx
-    )
-    model = build_model(cfg)
+    model = build_model(model_config(width, ctx))
     opt = configure_optimizer(
         model, lr=1e-3, weight_decay=0.1, device_type="cpu", betas=(0.9, 0.95)
     )
@@ -82,7 +87,7 @@ def main() -> None:
             for bf16 in (False, True):
                 times[bf16].append(step_ms(width, a.ctx, a.batch, a.steps, bf16))
         fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
-        params = 12 * 4 * width * width + 257 * width + a.ctx * width
+        params = param_count(model_config(width, a.ctx))
         print(
             f"| {width} | {params / 1e6:.2f}M | {fp32:.1f} | {bf16:.1f} | {bf16 / fp32:.2f} |",
             flush=True,

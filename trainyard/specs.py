@@ -160,15 +160,17 @@ class ModelSpec(Strict):
         return self
 
 
-# The most validation sequences one evaluation reads: the default eval_batches (20) times the
-# largest batch_size.
-EVAL_SEQUENCES_MAX = 20 * 1_000_000
+BATCH_SIZE_MAX = 1_000_000
+EVAL_BATCHES_DEFAULT = 20
+# The most validation sequences one evaluation reads: the default eval_batches times the
+# largest batch_size, so only an eval_batches the spec names can exceed it.
+EVAL_SEQUENCES_MAX = EVAL_BATCHES_DEFAULT * BATCH_SIZE_MAX
 
 
 class TrainingSpec(Strict):
     max_steps: int = Field(2000, ge=1, le=10_000_000)
     seq_len: int = Field(64, ge=8, le=131072)
-    batch_size: int = Field(12, ge=1, le=1_000_000)
+    batch_size: int = Field(12, ge=1, le=BATCH_SIZE_MAX)
     micro_batch_size: int | None = Field(None, ge=1)
     lr: float = Field(1e-3, gt=0.0, allow_inf_nan=False)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
@@ -182,7 +184,7 @@ class TrainingSpec(Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     eval_interval: int = Field(250, ge=1)
     # The validation set: eval_batches x batch_size sequences, whatever the ranks and micro-batches.
-    eval_batches: int = Field(20, ge=1, le=10_000)
+    eval_batches: int = Field(EVAL_BATCHES_DEFAULT, ge=1, le=10_000)
     checkpoint_interval: int = Field(500, ge=1)
     seed: int = Field(1337, ge=0, le=2**31 - 1)
     # auto: bf16 on GPUs that support it and CPUs with AVX512-BF16 or AMX-BF16, fp32 elsewhere.
@@ -194,7 +196,6 @@ class TrainingSpec(Strict):
 
     @model_validator(mode="after")
     def _evaluation_is_bounded(self) -> TrainingSpec:
-        # The default eval_batches fits any batch_size; only a larger one can exceed this.
         if self.eval_batches * self.batch_size > EVAL_SEQUENCES_MAX:
             raise ValueError(
                 f"training.eval_batches ({self.eval_batches}) x training.batch_size "

@@ -231,8 +231,8 @@ def test_the_validation_set_does_not_change_with_the_micro_batch_size(
     dataset: tuple[Path, str, dict[str, Any]],
 ) -> None:
     # Lowering micro_batch_size (the out-of-memory remedy) must leave val_loss comparable
-    # with the run before: the same weights score the same 24 windows in 1, 12 or 5 micro-batches
-    # (the last one shorter, weighing what it holds).
+    # with the run before: the same weights score the same 24 windows in 3, 12 or 5
+    # micro-batches (of 5, the last one shorter, weighing what it holds).
     tmp, tok, data = dataset
     raw = run_config(
         tmp,
